@@ -219,6 +219,14 @@ class Grid:
         one_minus = self.one_minus_abar
         return one_minus[:-1] * self.beta / one_minus[1:]
 
+    def window(self, first: int, last: int) -> "Grid":
+        """Steps ``first..last`` as a grid of their own (levels ``first - 1 .. last``): its step k is
+        step ``first + k - 1`` here, with identical per-step quantities."""
+        if not 1 <= first <= last <= self.T:
+            raise InputError(f"a window needs 1 <= first <= last <= T = {self.T}, got {first}..{last}")
+        return Grid(self.schedule, self.taus[first - 1 : last + 1], self.log_abar[first - 1 : last + 1],
+                    self.log_alpha[first - 1 : last])
+
     def level(self, t: int) -> NoiseLevel:
         """The noise level of ``x_t``, t = 0..T."""
         return NoiseLevel.from_log_abar(self.log_abar[t])
