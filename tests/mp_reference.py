@@ -6,6 +6,8 @@ no code with pathkl except the float64 grid nodes they are given.
 
 from __future__ import annotations
 
+import itertools
+
 import mpmath as mp
 
 mp.mp.dps = 40
@@ -29,7 +31,7 @@ def alphas(schedule: str, taus=None, chain_length: int | None = None):
         lo, hi = mp.mpf(1e-4), mp.mpf(0.02)
         return [1 - (lo + (hi - lo) * k / (n - 1)) * 1000 / n for k in range(n)]
     out = []
-    for a, b in zip(taus[:-1], taus[1:], strict=True):
+    for a, b in itertools.pairwise(taus):
         ratio = mp.exp(log_abar(schedule, b) - log_abar(schedule, a))
         out.append(max(ratio, 1 - mp.mpf(0.999)) if schedule == "cosine" else ratio)
     return out
