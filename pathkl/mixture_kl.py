@@ -49,7 +49,7 @@ from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 #: Largest dimension handled by tensor-product quadrature.
 MAX_QUADRATURE_DIM = 3
 # A kernel is "nearly Gaussian" (N-form) when every |zeta_k| and ||R_k||_F is below this.
-_NEAR_GAUSSIAN = 0.5
+_NEAR_GAUSSIAN = 1.0
 # Points whose negentropy is certified below this (absolute) are skipped: see _negentropy_bound.
 _SKIP_BELOW = 1e-24
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
@@ -58,10 +58,13 @@ _BATCH_ELEMENTS = 1 << 22
 
 @dataclass(frozen=True)
 class Quadrature:
-    """Gauss-Hermite nodes per dimension: ``outer`` per component of q_t, ``inner`` for J."""
+    """Gauss-Hermite nodes per dimension: ``outer`` per component of q_t, ``inner`` for J where the
+    kernel is nearly Gaussian (N-form) and ``separated`` where it is not (q-form: log rho switches
+    between modes there, so convergence is slower)."""
 
-    outer: int = 40
-    inner: int = 12
+    outer: int = 32
+    inner: int = 10
+    separated: int = 24
 
 
 DEFAULT = Quadrature()
@@ -194,21 +197,21 @@ def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
     return torch.where(ratio <= 0.5, bound, torch.full_like(bound, math.inf))
 
 
-def negentropy(mix: WhitenedMixture, *, nodes: int) -> torch.Tensor:
-    """J per batch entry: skipped (0) where certified below 1e-24, N-form where nearly Gaussian,
-    q-form elsewhere."""
+def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int) -> torch.Tensor:
+    """J per batch entry: skipped (0) where certified below 1e-24, N-form with ``nodes`` where nearly
+    Gaussian, q-form with ``separated`` nodes elsewhere."""
     out = torch.zeros(mix.log_weights.shape[0], dtype=DTYPE)
     active = _negentropy_bound(mix) > _SKIP_BELOW
     size = (mix.zeta.norm(dim=-1).amax(-1)).maximum(torch.linalg.matrix_norm(mix.r).amax(-1))
     near = size <= _NEAR_GAUSSIAN
     k, d = mix.zeta.shape[-2:]
-    for form, mask, per_point in (("N", active & near, k * nodes**d), ("q", active & ~near, k * k * nodes**d)):
+    for form, mask, n in (("N", active & near, nodes), ("q", active & ~near, separated)):
         idx = torch.nonzero(mask).flatten()
-        batch = max(1, _BATCH_ELEMENTS // (per_point * d))
+        batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * n**d * d))
         for start in range(0, idx.numel(), batch):
             sel = idx[start : start + batch]
             sub = WhitenedMixture(mix.log_weights[sel], mix.zeta[sel], mix.r[sel])
-            out[sel] = whitened_kl(sub, nodes=nodes, form=form)
+            out[sel] = whitened_kl(sub, nodes=n, form=form)
     return out
 
 
@@ -274,13 +277,18 @@ def expected_negentropies(reference, grid: Grid, quad: Quadrature = DEFAULT) -> 
     if key not in reference._cache:
         out = torch.empty(grid.T, dtype=DTYPE)
         for idx in _chunks(reference, grid, quad):
-            nodes = _step_nodes(reference, grid, idx, quad)
-            kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
-            mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
-            j = negentropy(mix, nodes=quad.inner).reshape(idx.numel(), -1)
-            out[idx - 1] = (j * nodes.weights).sum(-1)
+            out[idx - 1] = expected_negentropy_at(reference, grid, idx, quad)
         reference._cache[key] = out
     return reference._cache[key]
+
+
+def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature = DEFAULT) -> torch.Tensor:
+    """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t)."""
+    nodes = _step_nodes(reference, grid, idx, quad)
+    kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
+    mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
+    j = negentropy(mix, nodes=quad.inner, separated=quad.separated).reshape(idx.numel(), -1)
+    return (j * nodes.weights).sum(-1)
 
 
 def step_kls(reference, grid: Grid, family, quad: Quadrature = DEFAULT) -> tuple[torch.Tensor, None]:
@@ -311,7 +319,8 @@ def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
         reference.covs.dense(lv.abar * (1.0 - reference.eigenvalues))[None],
     )
     size = float(mix.zeta.norm(dim=-1).max().maximum(torch.linalg.matrix_norm(mix.r).max()))
-    return float(whitened_kl(mix, nodes=quad.inner, form="N" if size <= _NEAR_GAUSSIAN else "q")[0])
+    near = size <= _NEAR_GAUSSIAN
+    return float(whitened_kl(mix, nodes=quad.inner if near else quad.separated, form="N" if near else "q")[0])
 
 
 def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
@@ -349,7 +358,7 @@ def third_derivative_sq_norm(reference, post) -> torch.Tensor:
     a = a - (w[..., None, None] * a).sum(-3, keepdim=True)
     kappa3 = torch.einsum("...k,...ka,...kb,...kc->...abc", w, c, c, c)
     x = torch.einsum("...k,...kab,...kc->...abc", w, a, c)
-    t3 = kappa3 + x + x.transpose(-1, -2) + x.permute(*range(x.ndim - 3), -2, -1, -3)
+    t3 = kappa3 + x + x.transpose(-1, -2) + x.permute(*range(x.ndim - 3), -1, -3, -2)
     return (t3**2).sum((-1, -2, -3))
 
 

@@ -102,12 +102,13 @@ class MixtureKernel:
     covs: ComponentCovariances
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """``log p(y_i)`` under mixture i, y of shape (n, d)."""
-        r = y[:, None, :] - self.means
+        """``log p(y_i...)`` under mixture i, y of shape (n, ..., d) (any number of points per mixture)."""
+        n, k, d = self.means.shape
+        extra = [1] * (y.ndim - 2)
+        r = y[..., None, :] - self.means.view(n, *extra, k, d)
         quad = (r * self.covs.apply(1.0 / self.cov_values, r)).sum(-1)
-        d = self.covs.dim
         log_n = -0.5 * (quad + self.covs.logdet(self.cov_values) + d * math.log(2 * math.pi))
-        return torch.logsumexp(self.log_weights + log_n, -1)
+        return torch.logsumexp(self.log_weights.view(n, *extra, k) + log_n, -1)
 
     def mean(self) -> torch.Tensor:
         return (torch.exp(self.log_weights)[..., None] * self.means).sum(-2)
