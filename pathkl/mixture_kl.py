@@ -62,9 +62,9 @@ class Quadrature:
     kernel is nearly Gaussian (N-form) and ``separated`` where it is not (q-form: log rho switches
     between modes there, so convergence is slower)."""
 
-    outer: int = 32
-    inner: int = 10
-    separated: int = 24
+    outer: int = 16
+    inner: int = 8
+    separated: int = 16
 
 
 DEFAULT = Quadrature()
