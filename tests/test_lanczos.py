@@ -305,3 +305,28 @@ def test_cuda_matches_cpu() -> None:
     gpu = lanczos_sampler(5)(lambda v: v * lam_gpu, z.cuda())
     assert gpu.sample.device.type == "cuda"
     assert torch.allclose(gpu.sample.cpu(), cpu.sample, rtol=0, atol=1e-12 * cpu.sample.abs().max())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_json_keys_are_aligned_and_errors_respect_bound(capsys) -> None:
+    import json
+
+    from pathkl.cli import main
+
+    assert main(["lanczos", "--ref", "gaussian-5d", "--t", "0.5", "--k", "1,2,3,5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["k"] == [1, 2, 3, 5]
+    assert len(out["error_mean"]) == len(out["error_max"]) == len(out["bound"]) == 4
+    assert all(e <= b for e, b in zip(out["error_max"], out["bound"]))
+    assert out["error_max"][-1] < 1e-12  # k = d: exact to rounding
+
+
+@pytest.mark.parametrize("argv", [["--t", "0.5", "--k", "6"], ["--t", "0", "--k", "1"], ["--t", "0.5", "--k", "a"]])
+def test_cli_bad_input_exits_2(argv, capsys) -> None:
+    from pathkl.cli import main
+
+    assert main(["lanczos", "--ref", "gaussian-5d", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1

@@ -217,3 +217,25 @@ def test_metric_inputs_are_checked() -> None:
         mmd(torch.zeros(10, 2, dtype=DT), torch.zeros(10, 3, dtype=DT))
     with pytest.raises(InputError):
         sliced_wasserstein(torch.zeros(5, 2, dtype=DT), torch.zeros(5, 2, dtype=DT), blocks=10)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_sample_json(capsys) -> None:
+    import json
+
+    from pathkl.cli import main
+
+    argv = ["sample", "--ref", "gaussian-2d", "--cov", "lanczos:2", "--steps", "5", "--n", "200", "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["mean_evals"], out["cov_products"], out["device"]) == (5, 10, "cpu")
+    assert {"sw", "sw_floor", "mmd"} <= set(out) and out["mmd"]["stderr"] > 0
+
+
+def test_cli_sample_bad_family_exits_2(capsys) -> None:
+    from pathkl.cli import main
+
+    assert main(["sample", "--ref", "gaussian-2d", "--cov", "lanczos:0"]) == 2
+    assert "unknown covariance family" in capsys.readouterr().err
