@@ -136,22 +136,30 @@ def lanczos(
     return LanczosDecomposition(basis, diag, offdiag, norm, size)
 
 
+def krylov_coefficients(
+    decomposition: LanczosDecomposition,
+    f: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    k: int | None = None,
+) -> torch.Tensor:
+    """``||z|| f(T_k) e_1`` (n, k) from the eigendecomposition ``T_k = Q diag(theta) Q^T``:
+    ``f(T_k) e_1 = Q (f(theta) * Q[0, :])``; ``f`` acts elementwise on the Ritz values ``theta``.
+    With ``k`` below the number of steps, uses the leading k x k block (the k-step approximation)."""
+    k = decomposition.steps if k is None else k
+    theta, q = torch.linalg.eigh(decomposition.tridiagonal(k))
+    return decomposition.norm[:, None] * torch.einsum("nij,nj->ni", q, f(theta) * q[:, 0, :])
+
+
 def krylov_matfun(
     decomposition: LanczosDecomposition,
     f: Callable[[torch.Tensor], torch.Tensor],
     *,
     k: int | None = None,
 ) -> torch.Tensor:
-    """``||z|| V_k f(T_k) e_1`` (n, d) from the eigendecomposition ``T_k = Q diag(theta) Q^T``.
-
-    ``f(T_k) e_1 = Q (f(theta) * Q[0, :])``; ``f`` acts elementwise on the Ritz values ``theta``.
-    With ``k`` below the number of steps, uses the leading k x k block (the (k)-step approximation).
-    """
+    """``||z|| V_k f(T_k) e_1`` (n, d), the Krylov approximation of ``f(A) z`` (see
+    :func:`krylov_coefficients`)."""
     k = decomposition.steps if k is None else k
-    theta, q = torch.linalg.eigh(decomposition.tridiagonal(k))
-    coefficients = torch.einsum("nij,nj->ni", q, f(theta) * q[:, 0, :])
-    weights = decomposition.norm[:, None] * coefficients
-    return torch.einsum("nj,njd->nd", weights, decomposition.basis[:, :k])
+    return torch.einsum("nj,njd->nd", krylov_coefficients(decomposition, f, k=k), decomposition.basis[:, :k])
 
 
 def lanczos_matfun(
@@ -178,8 +186,10 @@ class LanczosSample:
     ``error_estimate`` (n,): the a posteriori estimate ``||y_k - y_{k-1}|| / ||y_k||``. By the
     triangle inequality it lies within ``||y_k - A^{1/2} z|| / ||y_k||`` of the relative error of
     ``y_{k-1}``, so under geometric convergence it over-estimates the error of ``y_k`` by about the
-    inverse rate (conservative). It costs no extra product; it is 1 for k = 1 (``y_0 = 0``) and 0
-    for rows that broke down (exact). ``size`` (n,): valid Lanczos steps per row.
+    inverse rate (conservative). It costs no extra product and no O(d) work: with an orthonormal
+    ``V_k`` both norms are norms of k-vectors of coefficients (without reorthogonalisation that
+    identity, hence the estimate, is approximate). It is 1 for k = 1 (``y_0 = 0``) and 0 for rows
+    that broke down (exact). ``size`` (n,): valid Lanczos steps per row.
     """
 
     sample: torch.Tensor
@@ -199,11 +209,14 @@ def lanczos_sampler(k: int, *, reortho: bool = True) -> Callable[[Matvec, torch.
 
     def sample(matvec: Matvec, z: torch.Tensor) -> LanczosSample:
         decomposition = lanczos(matvec, z, k, reortho=reortho)
-        y = krylov_matfun(decomposition, _sqrt_nonnegative)
-        y_prev = krylov_matfun(decomposition, _sqrt_nonnegative, k=k - 1) if k > 1 else torch.zeros_like(y)
-        y_norm = torch.linalg.vector_norm(y, dim=1)
-        change = torch.linalg.vector_norm(y - y_prev, dim=1)
-        estimate = torch.where(y_norm > 0, change / torch.where(y_norm > 0, y_norm, 1.0), 0.0)
+        c = krylov_coefficients(decomposition, _sqrt_nonnegative)
+        c_prev = torch.zeros_like(c)
+        if k > 1:
+            c_prev[:, : k - 1] = krylov_coefficients(decomposition, _sqrt_nonnegative, k=k - 1)
+        y = torch.einsum("nj,njd->nd", c, decomposition.basis)
+        c_norm = torch.linalg.vector_norm(c, dim=1)
+        change = torch.linalg.vector_norm(c - c_prev, dim=1)
+        estimate = torch.where(c_norm > 0, change / torch.where(c_norm > 0, c_norm, 1.0), 0.0)
         return LanczosSample(y, estimate, decomposition.size)
 
     return sample
