@@ -239,3 +239,25 @@ def test_cli_sample_bad_family_exits_2(capsys) -> None:
 
     assert main(["sample", "--ref", "gaussian-2d", "--cov", "lanczos:0"]) == 2
     assert "unknown covariance family" in capsys.readouterr().err
+
+
+def test_posterior_cov_diagonal_matches_dense() -> None:
+    """The Gaussian reference's matrix-free diagonal (used by ``diag`` at image size) equals the
+    diagonal of its dense posterior covariance, for the dense and the Fourier basis."""
+    for name in ("gaussian-5d", "image-3x32x32"):
+        ref = PRESETS[name][1]()
+        lv = get_schedule("vp-linear").level(torch.tensor(0.4, dtype=DT))
+        x = torch.zeros(2, ref.dim, dtype=DT)
+        dense = torch.diagonal(ref.posterior_cov(x, lv), dim1=-2, dim2=-1)
+        assert torch.allclose(ref.posterior_cov_diagonal(x, lv), dense, rtol=1e-12, atol=0)
+
+
+def test_image_study_runs_on_cpu() -> None:
+    """The study module runs end to end on CPU with a tiny configuration (CI-free form)."""
+    from studies.image_sampling import ImageSamplingConfig, run
+
+    rows = run(ImageSamplingConfig(ref="gaussian-5d", families=("analytic", "lanczos:5"), steps=(5,), n=60,
+                                   device="cpu"))
+    assert [(r.family, r.T) for r in rows] == [("analytic", 5), ("lanczos:5", 5)]
+    assert rows[0].path_kl_steps > 0 and rows[1].path_kl_steps is None
+    assert rows[1].cov_products == 25 and rows[0].sw_stderr > 0
