@@ -18,7 +18,12 @@ import time
 import torch
 
 from pathkl.lanczos import lanczos_sampler
-from pathkl.matvecs import JvpCovariance, StepCoefficients, closed_form_cov_matvec, rademacher_diagonal
+from pathkl.matvecs import (
+    JvpCovariance,
+    StepCoefficients,
+    closed_form_cov_matvec,
+    rademacher_diagonal,
+)
 from pathkl.presets import PRESETS
 from pathkl.sampling import to_device
 from pathkl.schedules import get_schedule

@@ -24,8 +24,8 @@ dtype of ``z``; the operator may differ per row (e.g. ``Sigma*_t(x_i)`` for each
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -23,8 +23,8 @@ And the diagonal estimate ``rademacher:M`` (OCM paper eq. 9): ``mean_m v_m * (Si
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -50,7 +50,7 @@ class StepCoefficients:
     alpha: float
 
     @staticmethod
-    def at(grid: Grid, t: int, *, eta: float = 1.0) -> "StepCoefficients":
+    def at(grid: Grid, t: int, *, eta: float = 1.0) -> StepCoefficients:
         """Step ``t`` (1..T) of ``grid`` for DDIM(eta); eta = 1 is DDPM's exact reverse kernel."""
         if not 1 <= t <= grid.T:
             raise InputError(f"step t = {t} outside 1..{grid.T}")

@@ -40,7 +40,7 @@ class NoiseFamily:
     size: int = 0
 
     @staticmethod
-    def parse(name: str) -> "NoiseFamily":
+    def parse(name: str) -> NoiseFamily:
         kind, _, size = name.partition(":")
         if kind in ISOTROPIC + ("diag", "full") and not size:
             return NoiseFamily(kind)
@@ -149,7 +149,7 @@ def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, rout
         step = dataclasses.replace(step, level=to_device(step.level, device))
         z = torch.randn(n, reference.dim, dtype=dtype, device=device, generator=generator)
         if route == "jvp":
-            matvec = JvpCovariance(lambda y: reference.posterior_mean(y, step.level), x, step)
+            matvec = JvpCovariance(lambda y, level=step.level: reference.posterior_mean(y, level), x, step)
             noise = reverse_noise(noise_family, reference, x, step, matvec, z, generator=generator)
             x0_hat = matvec.denoised()
         else:

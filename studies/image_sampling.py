@@ -49,11 +49,11 @@ class ImageSamplingConfig:
     seed: int = 0
 
     @staticmethod
-    def cpu_image64() -> "ImageSamplingConfig":
+    def cpu_image64() -> ImageSamplingConfig:
         return ImageSamplingConfig(ref="image-3x64x64", n=256)
 
     @staticmethod
-    def gpu(shape: tuple[int, int, int] = (3, 256, 256)) -> "ImageSamplingConfig":
+    def gpu(shape: tuple[int, int, int] = (3, 256, 256)) -> ImageSamplingConfig:
         spec = {"kind": "gaussian-image", "shape": list(shape), "spectrum": {"type": "power-law"}}
         path = Path(tempfile.gettempdir()) / f"pathkl-image-{'x'.join(map(str, shape))}.json"
         path.write_text(json.dumps(spec))

@@ -112,7 +112,7 @@ def test_rows_with_different_operators_match_single_runs() -> None:
     z = gaussian(3, 30, 5)
     batched = lanczos_sampler(6)(lambda v: v * lams, z).sample
     for i in range(3):
-        single = lanczos_sampler(6)(lambda v: v * lams[i], z[i : i + 1]).sample
+        single = lanczos_sampler(6)(lambda v, row=lams[i]: v * row, z[i : i + 1]).sample
         assert torch.allclose(batched[i], single[0], rtol=0, atol=1e-14 * single.abs().max())
 
 

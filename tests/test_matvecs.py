@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from pathkl.errors import InputError
-from pathkl.matvecs import JvpCovariance, StepCoefficients, closed_form_cov_matvec, rademacher_diagonal
+from pathkl.matvecs import (
+    JvpCovariance,
+    StepCoefficients,
+    closed_form_cov_matvec,
+    rademacher_diagonal,
+)
 from pathkl.presets import PRESETS
 from pathkl.schedules import get_schedule
 

@@ -7,8 +7,6 @@ samples are checked against that propagation, which shares no code with the samp
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

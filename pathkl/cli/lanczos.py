@@ -10,7 +10,15 @@ from ..errors import InputError
 from ..lanczos import lanczos, lanczos_sampler, sqrt_error_bound
 from ..matvecs import StepCoefficients, closed_form_cov_matvec
 from ..schedules import get_schedule
-from .common import JSON_HELP, add_reference_options, formatter, parse_number_list, positive_int, print_json, reference_from
+from .common import (
+    JSON_HELP,
+    add_reference_options,
+    formatter,
+    parse_number_list,
+    positive_int,
+    print_json,
+    reference_from,
+)
 
 #: Above this dimension the exact ``Sigma^{1/2} z`` and spectrum come from a long Lanczos run.
 DENSE_LIMIT = 1024

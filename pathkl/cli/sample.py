@@ -8,7 +8,15 @@ import torch
 
 from ..metrics import mmd, sliced_wasserstein
 from ..sampling import FAMILY_NAMES, sample
-from .common import JSON_HELP, add_reference_options, formatter, make_grid, positive_int, print_json, reference_from
+from .common import (
+    JSON_HELP,
+    add_reference_options,
+    formatter,
+    make_grid,
+    positive_int,
+    print_json,
+    reference_from,
+)
 
 #: MMD (OCM bandwidths) is reported up to this dimension; sliced Wasserstein always.
 MMD_MAX_DIM = 16
