@@ -19,6 +19,7 @@ import torch
 
 from pathkl.lanczos import lanczos_sampler
 from pathkl.matvecs import (
+    DifferenceCovariance,
     JvpCovariance,
     StepCoefficients,
     closed_form_cov_matvec,
@@ -66,6 +67,12 @@ def cost_jvp_route(device, dtype, k=3):
     print(f"[1a] JVP route, MLP {d}-{hidden}-{hidden}-{d} (SiLU), batch {n}, {dtype}, {device}:")
     print(f"     one denoiser evaluation {one_eval * 1e3:.2f} ms; one JVP = {one_jvp / one_eval:.2f} evaluations")
     print(f"     one LGS(k={k}) reverse step = {full_step / one_eval:.2f} evaluations (target <= {k + 1.5})")
+    difference_step = median_time(lambda: lgs_step(DifferenceCovariance(net, x, step), step, x, z, k), device)
+    exact = lanczos_sampler(k)(JvpCovariance(net, x, step), z).sample
+    approx = lanczos_sampler(k)(DifferenceCovariance(net, x, step), z).sample
+    gap = float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact))
+    print(f"     forward-difference route: one LGS(k={k}) reverse step = {difference_step / one_eval:.2f}"
+          f" evaluations; |y_diff - y_jvp| / |y_jvp| = {gap:.1e}")
 
 
 def cost_closed_route(device, dtype, k=3):

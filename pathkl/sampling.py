@@ -11,13 +11,15 @@ that is ``Sigma*_t``; the isotropic, diagonal and full families of DESIGN.md sec
 - ``rademacher:M``: the diagonal estimated from M probes, floored at ``s^2`` (a lower bound, C >= 0);
 - ``lanczos:k``: the Lanczos Gaussian sampler with k covariance-vector products.
 
-Products come from the reference's closed form (``route="closed"``) or from a JVP of the posterior
-mean (``route="jvp"``), so a trained denoiser could replace the reference's posterior mean.
+Products come from the reference's closed form (``route="closed"``), from a JVP of the posterior
+mean (``route="jvp"``) or from a forward difference of it (``route="difference"``, one evaluation
+per product), so a trained denoiser could replace the reference's posterior mean.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 
@@ -25,10 +27,18 @@ import torch
 
 from .errors import InputError
 from .lanczos import lanczos_sampler
-from .matvecs import JvpCovariance, StepCoefficients, closed_form_cov_matvec, rademacher_diagonal
+from .matvecs import (
+    DifferenceCovariance,
+    JvpCovariance,
+    StepCoefficients,
+    closed_form_cov_matvec,
+    rademacher_diagonal,
+)
 from .schedules import Grid
 
 ISOTROPIC = ("beta", "beta_tilde", "analytic")
+DENOISER_ROUTES = {"jvp": JvpCovariance, "difference": DifferenceCovariance}
+ROUTES = ("closed", *DENOISER_ROUTES)
 FAMILY_NAMES = ("beta", "beta_tilde", "analytic", "diag", "full", "rademacher:M", "lanczos:k")
 
 
@@ -134,8 +144,8 @@ def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, rout
     noise_family = NoiseFamily.parse(family)
     if noise_family.kind == "beta" and eta != 1.0:
         raise InputError("the 'beta' family is a DDPM choice (eta = 1); use beta_tilde for DDIM")
-    if route not in ("closed", "jvp"):
-        raise InputError(f"unknown covariance-product route {route!r}; use closed or jvp")
+    if route not in ROUTES:
+        raise InputError(f"unknown covariance-product route {route!r}; use {', '.join(ROUTES)}")
     if n < 1:
         raise InputError(f"the number of samples must be >= 1, got {n}")
     device = resolve_device(device) if isinstance(device, str) else device
@@ -148,8 +158,9 @@ def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, rout
         step = StepCoefficients.at(grid, t, eta=eta)
         step = dataclasses.replace(step, level=to_device(step.level, device))
         z = torch.randn(n, reference.dim, dtype=dtype, device=device, generator=generator)
-        if route == "jvp":
-            matvec = JvpCovariance(lambda y, level=step.level: reference.posterior_mean(y, level), x, step)
+        if route in DENOISER_ROUTES:
+            denoiser = functools.partial(reference.posterior_mean, lv=step.level)
+            matvec = DENOISER_ROUTES[route](denoiser, x, step)
             noise = reverse_noise(noise_family, reference, x, step, matvec, z, generator=generator)
             x0_hat = matvec.denoised()
         else:

@@ -144,6 +144,9 @@ def test_seeded_runs_are_reproducible_and_routes_agree(ref, grid) -> None:
     assert not torch.equal(first, sample(ref, grid, "lanczos:2", n=50, seed=8).samples)
     jvp = sample(ref, grid, "lanczos:2", n=50, seed=7, route="jvp").samples
     assert torch.allclose(jvp, first, rtol=0, atol=1e-12)
+    # Forward differences of an affine denoiser err only by rounding, ~eps/h ~ sqrt(eps) relative.
+    difference = sample(ref, grid, "lanczos:2", n=50, seed=7, route="difference").samples
+    assert torch.allclose(difference, first, rtol=0, atol=1e-6)
 
 
 def test_cost_accounting(ref, grid) -> None:
