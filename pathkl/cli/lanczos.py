@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     d = reference.dim
     if min(ks) < 1 or max(ks) > d:
         raise InputError(f"--k values must lie in 1..d = {d}, got {args.k}")
+    if d > DENSE_LIMIT and max(ks) >= REFERENCE_STEPS:
+        raise InputError(f"above d = {DENSE_LIMIT} the exact root is a {REFERENCE_STEPS}-step Lanczos run:"
+                         f" --k must stay below {REFERENCE_STEPS}")
     matvec, where = _operator(reference, args)
     z = torch.randn(args.n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(args.seed + 1))
     root, lam_min, lam_max, info = _exact(matvec, z, d)
