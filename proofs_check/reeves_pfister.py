@@ -24,7 +24,7 @@ from pathkl.schedules import NoiseLevel
 from .evidence import all_of, close, symbolic_zero
 from .registry import Outcome, claim
 
-RP = "Reeves & Pfister 2025 (abstract, Fig. 1 caption)"
+RP = "Reeves & Pfister 2025"
 
 
 def claimed_immse_derivative(mmse):
