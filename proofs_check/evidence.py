@@ -10,11 +10,33 @@ import torch
 from .registry import Outcome
 
 
+def _probe_value(expr: sp.Expr) -> complex | None:
+    """``expr`` at a fixed irrational-looking point (positive symbols get positive values), or
+    None if it cannot be evaluated there."""
+    point = {s: sp.Rational(37 + 11 * i, 97) for i, s in enumerate(sorted(expr.free_symbols, key=str))}
+    try:
+        value = complex(expr.subs(point).evalf(30))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return value
+
+
 def symbolic_zero(expr: sp.Expr | sp.MatrixBase, what: str) -> Outcome:
-    """Pass iff ``expr`` simplifies to exactly zero (every entry, for a matrix)."""
+    """Pass iff ``expr`` simplifies to exactly zero (every entry, for a matrix).
+
+    A nonzero value at a sample point (30 digits) proves the expression is not identically zero, so a
+    wrong formula fails without an expensive ``simplify``; a pass always requires exact zero.
+    """
     entries = list(expr) if isinstance(expr, sp.MatrixBase) else [expr]
     for entry in entries:
-        residual = sp.simplify(sp.expand(entry))
+        residual = sp.expand(entry)
+        if residual == 0:
+            continue
+        value = _probe_value(residual)
+        if value is not None and abs(value) > 1e-20:
+            return Outcome(False, f"{what}: residual {sp.sstr(residual)[:120]} = {value:.3g} at a "
+                                  f"sample point, not identically 0")
+        residual = sp.simplify(residual)
         if residual != 0:
             return Outcome(False, f"{what}: residual {sp.sstr(residual)[:160]} != 0")
     return Outcome(True, f"{what}: difference simplifies to 0")

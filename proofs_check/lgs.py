@@ -102,21 +102,28 @@ def _order1_family(name: str, d: int) -> Outcome:
     ])
 
 
-def _leading_term_convergence(name: str, defect_sq) -> Outcome:
-    """pathkl's exact per-step KL at tau = 0.3 over (beta_t^2/4)||D||^2 (D from dense H) -> 1 at
-    first order in 1/T: the gap must shrink by a factor in [3, 5] when T grows 4x."""
+@lru_cache(maxsize=None)
+def _pathkl_step_kl(name: str, steps: int) -> tuple[float, float, torch.Tensor]:
+    """pathkl's exact per-step KL of family ``name`` at tau = 0.3 on a cosine grid with ``steps``
+    steps (Gaussian case of ``spot``), with that step's beta_t and the dense ``H = hess log q_t``."""
     case = gaussian_case()
-    family = get_family(name)
+    grid = get_schedule("cosine").grid(steps)
+    t = int(0.3 * steps)
+    kls, _ = case.reference.step_kls(grid, get_family(name))
+    lv = grid.level(t)
+    eye = torch.eye(case.cov.shape[0], dtype=torch.float64)
+    hess = -torch.linalg.inv(lv.abar * case.cov + lv.one_minus_abar * eye)
+    return float(kls[t - 1]), float(grid.beta[t - 1]), hess
+
+
+def _leading_term_convergence(name: str, defect_sq) -> Outcome:
+    """pathkl's exact per-step KL at tau = 0.3 over c beta_t^2 ||D||^2 (D from dense H) -> 1 at
+    first order in 1/T: the gap must shrink by a factor in [3, 5] when T grows 4x."""
     gaps = []
     for steps in (1000, 4000):
-        grid = get_schedule("cosine").grid(steps)
-        t = int(0.3 * steps)
-        kls, _ = case.reference.step_kls(grid, family)
-        lv = grid.level(t)
-        eye = torch.eye(case.cov.shape[0], dtype=torch.float64)
-        hess = -torch.linalg.inv(lv.abar * case.cov + lv.one_minus_abar * eye)
-        lead = 0.25 * grid.beta[t - 1] ** 2 * defect_sq(hess)
-        gaps.append(abs(float(kls[t - 1] / lead) - 1))
+        kl, beta, hess = _pathkl_step_kl(name, steps)
+        lead = float(claimed_isotropic_coefficient()) * beta**2 * float(defect_sq(hess))
+        gaps.append(abs(kl / lead - 1))
     shrink = gaps[0] / gaps[1]
     return Outcome(3 <= shrink <= 5 and gaps[1] < 0.05,
                    f"{name}: pathkl step KL / leading term - 1 = {gaps[0]:.2e} (T=1000), "
@@ -231,9 +238,15 @@ def negentropy_series():
     return symbols, coeffs
 
 
-def _mixture_negentropy(beta: mpmath.mpf, x: mpmath.mpf):
+@lru_cache(maxsize=None)
+def _mixture_negentropy(beta: str, x: str):
     """Exact negentropy of q(x_{t-1}|x_t = x) for a 2-component 1-D Gaussian mixture q_{t-1}, by
-    40-digit quadrature, and the predicted ``(beta^3/12) (d^3 log q_{t-1}(x/sqrt(alpha)))^2``."""
+    40-digit quadrature, and ``f3 = d^3 log q_{t-1}`` at ``x / sqrt(alpha)``."""
+    with mpmath.workdps(40):
+        return _mixture_negentropy_mp(mpmath.mpf(beta), mpmath.mpf(x))
+
+
+def _mixture_negentropy_mp(beta, x):
     w, m, v = (mpmath.mpf("0.3"), mpmath.mpf("0.7")), (mpmath.mpf(-1), mpmath.mpf(1)), \
         (mpmath.mpf("0.3"), mpmath.mpf("0.5"))
     alpha = 1 - beta
@@ -260,8 +273,7 @@ def _mixture_negentropy(beta: mpmath.mpf, x: mpmath.mpf):
     def log_q(y):
         return mpmath.log(sum(wk * mpmath.npdf(y, mk, mpmath.sqrt(vk)) for wk, mk, vk in zip(w, m, v)))
 
-    f3 = mpmath.diff(log_q, x / mpmath.sqrt(alpha), 3)
-    return neg, beta**3 * claimed_negentropy_coefficient() * f3**2
+    return neg, mpmath.diff(log_q, x / mpmath.sqrt(alpha), 3)
 
 
 @claim(id="lgs.kl-full-negentropy", source=f"{LGS}: full covariance matching, O(1/T^2)",
@@ -278,10 +290,11 @@ def check_negentropy() -> Outcome:
     outcomes.append(Outcome(family.order == 2 and abs(family.coefficient - 1 / 12) < 1e-15,
                             f"pathkl family 'full' declares order {family.order}, "
                             f"coefficient {family.coefficient:.6g}"))
+    gaps = []
     with mpmath.workdps(40):
-        gaps = []
-        for beta in (mpmath.mpf("1e-3"), mpmath.mpf("1e-4")):
-            exact, predicted = _mixture_negentropy(beta, mpmath.mpf("0.2"))
+        for beta in ("1e-3", "1e-4"):
+            exact, f3 = _mixture_negentropy(beta, "0.2")
+            predicted = mpmath.mpf(beta) ** 3 * float(claimed_negentropy_coefficient()) * f3**2
             gaps.append(abs(exact / predicted - 1))
     # J is even in eps (g(u, eps) = g(-u, -eps)), so the relative correction is O(beta): 10x smaller
     # beta must shrink it about 10x (accept 7..13).

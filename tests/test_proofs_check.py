@@ -1,0 +1,134 @@
+"""The theorem registry: every claim passes, and breaking a formula makes its check fail."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import sympy as sp
+
+from pathkl import covariances
+from pathkl.cli import main
+from proofs_check import all_claims, get_claim, run_claim
+from proofs_check import analytic_dpm, diffusion_fisher, lgs, ocm, reeves_pfister, tweedie
+
+CLAIMS = all_claims()
+_POSTERIOR_PARAMS = analytic_dpm.claimed_posterior_params
+_FISHER = diffusion_fisher.claimed_fisher
+PREFIXES = {"tweedie", "ocm", "adpm", "lgs", "rp", "df"}
+
+
+def test_registry_is_complete_and_traceable():
+    ids = [c.id for c in CLAIMS]
+    assert len(ids) >= 15 and len(set(ids)) == len(ids)
+    for c in CLAIMS:
+        assert c.id.split(".")[0] in PREFIXES, c.id
+        assert c.method in ("symbolic", "numeric", "both")
+        assert c.source.strip() and c.statement.strip()
+    assert {c.id.split(".")[0] for c in CLAIMS} == PREFIXES
+
+
+@pytest.mark.parametrize("claim_id", [c.id for c in CLAIMS])
+def test_claim_passes(claim_id):
+    result = run_claim(get_claim(claim_id))
+    assert result.outcome.passed, result.outcome.detail
+
+
+def _ocm_eq24_as_printed(g, score, alpha, beta, one_minus_abar, beta_tilde):
+    """OCM eq. (24) as printed: the square is over (g/(1-abar) - score), not over score alone."""
+    return beta_tilde + beta**2 / alpha * (g / one_minus_abar - score) ** 2
+
+
+def _slides_skip_noise_form(alpha, beta, one_minus_abar, mean_sq_eps):
+    """The skip-step slide's noise form as printed: beta_{t|s}/beta_{t|s} (= 1) in the bracket."""
+    return beta / alpha * (1 - mean_sq_eps)
+
+
+# (module, attribute, broken replacement, claim that must then fail): each a plausible slip.
+MUTATIONS = [
+    (tweedie, "claimed_posterior_mean", lambda x, s, a, b: x + b * s, "tweedie.lemma1-mean"),
+    (tweedie, "claimed_second_moment",
+     lambda x, s1, s2, a, b, eye: (x * x.T + b * s1 * x.T + b * x * s1.T + b**2 * s2 + b**2 * s1 * s1.T) / a,
+     "tweedie.lemma2-second-moment"),
+    (tweedie, "claimed_posterior_cov", lambda h, a, b, eye: b / a * (eye + 2 * b * h),
+     "tweedie.lemma3-covariance"),
+    (tweedie, "claimed_noise_form", lambda e2, s, a, b: b / a * (e2 / b - s * s.T),
+     "tweedie.eq33-noise-form"),
+    (tweedie, "claimed_jvp_cov", lambda jac, a, b: b / a * jac, "tweedie.jvp-covariance"),
+    (ocm, "claimed_scaled_cov", lambda h, a, var, eye: (var * h + var * eye) / a**2,
+     "ocm.thm1-covariance"),
+    (ocm, "claimed_probe", lambda v, hv: hv, "ocm.thm2-unbiased"),
+    (ocm, "claimed_ocm_constant", lambda h: sum(x**2 for x in h), "ocm.thm2-loss-decomposition"),
+    (ocm, "claimed_sn_cov", _ocm_eq24_as_printed, "ocm.thm3-sn-equivalence"),
+    (ocm, "claimed_ocm_cov", lambda h, a, b: (b**2 * h + b) / a**2, "ocm.thm3-sn-equivalence"),
+    (ocm, "claimed_gamma", lambda ap, a, l2: sp.sqrt(ap) + sp.sqrt(1 - ap - l2) * sp.sqrt(a / (1 - a)),
+     "ocm.eq34-gamma"),
+    (ocm, "claimed_skip_cov", lambda h, a: ((1 - a) ** 2 * h + (1 - a)) / a**2, "ocm.skip-step"),
+    (ocm, "claimed_ddim_mean",
+     lambda x0, xt, ap, a, var: sp.sqrt(ap) * x0 + (xt - sp.sqrt(a) * x0) * sp.sqrt(1 - ap - var),
+     "ocm.ddim-forms"),
+    (analytic_dpm, "claimed_posterior_params",
+     lambda x0, xt, al, ap: (_POSTERIOR_PARAMS(x0, xt, al, ap)[0],
+                             (1 - ap) * (1 - al)), "adpm.ddpm-posterior"),
+    (analytic_dpm, "claimed_gamma_sq", lambda al, ap: (1 - al) ** 2 / (1 - al * ap) ** 2,
+     "adpm.law-of-total-variance"),
+    (analytic_dpm, "claimed_optimal_variance", lambda al, b, s2: b * (1 - b * s2),
+     "adpm.thm1-optimal-variance"),
+    (analytic_dpm, "claimed_optimal_variance_noise", _slides_skip_noise_form, "adpm.skip-step"),
+    (lgs, "claimed_isotropic_coefficient", lambda: sp.Rational(1, 2), "lgs.kl-beta-family"),
+    (lgs, "claimed_defect", lambda name, h, c=None: h, "lgs.kl-diag-family"),
+    (lgs, "claimed_negentropy_coefficient", lambda: sp.Rational(1, 6), "lgs.kl-full-negentropy"),
+    (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-gaussian"),
+    (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-mixture"),
+    (reeves_pfister, "claimed_gap", lambda d, m, i: (d * m).sum() - i, "rp.riemann-gap"),
+    (reeves_pfister, "claimed_gap_bound", lambda d, tr: 0.1 * d * tr, "rp.gap-bound"),
+    (diffusion_fisher, "claimed_fisher",
+     lambda w, y, a, var, eye: _FISHER(w, y, a, var, eye) - eye / var
+     + eye / var**2, "df.outer-product"),
+    (diffusion_fisher, "claimed_trace",
+     lambda w, y, a, var: y.shape[1] / var - a**2 / var**2 * (w @ (y**2).sum(-1)), "df.trace-matvec"),
+]
+
+
+@pytest.mark.parametrize("module,name,broken,claim_id", MUTATIONS,
+                         ids=[f"{m[3]}:{m[1]}" for m in MUTATIONS])
+def test_broken_formula_fails(monkeypatch, module, name, broken, claim_id):
+    monkeypatch.setattr(module, name, broken)
+    outcome = run_claim(get_claim(claim_id)).outcome
+    assert not outcome.passed, f"{claim_id} still passes with a broken {name}: {outcome.detail}"
+    assert "Error" not in outcome.detail.split(":")[0], f"failed by crashing, not by comparison: {outcome.detail}"
+
+
+def test_wrong_declared_constant_in_pathkl_fails(monkeypatch):
+    """The registry also checks the constants pathkl's covariance families declare."""
+    full = covariances.FAMILIES["full"]
+    monkeypatch.setitem(covariances.FAMILIES, "full", dataclasses.replace(full, coefficient=1 / 6))
+    assert not run_claim(get_claim("lgs.kl-full-negentropy")).outcome.passed
+    diag = covariances.FAMILIES["diag"]
+    monkeypatch.setitem(covariances.FAMILIES, "diag", dataclasses.replace(diag, order=2))
+    assert not run_claim(get_claim("lgs.kl-diag-family")).outcome.passed
+
+
+def test_cli_json_and_exit_codes(capsys, monkeypatch):
+    assert main(["check", "ocm.thm2-unbiased", "ocm.thm2-minimiser", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == ["ocm.thm2-unbiased", "ocm.thm2-minimiser"]
+    assert all({"id", "source", "status", "detail"} <= set(r) and r["status"] == "pass" for r in rows)
+
+    monkeypatch.setattr(ocm, "claimed_probe", lambda v, hv: hv)
+    assert main(["check", "ocm.thm2-unbiased", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "fail"
+
+    assert main(["check", "ocm.no-such-claim"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "unknown claim id" in captured.err and captured.err.count("\n") == 1
+
+
+def test_cli_table_and_prefix(capsys):
+    assert main(["check", "adpm"]) == 0
+    out = capsys.readouterr().out
+    adpm = [c.id for c in CLAIMS if c.id.startswith("adpm.")]
+    assert all(i in out for i in adpm) and f"{len(adpm)} claims: {len(adpm)} pass, 0 fail" in out
+    assert main(["check", "--list", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == len(CLAIMS)
