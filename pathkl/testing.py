@@ -26,6 +26,8 @@ from .references.gaussian import GaussianReference
 from .schedules import SCHEDULES, Grid, NoiseLevel, get_schedule, grid_from_taus
 
 DTYPE = torch.float64
+#: ddpm-linear's per-step beta is 20/T at the end, so its chain needs T >= 21.
+DDPM_MIN_STEPS = 21
 
 #: Settings profiles: ``ci`` (deterministic, few examples, no deadline), ``dev``, ``deep``.
 PROFILES = {
@@ -111,9 +113,12 @@ def schedules():
 @st.composite
 def grids(draw, *, min_steps: int = 2, max_steps: int = 64, uniform: bool | None = None) -> Grid:
     """A grid of a drawn schedule with T in ``[min_steps, max_steps]``: uniform, or with strictly
-    increasing drawn taus from 0 to 1 (``uniform=None`` draws which)."""
-    schedule = draw(schedules())
-    steps = draw(st.integers(min_steps, max_steps))
+    increasing drawn taus from 0 to 1 (``uniform=None`` draws which).  ``ddpm-linear`` is a discrete
+    chain (uniform grids only, T >= 21) and is drawn only when ``max_steps >= 21``."""
+    names = [n for n in sorted(SCHEDULES) if n != "ddpm-linear" or max_steps >= DDPM_MIN_STEPS]
+    schedule = get_schedule(draw(st.sampled_from(names)))
+    low = max(min_steps, DDPM_MIN_STEPS) if schedule.name == "ddpm-linear" else min_steps
+    steps = draw(st.integers(low, max_steps))
     if uniform is None:
         uniform = draw(st.booleans())
     if uniform or schedule.name == "ddpm-linear":
