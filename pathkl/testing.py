@@ -31,10 +31,10 @@ DDPM_MIN_STEPS = 21
 
 #: Settings profiles: ``ci`` (deterministic, few examples, no deadline), ``dev``, ``deep``.
 PROFILES = {
-    "ci": dict(derandomize=True, max_examples=20, deadline=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow]),
-    "dev": dict(max_examples=100, deadline=None),
-    "deep": dict(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
+    "ci": {"derandomize": True, "max_examples": 20, "deadline": None, "print_blob": True,
+           "suppress_health_check": [HealthCheck.too_slow]},
+    "dev": {"max_examples": 100, "deadline": None},
+    "deep": {"max_examples": 1000, "deadline": None, "suppress_health_check": [HealthCheck.too_slow]},
 }
 for _name, _options in PROFILES.items():
     settings.register_profile(_name, **_options)

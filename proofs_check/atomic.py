@@ -11,7 +11,7 @@ is a positive symbol whose derivative is known exactly,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, cached_property
 
 import sympy as sp
 
@@ -43,40 +43,40 @@ class AtomicPrior:
         """``q(x~)`` up to a constant factor."""
         return sp.Add(*self.e)
 
-    @lru_cache(maxsize=None)
+    @cached_property
     def score(self) -> sp.Matrix:
         """``grad log q(x~)``."""
         q = self.density
         return sp.Matrix([self.diff(q, j) / q for j in range(self.dim)])
 
-    @lru_cache(maxsize=None)
+    @cached_property
     def hessian(self) -> sp.Matrix:
         """``hess log q(x~)``."""
-        s = self.score()
+        s = self.score
         return sp.Matrix(self.dim, self.dim, lambda i, j: self.diff(s[i], j))
 
-    @lru_cache(maxsize=None)
+    @cached_property
     def posterior_mean(self) -> sp.Matrix:
         """``E[x | x~]`` computed directly from Bayes' rule."""
         q = self.density
         return sp.Matrix([sum(e * at[i] for e, at in zip(self.e, self.atoms)) / q
                           for i in range(self.dim)])
 
-    @lru_cache(maxsize=None)
+    @cached_property
     def posterior_second_moment(self) -> sp.Matrix:
         """``E[x x^T | x~]`` computed directly from Bayes' rule."""
         q = self.density
         return sp.Matrix(self.dim, self.dim, lambda i, j: sum(
             e * at[i] * at[j] for e, at in zip(self.e, self.atoms)) / q)
 
-    @lru_cache(maxsize=None)
+    @cached_property
     def posterior_cov(self) -> sp.Matrix:
         """``Cov[x | x~]`` computed directly from Bayes' rule."""
-        m = self.posterior_mean()
-        return self.posterior_second_moment() - m * m.T
+        m = self.posterior_mean
+        return self.posterior_second_moment - m * m.T
 
 
-@lru_cache(maxsize=None)
+@cache
 def atomic_prior(dim: int, atoms: int) -> AtomicPrior:
     """The symbolic K-atom prior in dimension ``dim`` (cached: the symbols are reused)."""
     x = sp.symbols(f"xt0:{dim}", real=True)

@@ -63,7 +63,7 @@ def check_outer_product() -> Outcome:
         p = atomic_prior(dim, atoms)
         weights = [e / p.density for e in p.e]
         points = [sp.Matrix(a) for a in p.atoms]
-        residual = claimed_fisher(weights, points, p.a, p.var, sp.eye(dim)) + p.hessian()
+        residual = claimed_fisher(weights, points, p.a, p.var, sp.eye(dim)) + p.hessian
         outcomes.append(Outcome(all(is_zero(r) for r in residual),
                                 f"symbolic {atoms} points in {dim}-D: F + hess log q == 0"))
     points, alpha, var, x, log_q, weights = _empirical_case()

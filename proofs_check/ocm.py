@@ -8,16 +8,16 @@ eq. (34) (the coefficient gamma_t) and the skip-step / DDIM forms, eqs. (6), (14
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 import torch
 
+from pathkl.schedules import get_schedule
+
 from .atomic import atomic_prior, is_zero
 from .evidence import all_of, close, symbolic_zero
 from .registry import Outcome, claim
-from pathkl.schedules import get_schedule
-
 from .spot import conditional, dense_posterior, dense_reverse_kernel, gaussian_case
 from .tweedie import RTOL, SYMBOLIC_CASES
 
@@ -78,7 +78,7 @@ def claimed_ddim_mean(x0, xt, abar_prev, abar, var):
         * sp.sqrt(1 - abar_prev - var)
 
 
-@lru_cache(maxsize=None)
+@cache
 def symmetric_matrix(d: int) -> sp.Matrix:
     """A general symmetric d x d matrix of independent real symbols."""
     return sp.Matrix(d, d, lambda i, j: sp.Symbol(f"H{min(i, j)}{max(i, j)}", real=True))
@@ -90,7 +90,7 @@ def rademacher_vectors(d: int):
 
 
 def _thm1_residual(p):
-    return claimed_scaled_cov(p.hessian(), p.a, p.var, sp.eye(p.dim)) - p.posterior_cov()
+    return claimed_scaled_cov(p.hessian, p.a, p.var, sp.eye(p.dim)) - p.posterior_cov
 
 
 @claim(id="ocm.thm1-covariance", source=f"{OCM}, Theorem 1, eq. (8)",

@@ -12,7 +12,7 @@ process.  Derived here: by the chain rule of KL over (X, Y_{1:n}) in two orders,
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import scipy.integrate
@@ -190,7 +190,7 @@ def check_riemann_gap() -> Outcome:
     return all_of(outcomes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mixture_gap() -> tuple[float, float]:
     """Half the gap between the left Riemann sum of the mixture's M on a uniform 12-step grid over
     [0, 6] and its integral (quadrature), and the step size."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 Method = Literal["symbolic", "numeric", "both"]
 
@@ -94,7 +95,7 @@ def run_claim(item: Claim) -> Result:
         outcome = item.check()
         if not isinstance(outcome, Outcome):
             outcome = Outcome(False, f"check returned {type(outcome).__name__}, not Outcome")
-    except Exception as exc:  # a crashing check is a failing check, reported, not raised
+    except Exception as exc:  # noqa: BLE001  a crashing check is a failing check, reported
         where = traceback.extract_tb(exc.__traceback__)[-1]
         outcome = Outcome(False, f"{type(exc).__name__}: {exc} (at {where.name}:{where.lineno})")
     return Result(item, outcome, time.perf_counter() - start)

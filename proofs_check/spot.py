@@ -8,7 +8,7 @@ covariance: that is the independent answer the closed forms of the package are c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -37,7 +37,7 @@ class GaussianCase:
         return -torch.expm1(torch.log(self.level.abar) - torch.log(self.prev.abar))
 
 
-@lru_cache(maxsize=None)
+@cache
 def gaussian_case(dim: int = 4, steps: int = 20, t: int = 7, seed: int = 0) -> GaussianCase:
     """Non-diagonal covariance with eigenvalues spread over two decades, cosine grid step ``t``."""
     from pathkl.references.gaussian import GaussianReference

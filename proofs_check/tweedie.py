@@ -65,7 +65,7 @@ def _symbolic(what: str, residual_of) -> Outcome:
 
 
 def _lemma1_residual(p, alpha, beta):
-    return claimed_posterior_mean(sp.Matrix(p.x), p.score(), alpha, beta) - p.posterior_mean()
+    return claimed_posterior_mean(sp.Matrix(p.x), p.score, alpha, beta) - p.posterior_mean
 
 
 @claim(id="tweedie.lemma1-mean", source=f"{OCM}, Lemma 1, eq. (26)",
@@ -86,8 +86,8 @@ def check_lemma1() -> Outcome:
 
 def _lemma2_residual(p, alpha, beta):
     x = sp.Matrix(p.x)
-    claimed = claimed_second_moment(x, p.score(), p.hessian(), alpha, beta, sp.eye(p.dim))
-    return claimed - p.posterior_second_moment()
+    claimed = claimed_second_moment(x, p.score, p.hessian, alpha, beta, sp.eye(p.dim))
+    return claimed - p.posterior_second_moment
 
 
 @claim(id="tweedie.lemma2-second-moment", source=f"{OCM}, Lemma 2, eq. (27)",
@@ -98,7 +98,7 @@ def check_lemma2() -> Outcome:
 
 
 def _lemma3_residual(p, alpha, beta):
-    return claimed_posterior_cov(p.hessian(), alpha, beta, sp.eye(p.dim)) - p.posterior_cov()
+    return claimed_posterior_cov(p.hessian, alpha, beta, sp.eye(p.dim)) - p.posterior_cov
 
 
 @claim(id="tweedie.lemma3-covariance", source=f"{OCM}, Lemma 3, eq. (32)",
@@ -123,7 +123,7 @@ def _noise_form_residual(p, alpha, beta):
     q = p.density
     eps = [(x - p.a * sp.Matrix(atom)) / sp.sqrt(beta) for atom in p.atoms]
     second = sum((e_k * (v * v.T) for e_k, v in zip(p.e, eps)), sp.zeros(p.dim)) / q
-    return claimed_noise_form(second, p.score(), alpha, beta) - p.posterior_cov()
+    return claimed_noise_form(second, p.score, alpha, beta) - p.posterior_cov
 
 
 @claim(id="tweedie.eq33-noise-form", source=f"{OCM}, Appendix A.3, eq. (33)",
@@ -134,9 +134,9 @@ def check_noise_form() -> Outcome:
 
 
 def _jvp_residual(p, alpha, beta):
-    mean = p.posterior_mean()
+    mean = p.posterior_mean
     jac = sp.Matrix(p.dim, p.dim, lambda i, j: p.diff(mean[i], j))
-    return claimed_jvp_cov(jac, alpha, beta) - p.posterior_cov()
+    return claimed_jvp_cov(jac, alpha, beta) - p.posterior_cov
 
 
 @claim(id="tweedie.jvp-covariance", source="DESIGN.md section 2 (LGS: one JVP per Lanczos step)",

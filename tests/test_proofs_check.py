@@ -10,8 +10,17 @@ import sympy as sp
 
 from pathkl import covariances
 from pathkl.cli import main
-from proofs_check import all_claims, get_claim, run_claim
-from proofs_check import analytic_dpm, diffusion_fisher, lgs, ocm, reeves_pfister, tweedie
+from proofs_check import (
+    all_claims,
+    analytic_dpm,
+    diffusion_fisher,
+    get_claim,
+    lgs,
+    ocm,
+    reeves_pfister,
+    run_claim,
+    tweedie,
+)
 
 CLAIMS = all_claims()
 _POSTERIOR_PARAMS = analytic_dpm.claimed_posterior_params

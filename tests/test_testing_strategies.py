@@ -8,8 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathkl.testing import (PROFILES, gaussian_references, grids, noise_levels, orthogonal_matrices,
-                            rademacher_probes, spd_matrices, spectra)
+from pathkl.testing import (
+    PROFILES,
+    gaussian_references,
+    grids,
+    noise_levels,
+    orthogonal_matrices,
+    rademacher_probes,
+    spd_matrices,
+    spectra,
+)
 
 settings.load_profile("ci")
 EYE_TOL = 1e-12  # Householder QR of a <= 6 x 6 matrix is orthogonal to a few ulps
