@@ -186,6 +186,49 @@ def check_bounds() -> Outcome:
     return all_of(outcomes)
 
 
+def claimed_bounded_data_bound(beta_tilde, gamma2, low, high):
+    """Analytic-DPM byproduct: data in ``[a, b]^d`` gives
+    ``sigma*_n^2 <= beta~_n + (abar_{n-1} beta_n^2 / (1-abar_n)^2) ((b - a)/2)^2``."""
+    return beta_tilde + gamma2 * ((high - low) / 2) ** 2
+
+
+@claim(id="adpm.bounded-data-bound", source=f"{ADPM}, byproduct (data bounded in [a, b])",
+       statement="x_0 in [a,b]^d: sigma*_n^2 <= beta~_n + gamma_n^2 ((b-a)/2)^2, attained by two "
+                 "atoms at a and b", method="both")
+def check_bounded_data() -> Outcome:
+    # Posterior of a two-atom prior {a, b}: weight p on b, variance p (1-p) (b-a)^2; its maximum
+    # over p is the per-coordinate bound, and any law on [a, b] has variance <= that (Popoviciu).
+    p, a, b = sp.Symbol("p", positive=True), sp.Symbol("a", real=True), sp.Symbol("b", real=True)
+    variance = p * (1 - p) * (b - a) ** 2
+    best = sp.solve(sp.diff(variance, p), p)
+    alpha, abar_prev = _step_symbols()
+    beta_tilde = (1 - abar_prev) * (1 - alpha) / (1 - alpha * abar_prev)
+    gamma2 = claimed_gamma_sq(alpha, abar_prev)
+    attained = beta_tilde + gamma2 * variance.subs(p, best[0]) if len(best) == 1 else None
+    outcomes = [Outcome(len(best) == 1 and best[0] == sp.Rational(1, 2), f"argmax_p p(1-p) = {best}"),
+                symbolic_zero(attained - claimed_bounded_data_bound(beta_tilde, gamma2, a, b),
+                              "two atoms at a, b with equal posterior weight attain the bound")]
+    # Numeric: random 12-atom priors on [-1, 1]; exact posterior variances at many x_t on a grid.
+    gen = torch.Generator().manual_seed(4)
+    grid = get_schedule("cosine").grid(100)
+    worst = 0.0
+    for _ in range(5):
+        atoms = torch.rand(12, generator=gen, dtype=torch.float64) * 2 - 1
+        logw = torch.randn(12, generator=gen, dtype=torch.float64)
+        for t in (2, 20, 60, 100):
+            lv = grid.level(t)
+            x = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)[:, None]
+            logits = logw - (x - lv.abar.sqrt() * atoms) ** 2 / (2 * lv.one_minus_abar)
+            w = torch.softmax(logits, -1)
+            var0 = (w * atoms**2).sum(-1) - (w * atoms).sum(-1) ** 2
+            bt, g2 = grid.beta_tilde[t - 1], grid.abar[t - 1] * grid.beta[t - 1] ** 2 / lv.one_minus_abar**2
+            sigma = bt + g2 * var0
+            worst = max(worst, float((sigma / claimed_bounded_data_bound(bt, g2, -1.0, 1.0)).max()))
+    outcomes.append(Outcome(worst <= 1 + 1e-12, f"random 12-atom priors on [-1, 1], 4 steps x 61 "
+                                               f"points: max sigma*^2 / bound = {worst:.6f} <= 1"))
+    return all_of(outcomes)
+
+
 @claim(id="adpm.skip-step", source=f"{ADPM}, fast inference slide",
        statement="mu*_{s|t} = (x_t + beta_{t|s} s)/sqrt(alpha_{t|s}), "
                  "sigma*^2_{s|t} = (beta_{t|s}/alpha_{t|s})(1 - beta_{t|s} E||s||^2/d)",

@@ -151,10 +151,20 @@ def check_jvp() -> Outcome:
 
     jac = torch.func.jacrev(mu_star)(case.x[0])
     _, dense = dense_reverse_kernel(case)
+    # One covariance-vector product = one JVP of the mean (what the Lanczos sampler uses), against
+    # the law-of-total-variance matvec beta~ v + gamma^2 Cov[x0|xt] v from posterior_cov_matvec.
+    v = torch.linspace(-1.0, 2.0, case.cov.shape[0], dtype=torch.float64)
+    _, tangent = torch.func.jvp(mu_star, (case.x[0],), (v,))
+    beta_tilde = case.prev.one_minus_abar * beta / case.level.one_minus_abar
+    gamma2 = case.prev.abar * beta**2 / case.level.one_minus_abar**2
+    matvec = beta_tilde * v + gamma2 * case.reference.posterior_cov_matvec(case.x[:1], v[None], case.level)[0]
     return all_of([
         _symbolic("Bayes reverse-kernel covariance vs (beta/sqrt(alpha)) Jacobian of its mean",
                   _jvp_residual),
         close(claimed_jvp_cov(jac, alpha, beta), dense, rtol=RTOL,
               atol=RTOL * float(dense.abs().max()),
               what="autodiff Jacobian of mu* (GaussianReference.score) vs dense reverse kernel"),
+        close(claimed_jvp_cov(tangent, alpha, beta), matvec, rtol=RTOL,
+              atol=RTOL * float(matvec.abs().max()),
+              what="one JVP of mu* vs beta~ v + gamma^2 posterior_cov_matvec"),
     ])

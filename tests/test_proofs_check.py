@@ -85,6 +85,8 @@ MUTATIONS = [
     (analytic_dpm, "claimed_optimal_variance", lambda al, b, s2: b * (1 - b * s2),
      "adpm.thm1-optimal-variance"),
     (analytic_dpm, "claimed_optimal_variance_noise", _slides_skip_noise_form, "adpm.skip-step"),
+    (analytic_dpm, "claimed_bounded_data_bound", lambda bt, g2, lo, hi: bt + g2 * ((hi - lo) / 4) ** 2,
+     "adpm.bounded-data-bound"),
     (lgs, "claimed_isotropic_coefficient", lambda: sp.Rational(1, 2), "lgs.kl-beta-family"),
     (lgs, "claimed_defect", lambda name, h, c=None: h, "lgs.kl-diag-family"),
     (lgs, "claimed_negentropy_coefficient", lambda: sp.Rational(1, 6), "lgs.kl-full-negentropy"),
