@@ -24,10 +24,14 @@ SYMBOLIC_CASES = ((1, 3), (2, 2))
 RTOL = 1e-9
 
 
+def sqrt(x):
+    """Exact square root for sympy expressions, elementwise for tensors."""
+    return sp.sqrt(x) if isinstance(x, sp.Basic) else x**0.5
+
+
 def claimed_posterior_mean(x, score, alpha, beta):
     """OCM Lemma 1, eq. (26): ``E[x | x~] = (x~ + beta grad log q(x~)) / sqrt(alpha)``."""
-    return (x + beta * score) / alpha ** sp.Rational(1, 2) if isinstance(alpha, sp.Basic) \
-        else (x + beta * score) / alpha ** 0.5
+    return (x + beta * score) / sqrt(alpha)
 
 
 def claimed_second_moment(x, s1, s2, alpha, beta, eye):
@@ -49,8 +53,7 @@ def claimed_noise_form(eps_second_moment, score, alpha, beta):
 
 def claimed_jvp_cov(jacobian_of_mean, alpha, beta):
     """DESIGN.md section 2: ``Sigma*_t = (beta_t / sqrt(alpha_t)) d mu*_t / dx``."""
-    return beta / alpha ** sp.Rational(1, 2) * jacobian_of_mean if isinstance(alpha, sp.Basic) \
-        else beta / alpha ** 0.5 * jacobian_of_mean
+    return beta / sqrt(alpha) * jacobian_of_mean
 
 
 def _symbolic(what: str, residual_of) -> Outcome:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import sympy as sp
 
+import proofs_check
 from pathkl import covariances
 from pathkl.cli import main
 from proofs_check import (
@@ -36,6 +38,11 @@ def test_registry_is_complete_and_traceable():
         assert c.method in ("symbolic", "numeric", "both")
         assert c.source.strip() and c.statement.strip()
     assert {c.id.split(".")[0] for c in CLAIMS} == PREFIXES
+
+
+def test_readme_lists_every_claim():
+    readme = (Path(proofs_check.__file__).parent / "README.md").read_text()
+    assert all(f"`{c.id}`" in readme for c in CLAIMS)
 
 
 @pytest.mark.parametrize("claim_id", [c.id for c in CLAIMS])
