@@ -6,6 +6,7 @@ Import them in your own tests::
     from pathkl.testing import spd_matrices, gaussian_references, grids
 
     settings.load_profile("ci")          # deterministic and fast; "dev" and "deep" explore more
+                                         # (or decorate one test: @settings.get_profile("ci"))
 
     @given(spd_matrices(dim=3, condition=100.0))
     def test_my_identity(cov): ...

@@ -12,6 +12,7 @@ from functools import cache
 
 import torch
 
+from pathkl.references.gaussian import GaussianReference
 from pathkl.schedules import NoiseLevel, get_schedule
 
 DTYPE = torch.float64
@@ -21,7 +22,7 @@ DTYPE = torch.float64
 class GaussianCase:
     """A correlated Gaussian reference, points ``x`` drawn from ``q_t`` and the step ``t`` levels."""
 
-    reference: object
+    reference: GaussianReference
     mean: torch.Tensor
     cov: torch.Tensor
     prev: NoiseLevel
@@ -40,8 +41,6 @@ class GaussianCase:
 @cache
 def gaussian_case(dim: int = 4, steps: int = 20, t: int = 7, seed: int = 0) -> GaussianCase:
     """Non-diagonal covariance with eigenvalues spread over two decades, cosine grid step ``t``."""
-    from pathkl.references.gaussian import GaussianReference
-
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=DTYPE))
     eig = torch.logspace(-1, 1, dim, dtype=DTYPE)

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 import sympy as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import proofs_check
 from pathkl import covariances
 from pathkl.cli import main
+from pathkl.schedules import get_schedule
+from pathkl.testing import gaussian_references, noise_levels
 from proofs_check import (
     all_claims,
     analytic_dpm,
@@ -23,7 +28,10 @@ from proofs_check import (
     run_claim,
     tweedie,
 )
+from proofs_check.spot import conditional
 
+#: Deterministic CI settings, applied per test (loading the profile would change every test).
+CI = settings.get_profile("ci")
 CLAIMS = all_claims()
 _POSTERIOR_PARAMS = analytic_dpm.claimed_posterior_params
 _FISHER = diffusion_fisher.claimed_fisher
@@ -150,3 +158,60 @@ def test_cli_table_and_prefix(capsys):
     assert all(i in out for i in adpm) and f"{len(adpm)} claims: {len(adpm)} pass, 0 fail" in out
     assert main(["check", "--list", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(CLAIMS)
+
+
+# Property-based evidence: the paper formulas against dense Schur complements of the joint Gaussian
+# over drawn references, rotations, spectra and noise levels (pathkl.testing strategies).
+
+# Two float64 routes (eigen closed forms vs dense solve) through matrices with condition <= 1e3:
+# agreement to ~1e-13 relative is expected; 1e-8 leaves room, while a formula slip is O(1).
+PROP_RTOL = 1e-8
+
+
+def _dense_cov_of(ref):
+    return ref.basis.dense(ref.eigenvalues)
+
+
+@CI
+@given(gaussian_references(dims=(1, 4), condition=1e3, low=1e-2, high=10.0), noise_levels())
+def test_tweedie_covariance_property(ref, lv):
+    cov = _dense_cov_of(ref)
+    eye = torch.eye(ref.dim, dtype=torch.float64)
+    x = ref.sample(2, lv, generator=torch.Generator().manual_seed(1))
+    a = lv.abar.sqrt()
+    mean, post = conditional(ref.mean, cov, a * ref.mean, lv.abar * cov + lv.one_minus_abar * eye,
+                             a * cov, x)
+    claimed = tweedie.claimed_posterior_cov(ref.hessian(x, lv), lv.abar, lv.one_minus_abar, eye)
+    scale = float(post.abs().max())
+    assert torch.allclose(claimed, post.expand_as(claimed), rtol=PROP_RTOL, atol=PROP_RTOL * scale)
+    claimed_mean = tweedie.claimed_posterior_mean(x, ref.score(x, lv), lv.abar, lv.one_minus_abar)
+    assert torch.allclose(claimed_mean, mean, rtol=PROP_RTOL, atol=PROP_RTOL * float(mean.abs().max() + 1))
+
+
+@CI
+@given(gaussian_references(dims=(2, 4), condition=1e2, low=1e-2, high=10.0),
+       st.floats(0.05, 0.95), st.floats(1e-4, 0.2))
+def test_reverse_kernel_forms_property(ref, tau, step):
+    """OCM Theorem 3 (OCM form), the law of total variance and Analytic-DPM's bounds at a drawn
+    step, against the dense reverse kernel q(x_{t-1} | x_t)."""
+    schedule = get_schedule("vp-linear")
+    prev, lv = schedule.level(tau), schedule.level(tau + step)
+    alpha = lv.abar / prev.abar
+    beta = -torch.expm1(torch.log(lv.abar) - torch.log(prev.abar))
+    cov = _dense_cov_of(ref)
+    eye = torch.eye(ref.dim, dtype=torch.float64)
+    cov_prev = prev.abar * cov + prev.one_minus_abar * eye
+    x = ref.sample(1, lv, generator=torch.Generator().manual_seed(2))
+    _, kernel = conditional(prev.abar.sqrt() * ref.mean, cov_prev, lv.abar.sqrt() * ref.mean,
+                            lv.abar * cov + lv.one_minus_abar * eye, alpha.sqrt() * cov_prev, x)
+    scale = float(kernel.abs().max())
+    hd = torch.diagonal(ref.hessian(x, lv)[0])
+    assert torch.allclose(ocm.claimed_ocm_cov(hd, alpha, beta), torch.diagonal(kernel),
+                          rtol=PROP_RTOL, atol=PROP_RTOL * scale)
+    beta_tilde = prev.one_minus_abar * beta / lv.one_minus_abar
+    g2 = analytic_dpm.claimed_gamma_sq(alpha, prev.abar)
+    formed = beta_tilde * eye + g2 * ref.posterior_cov(x, lv)[0]
+    assert torch.allclose(formed, kernel, rtol=PROP_RTOL, atol=PROP_RTOL * scale)
+    sigma2 = kernel.trace() / ref.dim  # Gaussian: Sigma* does not depend on x_t
+    slack = 1e-10 * float(beta / alpha)
+    assert beta_tilde - slack <= sigma2 <= beta / alpha + slack
