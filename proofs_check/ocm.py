@@ -44,6 +44,11 @@ def claimed_ocm_constant(hess):
     return sum(hess[i, j] ** 2 for i in range(d) for j in range(d) if i != j)
 
 
+def claimed_ocm_minimiser(hess):
+    """OCM Theorem 2: ``argmin_h L_ocm(h) = diag H``."""
+    return [hess[i, i] for i in range(hess.shape[0])]
+
+
 def claimed_ocm_cov(h, alpha, beta):
     """OCM Theorem 3: OCM-DDPM covariance ``((1 - alpha_t)^2 h + (1 - alpha_t)) / alpha_t``."""
     return (beta**2 * h + beta) / alpha
@@ -185,8 +190,9 @@ def check_thm2_minimiser() -> Outcome:
         h, H, loss = _exact_loss(d)
         grad = [sp.diff(loss, hi) for hi in h]
         solution = sp.solve(grad, list(h), dict=True)
+        claimed = claimed_ocm_minimiser(H)
         found = len(solution) == 1 and all(
-            sp.simplify(solution[0][h[i]] - H[i, i]) == 0 for i in range(d))
+            sp.simplify(solution[0][h[i]] - claimed[i]) == 0 for i in range(d))
         hess = sp.hessian(loss, list(h))
         outcomes.append(Outcome(found and hess == 2 * sp.eye(d),
                                 f"d={d}: grad L_ocm = 0 solved to h = {[solution[0][s] for s in h] if solution else None}, hessian 2I: {hess == 2 * sp.eye(d)}"))

@@ -48,6 +48,10 @@ def test_registry_is_complete_and_traceable():
     assert {c.id.split(".")[0] for c in CLAIMS} == PREFIXES
 
 
+def test_every_claim_has_a_mutation():
+    assert {c.id for c in CLAIMS} <= {m[3] for m in MUTATIONS}
+
+
 def test_readme_lists_every_claim():
     readme = (Path(proofs_check.__file__).parent / "README.md").read_text()
     assert all(f"`{c.id}`" in readme for c in CLAIMS)
@@ -95,6 +99,13 @@ MUTATIONS = [
     (analytic_dpm, "claimed_posterior_params",
      lambda x0, xt, al, ap: (_POSTERIOR_PARAMS(x0, xt, al, ap)[0],
                              (1 - ap) * (1 - al)), "adpm.ddpm-posterior"),
+    (analytic_dpm, "claimed_moment_match", lambda m, c, d: (m, c), "adpm.moment-matching"),
+    (analytic_dpm, "claimed_optimal_variance", lambda al, b, s2: b / al * (1 - b * s2 / 2),
+     "adpm.variance-bounds"),
+    (ocm, "claimed_ocm_minimiser", lambda h: [sum(h[i, :]) for i in range(h.shape[0])],
+     "ocm.thm2-minimiser"),
+    (lgs, "claimed_defect", lambda name, h, c=None: h + (c or 0) * sp.eye(h.shape[0]),
+     "lgs.kl-analytic-family"),
     (analytic_dpm, "claimed_gamma_sq", lambda al, ap: (1 - al) ** 2 / (1 - al * ap) ** 2,
      "adpm.law-of-total-variance"),
     (analytic_dpm, "claimed_optimal_variance", lambda al, b, s2: b * (1 - b * s2),
