@@ -139,6 +139,10 @@ class GaussianReference:
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.basis.dense(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1, -1)
 
+    def posterior_cov_diagonal(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``diag Cov[x_0 | x_t]`` (n, d) without forming the matrix (O(d) for the Fourier basis)."""
+        return self.basis.diagonal(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1)
+
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.basis.apply(self.posterior_eigenvalues(lv), v)
 
