@@ -20,12 +20,13 @@ from sympy.polys.domains import QQ
 from sympy.polys.rings import ring
 
 from pathkl.covariances import get_family
+from pathkl.lanczos import lanczos_sampler, sqrt_error_bound
 from pathkl.schedules import get_schedule
 
 from .evidence import all_of, symbolic_zero
 from .ocm import symmetric_matrix
 from .registry import Outcome, claim
-from .spot import gaussian_case
+from .spot import dense_reverse_kernel, gaussian_case
 
 LGS = "Akhtar et al. 2026 (LGS path KL, abstract) + DESIGN.md section 3"
 beta_sym = sp.Symbol("beta", positive=True)
@@ -337,4 +338,47 @@ def check_negentropy() -> Outcome:
     outcomes.append(Outcome(7 <= shrink <= 13 and gaps[1] < 1e-2,
                             f"2-component mixture, 40-digit quadrature: exact/predicted - 1 = "
                             f"{float(gaps[0]):.2e} (beta=1e-3), {float(gaps[1]):.2e} (beta=1e-4)"))
+    return all_of(outcomes)
+
+
+def claimed_sqrt_on_ellipse(lam_min, lam_max, theta):
+    """NOTES.md (derived, behind the LGS error bound): on ``lambda = (a+b)/2 + (b-a)/2 cos theta``,
+    ``sqrt(lambda) = s |1 + r e^{i theta}|``, ``s = (sqrt a + sqrt b)/2``,
+    ``r = (sqrt b - sqrt a)/(sqrt b + sqrt a)`` (so the error decays like ``r^k``)."""
+    s = (sp.sqrt(lam_min) + sp.sqrt(lam_max)) / 2
+    r = (sp.sqrt(lam_max) - sp.sqrt(lam_min)) / (sp.sqrt(lam_max) + sp.sqrt(lam_min))
+    return s * sp.sqrt(1 + r**2 + 2 * r * sp.cos(theta))  # |1 + r e^{i theta}|, r real
+
+
+@claim(id="lgs.lanczos-sampler", source="Akhtar et al. 2026 (LGS), section 4; NOTES.md (derived)",
+       statement="LGS draw ||z|| V_k T_k^{1/2} e_1 of Sigma*_t: error <= 2||z|| E_{k-1}(sqrt) "
+                 "(geometric in k), exact at k = d", method="both")
+def check_lanczos() -> Outcome:
+    a, b, theta = sp.Symbol("A", positive=True), sp.Symbol("B", positive=True), sp.Symbol("theta", real=True)
+    lam = (a**2 + b**2) / 2 + (b**2 - a**2) / 2 * sp.cos(theta)
+    outcomes = [symbolic_zero(claimed_sqrt_on_ellipse(a**2, b**2, theta) ** 2 - lam,
+                              "sqrt(lambda) = s |1 + r e^{i theta}| on the spectrum interval")]
+    case = gaussian_case()
+    d = case.cov.shape[0]
+    beta_tilde = case.prev.one_minus_abar * case.beta / case.level.one_minus_abar
+    gamma2 = case.prev.abar * case.beta**2 / case.level.one_minus_abar**2
+    x = case.x[:2]
+
+    def matvec(v):
+        return beta_tilde * v + gamma2 * case.reference.posterior_cov_matvec(x, v, case.level)
+
+    _, dense = dense_reverse_kernel(case)
+    eig, vecs = torch.linalg.eigh(dense)
+    z = torch.randn(2, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = z @ (vecs * eig.sqrt()) @ vecs.T
+    lo, hi = float(eig.min()), float(eig.max())
+    worst = 0.0
+    for k in range(1, d + 1):
+        error = torch.linalg.vector_norm(lanczos_sampler(k)(matvec, z).sample - exact, dim=1)
+        allowed = (sqrt_error_bound(k, lo, hi) if k < d else 1e-10 * hi**0.5) \
+            * torch.linalg.vector_norm(z, dim=1)
+        worst = max(worst, float((error / allowed).max()))
+    outcomes.append(Outcome(worst <= 1.0, f"pathkl lanczos_sampler on Sigma*_t (d={d}) vs dense "
+                                          f"eigh square root, k = 1..{d}: max error / bound = "
+                                          f"{worst:.3g} (bound at k = d: 1e-10 sqrt(lambda_max))"))
     return all_of(outcomes)

@@ -116,6 +116,10 @@ MUTATIONS = [
     (lgs, "claimed_isotropic_coefficient", lambda: sp.Rational(1, 2), "lgs.kl-beta-family"),
     (lgs, "claimed_defect", lambda name, h, c=None: h, "lgs.kl-diag-family"),
     (lgs, "claimed_negentropy_coefficient", lambda: sp.Rational(1, 6), "lgs.kl-full-negentropy"),
+    (lgs, "claimed_sqrt_on_ellipse",
+     lambda a, b, th: (sp.sqrt(a) + sp.sqrt(b)) / 2 * sp.sqrt(1 + 2 * (sp.sqrt(b) - sp.sqrt(a))
+                                                         / (sp.sqrt(b) + sp.sqrt(a)) * sp.cos(th)),
+     "lgs.lanczos-sampler"),
     (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-gaussian"),
     (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-mixture"),
     (reeves_pfister, "claimed_gap", lambda d, m, i: (d * m).sum() - i, "rp.riemann-gap"),
