@@ -236,14 +236,14 @@ def test_json_kinds(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(weights=[0.5, 0.6], means=[[0.0], [1.0]], stds=[1.0, 1.0]), "sum to 1"),
-        (dict(weights=[1.2, -0.2], means=[[0.0], [1.0]], stds=[1.0, 1.0]), ">= 0"),
-        (dict(weights=[], means=[], stds=[]), "non-empty"),
-        (dict(weights=[0.5, 0.5], means=[[0.0, 1.0]], stds=[1.0, 1.0]), "means"),
-        (dict(weights=[0.5, 0.5], means=[[0.0], [1.0]], stds=[1.0]), "stds"),
-        (dict(weights=[0.5, 0.5], means=[[0.0], [1.0]], stds=[1.0, 0.0]), "positive definite"),
-        (dict(weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 2.0], [2.0, 1.0]]]), "positive definite"),
-        (dict(weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 0.1], [0.0, 1.0]]]), "symmetric"),
+        ({"weights": [0.5, 0.6], "means": [[0.0], [1.0]], "stds": [1.0, 1.0]}, "sum to 1"),
+        ({"weights": [1.2, -0.2], "means": [[0.0], [1.0]], "stds": [1.0, 1.0]}, ">= 0"),
+        ({"weights": [], "means": [], "stds": []}, "non-empty"),
+        ({"weights": [0.5, 0.5], "means": [[0.0, 1.0]], "stds": [1.0, 1.0]}, "means"),
+        ({"weights": [0.5, 0.5], "means": [[0.0], [1.0]], "stds": [1.0]}, "stds"),
+        ({"weights": [0.5, 0.5], "means": [[0.0], [1.0]], "stds": [1.0, 0.0]}, "positive definite"),
+        ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 2.0], [2.0, 1.0]]]}, "positive definite"),
+        ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.1], [0.0, 1.0]]]}, "symmetric"),
     ],
 )
 def test_bad_input_is_one_line_input_error(kwargs, message):

@@ -157,7 +157,7 @@ class MixtureReference:
 
     # ---- construction -------------------------------------------------------------------------
     @staticmethod
-    def from_components(weights, means, *, covs=None, variances=None, stds=None) -> "MixtureReference":
+    def from_components(weights, means, *, covs=None, variances=None, stds=None) -> MixtureReference:
         """A mixture with full covariances ``covs`` (K, d, d), diagonal ``variances`` (K, d) or
         isotropic ``stds`` (K,); each must be positive definite (zero variances: :meth:`empirical`)."""
         w = torch.as_tensor(weights, dtype=DTYPE)
@@ -195,7 +195,7 @@ class MixtureReference:
         return MixtureReference(w, m, lam, ComponentCovariances(d, rotations))
 
     @staticmethod
-    def empirical(points, *, weights=None) -> "MixtureReference":
+    def empirical(points, *, weights=None) -> MixtureReference:
         """Empirical data: N points (N, d), equal weights unless given (zero-variance components)."""
         p = torch.as_tensor(points, dtype=DTYPE)
         if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
