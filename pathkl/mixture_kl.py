@@ -20,9 +20,11 @@ nearly equal covariances. The density ratio against N(0, I) is ``rho = 1 + eps``
 ``eps(z) = sum_k w_k expm1(l_k(z))``, ``l_k`` a quadratic in z, and (:func:`whitened_kl`)
 
     J = E_{N(0,I)} psi(eps)            (psi(e) = (1 + e) log1p(e) - e >= 0)      "N-form"
-      = sum_k w_k E_{N(zeta_k, I - R_k)} phi(1/rho - 1)   (phi(u) = u - log1p(u) >= 0)  "q-form",
+      = E_q log rho = sum_k w_k [log w_k + KL(N(zeta_k, I - R_k) || N(0, I)) + E_{N_k} excess_k]  "q-form",
 
-the second because ``E_q[eps / rho] = E_N[eps] = 0``. The N-form is used where the kernel is nearly
+``excess_k = log rho - log w_k - l_k >= 0`` (the closed-form KL takes the quadratic part of log rho, so
+the rule only sees the switching between modes; the earlier ``phi(1/rho - 1)`` integrand grew like
+``exp(+z^2)`` in each narrow component's tails and converged to only ~1e-3 at the first step of T = 8). The N-form is used where the kernel is nearly
 Gaussian (eps nearly polynomial: Gauss-Hermite is all but exact), the q-form where it is not (its
 nodes follow each component, so separated modes are integrated where their mass is).
 
@@ -68,6 +70,13 @@ class Quadrature:
 
 
 DEFAULT = Quadrature()
+# One dimension is cheap: enough nodes for 1e-10 relative (node refinement in benchmarks/bench_mixture.py).
+DEFAULT_1D = Quadrature(outer=96, inner=16, separated=64)
+
+
+def default_quadrature(d: int) -> Quadrature:
+    """The default rule for dimension d."""
+    return DEFAULT_1D if d == 1 else DEFAULT
 
 
 @functools.lru_cache(maxsize=32)
@@ -169,15 +178,16 @@ def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
         return (wq * one_plus_e_log_one_plus_e_minus_e(eps)).sum(-1)
     n, k = mix.log_weights.shape
     z = mix.zeta[:, :, None, :] + torch.einsum("nkij,qj->nkqi", chol, xi)  # (N, K, Q, d)
-    eps, log_rho = mix.eps_and_log_rho(z.reshape(n, -1, d), parts)
-    # phi(1/rho - 1): the stable kernel near rho = 1, the direct form (no cancellation) away from it.
-    near_one = log_rho.abs() < 0.5
-    per_node = torch.where(
-        near_one,
-        u_minus_log1p(torch.where(near_one, -eps / (1.0 + eps), torch.zeros_like(eps))),
-        torch.expm1(-log_rho) + log_rho,
-    ).reshape(n, k, -1)
-    return (torch.exp(mix.log_weights) * (per_node * wq).sum(-1)).sum(-1)
+    # log rho = (log w_k + l_k) + excess_k under component k: E_{N_k} l_k = KL(N_k || N(0, I)) in
+    # closed form, and excess_k = logsumexp_j(log w_j + l_j) - log w_k - l_k >= 0 is flat where k
+    # dominates, so the rule only integrates where the modes switch.
+    logs = mix.log_ratios(z.reshape(n, -1, d), parts).reshape(n, k, -1, k)
+    joint = mix.log_weights[:, None, None, :] + logs
+    own = torch.diagonal(joint, dim1=1, dim2=3).transpose(1, 2)  # (N, K, Q): log w_k + l_k at k's nodes
+    excess = ((torch.logsumexp(joint, -1) - own) * wq).sum(-1)
+    r_eig = torch.linalg.eigvalsh(mix.r)
+    kl_k = 0.5 * ((mix.zeta**2).sum(-1) + u_minus_log1p(-r_eig).sum(-1))
+    return (torch.exp(mix.log_weights) * (mix.log_weights + kl_k + excess)).sum(-1)
 
 
 def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
@@ -270,9 +280,10 @@ def _grid_key(grid: Grid, quad: Quadrature):
     return (grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes(), quad)
 
 
-def expected_negentropies(reference, grid: Grid, quad: Quadrature = DEFAULT) -> torch.Tensor:
+def expected_negentropies(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
     """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)), cached per (reference, grid, quadrature)."""
     _check_dim(reference)
+    quad = quad or default_quadrature(reference.dim)
     key = ("J",) + _grid_key(grid, quad)
     if key not in reference._cache:
         out = torch.empty(grid.T, dtype=DTYPE)
@@ -291,28 +302,56 @@ def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadr
     return (j * nodes.weights).sum(-1)
 
 
-def step_kls(reference, grid: Grid, family, quad: Quadrature = DEFAULT) -> tuple[torch.Tensor, None]:
-    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: E J plus the family's Gaussian part."""
+def step_kls(reference, grid: Grid, family, quad: Quadrature | None = None, *,
+             mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: E J plus the family's Gaussian part.
+    ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product (``analytic``)."""
+    quad = quad or default_quadrature(reference.dim)
     out = expected_negentropies(reference, grid, quad).clone()
     if family.name == "full":
         return out, None
-    d = reference.dim
     for idx in _chunks(reference, grid, quad):
         nodes = _step_nodes(reference, grid, idx, quad)
-        trace = torch.diagonal(nodes.g, dim1=-2, dim2=-1).sum(-1) / d
-        mean_g = (trace * nodes.weights).sum(-1)[:, None, None]
-        step = ReverseStep.at(grid, idx[:, None, None], g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=mean_g)
+        if mean_g is None:
+            own = _mean_trace(nodes.g, nodes.weights)[:, None, None]
+        else:
+            own = mean_g[idx - 1][:, None, None]
+        step = ReverseStep.at(grid, idx[:, None, None], g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=own)
         out[idx - 1] += (family.gaussian_step_kl(step) * nodes.weights).sum(-1)
     return out, None
+
+
+def _mean_trace(g: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``E tr G / d`` from G (..., P, d, d) at outer nodes of weights (P,): shape (...)."""
+    return (torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) * weights).sum(-1) / g.shape[-1]
+
+
+def expected_trace_excess(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> torch.Tensor:
+    """``E_{q_t} tr G`` at levels of any shape (...) (batched over the levels), shape (...)."""
+    _check_dim(reference)
+    quad = quad or default_quadrature(reference.dim)
+    abar = torch.as_tensor(lv.abar, dtype=DTYPE)
+    om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
+    flat = abar.reshape(-1)
+    out = torch.empty_like(flat)
+    per_level = reference.size**2 * quad.outer**reference.dim * reference.dim**2
+    size = max(1, _BATCH_ELEMENTS // per_level)
+    for start in range(0, flat.numel(), size):
+        a, o = flat[start : start + size], om[start : start + size]
+        x, w = outer_nodes(reference, a, o, quad.outer)
+        g = reference.excess(reference.posterior(x, a[:, None], o[:, None]), a[:, None])
+        out[start : start + size] = reference.dim * _mean_trace(g, w)
+    return out.reshape(abar.shape)
 
 
 # ---- terminal KL, leading-constant integrands, the chain-rule route ----------------------------
 
 
-def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
+def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> float:
     """``KL(q_T || N(0, I))``: q_T is the whitened mixture with ``zeta_k = sqrt(abar) m_k`` and
     ``I - R_k = V_k``, i.e. ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T``."""
     _check_dim(reference)
+    quad = quad or default_quadrature(reference.dim)
     mix = WhitenedMixture(
         torch.log(reference.weights)[None],
         (lv.abar.sqrt() * reference.means)[None],
@@ -328,18 +367,21 @@ def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
     return reference.posterior(x, lv.abar, lv.one_minus_abar), w
 
 
-def expected_excess_functional(reference, fn, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
-    """``E_{q_t} fn(G(x_t), E tr G / d)`` with G as a dense operator."""
+def expected_excess_functional(reference, fn, lv: NoiseLevel, quad: Quadrature | None = None, *, mean_g=None) -> float:
+    """``E_{q_t} fn(G(x_t), E tr G / d)`` with G as a dense operator; ``mean_g`` overrides ``E tr G / d``
+    (one block of a product)."""
     _check_dim(reference)
+    quad = quad or default_quadrature(reference.dim)
     post, w = _level_nodes(reference, lv, quad)
     g = reference.excess(post, lv.abar)
-    mean_g = (torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) * w).sum() / reference.dim
+    mean_g = _mean_trace(g, w) if mean_g is None else torch.as_tensor(mean_g, dtype=DTYPE)
     return float((fn(SmallDense(g), mean_g) * w).sum())
 
 
-def expected_third_derivative_sq_norm(reference, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
+def expected_third_derivative_sq_norm(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> float:
     """``E_{q_t} ||grad^3 log q_t||_F^2`` by the outer quadrature."""
     _check_dim(reference)
+    quad = quad or default_quadrature(reference.dim)
     post, w = _level_nodes(reference, lv, quad)
     return float((third_derivative_sq_norm(reference, post) * w).sum())
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from .references import GaussianReference, MixtureReference
+from .references import GaussianReference, MixtureReference, ProductReference
 from .schedules import DTYPE
 
 
@@ -25,8 +25,19 @@ def rotated_covariance(angle: float, variances: tuple[float, float]) -> torch.Te
     return (r * torch.tensor(variances, dtype=DTYPE)) @ r.T
 
 
-def ocm_grid() -> MixtureReference:
-    """The OCM paper's 2-D toy (Ou et al. 2025, section 5.1): means {-3, 0, 3}^2, std 0.1, equal weights."""
+def ocm_line() -> MixtureReference:
+    """One coordinate of the OCM toy: means {-3, 0, 3}, std 0.1, equal weights (1-D)."""
+    return MixtureReference.from_components([1.0 / 3] * 3, [[-3.0], [0.0], [3.0]], stds=[0.1] * 3)
+
+
+def ocm_grid() -> ProductReference:
+    """The OCM paper's 2-D toy (Ou et al. 2025, section 5.1) in product form: two independent copies
+    of :func:`ocm_line` (the 3 x 3 grid, isotropic std 0.1, equal weights 1/9, factorises exactly)."""
+    return ProductReference((ocm_line(), ocm_line()))
+
+
+def ocm_grid_2d() -> MixtureReference:
+    """The same toy as an explicit 9-component 2-D mixture (independent route to :func:`ocm_grid`)."""
     means = [[a, b] for a in (-3.0, 0.0, 3.0) for b in (-3.0, 0.0, 3.0)]
     return MixtureReference.from_components([1.0 / 9] * 9, means, stds=[0.1] * 9)
 
@@ -75,6 +86,10 @@ PRESETS: dict[str, tuple[str, Callable[[], object]]] = {
     "mog-ocm-grid": (
         "OCM toy: 3x3 grid of isotropic Gaussians, means {-3,0,3}^2, std 0.1 (product form: diag = full)",
         ocm_grid,
+    ),
+    "mog-ocm-grid-2d": (
+        "the same OCM toy as an explicit 9-component 2-D mixture (2-D quadrature: slower, less accurate)",
+        ocm_grid_2d,
     ),
     "mog-rotated": (
         "3 correlated 2-D Gaussians with rotated covariances (non-diagonal Hessian: diag != full)",

@@ -2,5 +2,6 @@
 
 from .gaussian import GaussianReference
 from .mixture import MixtureKernel, MixtureReference
+from .product import ProductReference
 
-__all__ = ["GaussianReference", "MixtureKernel", "MixtureReference"]
+__all__ = ["GaussianReference", "MixtureKernel", "MixtureReference", "ProductReference"]

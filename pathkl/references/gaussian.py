@@ -158,9 +158,10 @@ class GaussianReference:
         nu_minus_one = lv.abar * (self.eigenvalues - 1.0)
         return float(0.5 * u_minus_log1p(nu_minus_one).sum() + 0.5 * lv.abar * (self.mean**2).sum())
 
-    def step_kls(self, grid: Grid, family) -> tuple[torch.Tensor, None]:
+    def step_kls(self, grid: Grid, family, *, mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         """Per-step ``KL(q(.|x_t) || p(.|x_t))`` for t = 1..T (the same for every x_t: Gaussian kernels
         with equal means), from the family's relative eigenvalues; exact, so no variances.
+        ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product (``analytic``).
 
         Repeated eigenvalues are merged first (``Basis.compress``), so the cost per step is the number of
         distinct eigenvalues, not d."""
@@ -171,15 +172,21 @@ class GaussianReference:
             steps = torch.arange(start + 1, min(grid.T, start + chunk) + 1)
             lv = NoiseLevel(grid.abar[steps, None], grid.one_minus_abar[steps, None])
             g, c = (Spectral(x, structure, multiplicities) for x in _excess_and_posterior(values, lv))
-            step = ReverseStep.at(grid, steps, g=g, c=c, mean_g=g.mean_trace()[:, None])
+            own = g.mean_trace() if mean_g is None else mean_g[steps - 1]
+            step = ReverseStep.at(grid, steps, g=g, c=c, mean_g=own[:, None])
             out[start : start + steps.numel()] = family.gaussian_step_kl(step)
         return out, None
 
-    def expected_excess_functional(self, fn, lv: NoiseLevel) -> float:
-        """``E_{q_t} fn(G, E tr G / d)``; G does not depend on x_t for Gaussian data."""
+    def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
+        """``E_{q_t} fn(G, E tr G / d)`` (``mean_g`` overrides ``E tr G / d``); G does not depend on x_t."""
         values, multiplicities, structure = self.basis.compress(self.eigenvalues)
         g = Spectral(_excess_and_posterior(values, lv)[0], structure, multiplicities)
-        return float(fn(g, g.mean_trace()))
+        return float(fn(g, g.mean_trace() if mean_g is None else torch.as_tensor(mean_g, dtype=DTYPE)))
+
+    def expected_trace_excess(self, lv: NoiseLevel) -> torch.Tensor:
+        """``E_{q_t} tr G = sum_i abar (lambda_i - 1) / nu_i``; abar of any shape (...), result (...)."""
+        level = NoiseLevel(torch.as_tensor(lv.abar)[..., None], torch.as_tensor(lv.one_minus_abar)[..., None])
+        return _excess_and_posterior(self.eigenvalues, level)[0].sum(-1)
 
     def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
         """``E ||grad^3 log q_t||_F^2 = 0``: a Gaussian log-density is quadratic."""

@@ -325,15 +325,20 @@ class MixtureReference:
 
         return terminal_kl(self, lv)
 
-    def step_kls(self, grid: Grid, family):
+    def step_kls(self, grid: Grid, family, *, mean_g: torch.Tensor | None = None):
         from ..mixture_kl import step_kls
 
-        return step_kls(self, grid, family)
+        return step_kls(self, grid, family, mean_g=mean_g)
 
-    def expected_excess_functional(self, fn, lv: NoiseLevel) -> float:
+    def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
         from ..mixture_kl import expected_excess_functional
 
-        return expected_excess_functional(self, fn, lv)
+        return expected_excess_functional(self, fn, lv, mean_g=mean_g)
+
+    def expected_trace_excess(self, lv: NoiseLevel) -> torch.Tensor:
+        from ..mixture_kl import expected_trace_excess
+
+        return expected_trace_excess(self, lv)
 
     def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
         from ..mixture_kl import expected_third_derivative_sq_norm

@@ -1,0 +1,114 @@
+"""Independent blocks: ``x = (x^(1), ..., x^(B))`` with ``q_0 = prod_b q_0^(b)``, each block any reference.
+
+Noising acts on each coordinate separately, so every ``q_t`` and every reverse kernel ``q(x_{t-1}|x_t)``
+is again a product of the blocks' (DESIGN.md section 2). Hence, with ``G = H + I`` block diagonal:
+
+- log-density, score, Hessian, posterior moments: sums, concatenations and block-diagonal matrices;
+- ``KL(q_T || N(0, I))`` and the reverse kernel's negentropy ``J`` (KL against its moment-matched
+  Gaussian, itself a product) are sums over blocks (KL of products);
+- the Gaussian part of a step for ``beta``, ``beta_tilde``, ``diag``, ``full``: the relative
+  eigenvalues are the union of the blocks' (``diag``: ``offdiag(G)`` is block diagonal too), so the KL is
+  the sum of the blocks' KLs, and the expectation over x_t of a sum of functions of independent blocks is
+  the sum of the blocks' expectations;
+- ``analytic`` couples the blocks only through its one isotropic variance
+  ``sigma^2 = beta + (beta^2/alpha) gbar``, ``gbar = E tr G / d = sum_b E tr G^(b) / d``: each block is
+  evaluated with this global ``gbar`` (the blocks' ``mean_g`` keyword).
+
+Leading constants: ``E ||G||^2``, ``E ||offdiag G||^2`` and ``E ||G - gbar I||^2`` (global gbar) are sums
+over blocks; ``grad^3 log q = sum_b grad^3 log q^(b)`` has no mixed-block entries (log q is a sum of
+functions of separate blocks), so ``||grad^3 log q||_F^2`` is the sum of the blocks'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from ..schedules import DTYPE, Grid, NoiseLevel
+
+
+@dataclass(frozen=True)
+class ProductReference:
+    """``q_0 = prod_b factors[b]`` over consecutive coordinate blocks of sizes ``factors[b].dim``."""
+
+    factors: tuple
+
+    def __post_init__(self):
+        if len(self.factors) == 0:
+            raise InputError("a product reference needs at least one factor")
+        object.__setattr__(self, "factors", tuple(self.factors))
+
+    @property
+    def dim(self) -> int:
+        return sum(f.dim for f in self.factors)
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.split(x, [f.dim for f in self.factors], dim=-1)
+
+    def _concat(self, name: str, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return torch.cat([getattr(f, name)(xb, lv) for f, xb in zip(self.factors, self._split(x))], -1)
+
+    def _block_diag(self, name: str, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        out = torch.zeros(*x.shape, self.dim, dtype=DTYPE)
+        start = 0
+        for f, xb in zip(self.factors, self._split(x)):
+            out[..., start : start + f.dim, start : start + f.dim] = getattr(f, name)(xb, lv)
+            start += f.dim
+        return out
+
+    # ---- per-point closed forms ---------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return sum(f.log_prob(xb, lv) for f, xb in zip(self.factors, self._split(x)))
+
+    def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return self._concat("score", x, lv)
+
+    def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return self._concat("posterior_mean", x, lv)
+
+    def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return self._block_diag("hessian", x, lv)
+
+    def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return self._block_diag("posterior_cov", x, lv)
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return torch.cat([f.hvp(xb, vb, lv) for f, xb, vb in zip(self.factors, self._split(x), self._split(v))], -1)
+
+    def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        parts = zip(self.factors, self._split(x), self._split(v))
+        return torch.cat([f.posterior_cov_matvec(xb, vb, lv) for f, xb, vb in parts], -1)
+
+    def sample(self, n: int, lv: NoiseLevel | None = None, *, generator=None) -> torch.Tensor:
+        return torch.cat([f.sample(n, lv, generator=generator) for f in self.factors], -1)
+
+    # ---- what the path-space KL needs ----------------------------------------------------------
+    def terminal_kl(self, lv: NoiseLevel) -> float:
+        return sum(f.terminal_kl(lv) for f in self.factors)
+
+    def expected_trace_excess(self, lv: NoiseLevel) -> torch.Tensor:
+        """``E_{q_t} tr G`` (levels of any shape): the sum of the blocks'."""
+        return sum(f.expected_trace_excess(lv) for f in self.factors)
+
+    def _global_mean_g(self, grid: Grid) -> torch.Tensor:
+        return self.expected_trace_excess(NoiseLevel(grid.abar[1:], grid.one_minus_abar[1:])) / self.dim
+
+    def step_kls(self, grid: Grid, family, *, mean_g: torch.Tensor | None = None):
+        """Per-step KLs: the sum of the blocks' (module docstring), each with the global ``E tr G / d``."""
+        if mean_g is None and family.name == "analytic":
+            mean_g = self._global_mean_g(grid)
+        parts = [f.step_kls(grid, family, mean_g=mean_g) for f in self.factors]
+        variances = [v for _, v in parts if v is not None]
+        return sum(p for p, _ in parts), (sum(variances) if variances else None)
+
+    def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
+        """``E fn(G, gbar)`` for the functionals of the order-1 families (sums over blocks of the block's
+        ``E fn(G^(b), gbar)``, all with the global gbar)."""
+        if mean_g is None:
+            mean_g = self.expected_trace_excess(lv) / self.dim
+        return sum(f.expected_excess_functional(fn, lv, mean_g=mean_g) for f in self.factors)
+
+    def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
+        return sum(f.expected_third_derivative_sq_norm(lv) for f in self.factors)
