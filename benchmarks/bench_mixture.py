@@ -1,10 +1,14 @@
 """Mixture benchmarks: prints figures (wall time, values, refinement changes).
 
-    python3 benchmarks/bench_mixture.py ocm [--T 1000] [--outer 16 --inner 8 --separated 12]
+    python3 benchmarks/bench_mixture.py ocm [--T 1000]
+    python3 benchmarks/bench_mixture.py refine-ocm [--T 1000]
     python3 benchmarks/bench_mixture.py empirical [--n 2000 --d 12288 --samples 32]
     python3 benchmarks/bench_mixture.py refine [--ref mog-rotated --T 64]
 
-``ocm``: all five families on the OCM 3x3 toy at one T (J is computed once and shared).
+``ocm``: all five families on the OCM 3x3 toy (product form, default 1-D rule) at one T (J is
+computed once and shared), wall time included.
+``refine-ocm``: node refinement of one 1-D factor of the OCM toy (sum of E J and of the beta steps):
+the accuracy statement for ``ocm``.
 ``empirical``: the full-family leading-constant integrand E||grad^3 log q_t||^2 for N random points
 in d dimensions by Monte Carlo over x_t (Gram form), with its standard error, at three noise levels.
 ``refine``: sum of E J and of the diag steps under node refinement (the accuracy statement).
@@ -20,7 +24,7 @@ import torch
 from pathkl import mixture_kl as mk
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl
-from pathkl.presets import ocm_grid
+from pathkl.presets import ocm_grid, ocm_line
 from pathkl.references import MixtureReference
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, VPLinear
@@ -29,15 +33,24 @@ from pathkl.schedules import DTYPE, VPLinear
 def ocm(args) -> None:
     reference = ocm_grid()
     grid = VPLinear().grid(args.T)
-    quad = mk.Quadrature(args.outer, args.inner, args.separated)
     start = time.perf_counter()
-    mk.expected_negentropies(reference, grid, quad)
-    print(f"OCM 3x3, T={args.T}, quadrature {quad}: shared E J in {time.perf_counter() - start:.1f} s")
     for family in FAMILIES.values():
         t0 = time.perf_counter()
         result = path_kl(reference, grid, family, first_step=2 if family.name == "beta_tilde" else 1)
-        print(f"  {family.name:10s} steps={result.steps:.10e}  ({time.perf_counter() - t0:.1f} s)")
-    print(f"total {time.perf_counter() - start:.1f} s")
+        print(f"  {family.name:10s} steps={result.steps:.12e}  ({time.perf_counter() - t0:.1f} s)")
+    print(f"OCM 3x3 (product form), T={args.T}, all five families: {time.perf_counter() - start:.1f} s")
+
+
+def refine_ocm(args) -> None:
+    line = ocm_line()
+    grid = VPLinear().grid(args.T)
+    for quad in ((32, 8, 32), (64, 12, 48), mk.DEFAULT_1D, (160, 24, 96), (200, 32, 128)):
+        quad = quad if isinstance(quad, mk.Quadrature) else mk.Quadrature(*quad)
+        start = time.perf_counter()
+        j = float(mk.expected_negentropies(line, grid, quad).sum())
+        beta = float(mk.step_kls(line, grid, FAMILIES["beta"], quad)[0].sum())
+        print(f"OCM factor T={args.T} {quad}: sum E J = {j:.15e}, beta steps = {beta:.15e} "
+              f"({time.perf_counter() - start:.1f} s)")
 
 
 def empirical(args) -> None:
@@ -67,12 +80,10 @@ def refine(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("ocm")
-    p.add_argument("--T", type=int, default=1000)
-    p.add_argument("--outer", type=int, default=16)
-    p.add_argument("--inner", type=int, default=8)
-    p.add_argument("--separated", type=int, default=12)
-    p.set_defaults(func=ocm)
+    for name, func in (("ocm", ocm), ("refine-ocm", refine_ocm)):
+        p = sub.add_parser(name)
+        p.add_argument("--T", type=int, default=1000)
+        p.set_defaults(func=func)
     p = sub.add_parser("empirical")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--d", type=int, default=12288)

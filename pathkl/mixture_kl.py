@@ -187,7 +187,9 @@ def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
     excess = ((torch.logsumexp(joint, -1) - own) * wq).sum(-1)
     r_eig = torch.linalg.eigvalsh(mix.r)
     kl_k = 0.5 * ((mix.zeta**2).sum(-1) + u_minus_log1p(-r_eig).sum(-1))
-    return (torch.exp(mix.log_weights) * (mix.log_weights + kl_k + excess)).sum(-1)
+    # J >= 0; the sum cancels to within rounding of its terms (seen: -1.6e-32 where a far component has
+    # a tiny weight), so a negative value is rounding and is reported as 0.
+    return (torch.exp(mix.log_weights) * (mix.log_weights + kl_k + excess)).sum(-1).clamp_min(0.0)
 
 
 def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
