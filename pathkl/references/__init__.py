@@ -1,6 +1,7 @@
 """Exact reference distributions: every closed form a path-space KL needs, at every noise level."""
 
+from .empirical import EmpiricalReference
 from .gaussian import GaussianReference
 from .mixture import MixtureKernel, MixtureReference
 
-__all__ = ["GaussianReference", "MixtureKernel", "MixtureReference"]
+__all__ = ["EmpiricalReference", "GaussianReference", "MixtureKernel", "MixtureReference"]
