@@ -33,10 +33,10 @@ Defaults are CPU-sized (3x32x32, n = 512). On a GPU use ``ImageSamplingConfig.gp
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import dataclasses
+import json
 import math
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
