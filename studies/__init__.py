@@ -1,0 +1,19 @@
+"""Registered studies: ``REGISTRY[name]`` is a :class:`studies.runner.Study`.
+
+Each study lives in its own module and uses only pathkl's public API; results go to
+``results/<name>/`` (outside the package), figures to ``paper_figs/``.
+"""
+
+from __future__ import annotations
+
+from .runner import Study
+
+REGISTRY: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    """Add ``study`` to :data:`REGISTRY` (names are unique)."""
+    if study.name in REGISTRY:
+        raise ValueError(f"study {study.name!r} registered twice")
+    REGISTRY[study.name] = study
+    return study

@@ -1,0 +1,169 @@
+"""Generic study machinery: a :class:`Study` names its configuration, its points and how to compute
+one point; :func:`run_study` runs the points not yet on disk, serially or in worker processes, and
+records each one as soon as it finishes (see :mod:`studies.results` for the file guarantees).
+
+A point is a dict of key columns (``family``, ``T``, ``seed``, ...). ``run_point(config, point)`` must be
+a pure function of its arguments (seed any randomness from the point) returning a dict of floats: that
+is what makes a resumed or parallel run identical to a single serial one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib.metadata
+import datetime
+import multiprocessing
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pathkl.errors import InputError
+
+from . import config as cfg
+from .progress import Progress
+from .results import ResultsStore, ResultsTable, iter_keys
+
+Point = dict[str, int | float | str]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: a configuration type, its points, one point's computation and its figures.
+
+    ``small`` overrides the defaults to give a configuration CI runs in a few seconds.
+    ``figures(table)`` returns ``{suffix: matplotlib Figure}`` drawn only from the saved results.
+    """
+
+    name: str
+    description: str
+    config_type: type
+    points: Callable[[Any], Sequence[Point]]
+    run_point: Callable[[Any, Point], Mapping[str, float]]
+    key_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+    small: Mapping[str, Any] = field(default_factory=dict)
+    figures: Callable[[ResultsTable], Mapping[str, Any]] | None = None
+
+    def config(self, *, small: bool = False, toml_path: Path | None = None,
+               assignments: Sequence[str] = ()) -> Any:
+        """The configuration: defaults, the small preset if asked, a TOML file, then ``key=value``."""
+        return cfg.build_config(self.config_type, base=self.small if small else None,
+                                toml_path=toml_path, assignments=assignments)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one call of :func:`run_study` did."""
+
+    directory: Path
+    total: int
+    skipped: int
+    ran: int
+    seconds: float
+
+
+def git_commit(path: Path) -> str | None:
+    """``HEAD`` of the git checkout holding ``path`` (suffixed ``+dirty`` if modified), or None."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(config: Any) -> dict[str, Any]:
+    """Versions, commit and device recorded beside the results."""
+    try:
+        version = importlib.metadata.version("pathkl")
+    except importlib.metadata.PackageNotFoundError:
+        import pathkl
+
+        version = getattr(pathkl, "__version__", None)
+    return {
+        "pathkl_version": version,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": getattr(config, "device", "cpu"),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _timed_point(study: Study, config: Any, point: Point) -> tuple[dict[str, float], float]:
+    start = time.perf_counter()
+    values = dict(study.run_point(config, point))
+    return values, time.perf_counter() - start
+
+
+def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
+              progress: bool = True) -> RunSummary:
+    """Run every point of ``study`` under ``config`` not yet in ``out``; record each as it finishes.
+
+    Raises :class:`~pathkl.errors.InputError` (leaving the files alone) when ``out`` holds anything
+    but this study's results for this very configuration.
+    """
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
+    points = list(study.points(config))
+    order = iter_keys(points, study.key_columns)
+    if len(set(order)) != len(order):
+        raise ValueError(f"study {study.name} produced duplicate points")
+    store = ResultsStore(out, study=study.name, key_columns=study.key_columns,
+                         value_columns=study.value_columns, config=cfg.to_dict(config))
+    store.open(environment(config))
+    meta = store.meta
+    meta["seed"] = getattr(config, "seed", None)
+    pending = [p for p in points if not store.is_done(p)]
+    run = {"started": _now(), "jobs": jobs, "points_skipped": len(points) - len(pending),
+           "points_run": 0, "seconds": 0.0, "completed": False}
+    meta["runs"].append(run)
+    store.write_meta()
+    bar = Progress(len(points), already=len(points) - len(pending), label=study.name,
+                   enabled=progress)
+    start = time.perf_counter()
+
+    def record(point: Point, values: dict[str, float], seconds: float) -> None:
+        run["points_run"] += 1
+        run["seconds"] = round(time.perf_counter() - start, 3)
+        store.add(point, values, seconds=seconds, order=order)
+        bar.advance()
+
+    if jobs == 1 or len(pending) <= 1:
+        for point in pending:
+            record(point, *_timed_point(study, config, point))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = {pool.submit(_timed_point, study, config, p): p for p in pending}
+            try:
+                for fut in cf.as_completed(futures):
+                    record(futures[fut], *fut.result())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    run["completed"] = True
+    run["finished"] = _now()
+    run["seconds"] = round(time.perf_counter() - start, 3)
+    store.write_meta()
+    return RunSummary(directory=Path(out), total=len(points), skipped=len(points) - len(pending),
+                      ran=len(pending), seconds=run["seconds"])
+
