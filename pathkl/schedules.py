@@ -106,7 +106,9 @@ class Cosine(Schedule):
         # formed from tau - tau_prev directly.
         b = self._angle(tau_prev)
         h = (tau - tau_prev) / (1.0 + self.s) * (math.pi / 2)
-        return 2.0 * torch.log1p(-2.0 * torch.sin(h / 2) ** 2 - torch.tan(b) * torch.sin(h))
+        # Near tau = 1 the ratio underflows; rounding may push it to <= 0: that is log ratio = -inf.
+        ratio_minus_one = -2.0 * torch.sin(h / 2) ** 2 - torch.tan(b) * torch.sin(h)
+        return 2.0 * torch.log1p(ratio_minus_one.clamp(min=-1.0))
 
     def log_abar(self, tau):
         return self._log_ratio(torch.zeros_like(tau), tau)

@@ -1,0 +1,120 @@
+"""Orthonormal bases in which a Gaussian reference's covariance is diagonal.
+
+``S = U diag(lambda) U^T``. The three bases cost O(d) (standard), O(d log d) (Fourier, for stationary
+image covariances over C x H x W) and O(d^2) (dense) per application.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+
+
+class Basis:
+    """An orthonormal basis ``U`` of R^d."""
+
+    dim: int
+
+    def apply(self, values: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``U diag(values) U^T v`` for v of shape (n, d) and values of shape (d,)."""
+        raise NotImplementedError
+
+    def diagonal(self, values: torch.Tensor) -> torch.Tensor:
+        """``diag(U diag(values) U^T)`` for values of shape (..., d)."""
+        raise NotImplementedError
+
+    def scaled_offdiagonal_eigvals(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Eigenvalues of ``S^{-1/2} offdiag(U diag(values) U^T) S^{-1/2}`` (see operators)."""
+        raise NotImplementedError
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """``U diag(values) U^T`` as a dense (d, d) matrix (small d only)."""
+        return self.apply(values, torch.eye(self.dim, dtype=values.dtype, device=values.device)).T
+
+
+@dataclass(frozen=True)
+class StandardBasis(Basis):
+    """``U = I``: axis-aligned covariances."""
+
+    dim: int
+
+    def apply(self, values, v):
+        return v * values
+
+    def diagonal(self, values):
+        return values
+
+    def scaled_offdiagonal_eigvals(self, values, scale):
+        return torch.zeros_like(values)
+
+
+@dataclass(frozen=True)
+class DenseBasis(Basis):
+    """An explicit orthonormal matrix ``U`` (columns are the eigenvectors)."""
+
+    matrix: torch.Tensor
+
+    def __post_init__(self):
+        u = self.matrix
+        if u.ndim != 2 or u.shape[0] != u.shape[1]:
+            raise InputError(f"a basis must be a square matrix, got shape {tuple(u.shape)}")
+        eye = torch.eye(u.shape[0], dtype=u.dtype, device=u.device)
+        if not torch.isfinite(u).all() or (u.T @ u - eye).abs().max() > 1e-10:
+            raise InputError("the basis is not orthonormal (|U^T U - I| > 1e-10)")
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[0]
+
+    def apply(self, values, v):
+        u = self.matrix
+        return ((v @ u) * values) @ u.T
+
+    def diagonal(self, values):
+        return values @ (self.matrix**2).T
+
+    def scaled_offdiagonal_eigvals(self, values, scale):
+        u = self.matrix
+        full = (u * values[..., None, :]) @ u.T
+        off = full - torch.diag_embed(torch.diagonal(full, dim1=-2, dim2=-1))
+        inv_sqrt = scale.rsqrt()
+        return torch.linalg.eigvalsh(inv_sqrt[..., :, None] * off * inv_sqrt[..., None, :])
+
+
+@dataclass(frozen=True)
+class FourierBasis(Basis):
+    """The 2-D discrete Fourier basis on each channel of a C x H x W image (flattened C-major).
+
+    Stationary (circulant) covariances are diagonal here; values are indexed like the image,
+    ``values[c, kh, kw]``, and must be symmetric under ``k -> -k`` so the operator is real. The
+    diagonal of a circulant operator is the mean of its eigenvalues over the channel's frequencies.
+    """
+
+    shape: tuple[int, int, int]
+
+    @property
+    def dim(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+    def apply(self, values, v):
+        c, h, w = self.shape
+        spectrum = values.reshape(c, h, w)[..., : w // 2 + 1]
+        image = v.reshape(-1, c, h, w)
+        out = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(h, w))
+        return out.reshape(v.shape)
+
+    def _channel_mean(self, values):
+        c = self.shape[0]
+        per_channel = values.reshape(*values.shape[:-1], c, -1).mean(-1, keepdim=True)
+        return per_channel.expand(*values.shape[:-1], c, self.dim // c).reshape(values.shape)
+
+    def diagonal(self, values):
+        return self._channel_mean(values)
+
+    def scaled_offdiagonal_eigvals(self, values, scale):
+        # offdiag(U diag(a) U^T) = U diag(a - mean_c a) U^T, and S is constant on each channel.
+        return (values - self._channel_mean(values)) / scale

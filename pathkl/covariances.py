@@ -1,0 +1,151 @@
+"""Covariance families of the Gaussian reverse model and the theory each one claims.
+
+Every family replaces the optimal reverse covariance (DESIGN.md section 2)
+
+    Sigma*_t = beta_t I + (beta_t^2 / alpha_t) G = beta~_t I + gamma_t^2 C,
+    G = H + I (H = hess log q_t),  C = Cov[x_0 | x_t],  gamma_t^2 = abar_{t-1} beta_t^2 / (1 - abar_t)^2,
+
+by its own ``Sigma_t``. The Gaussian part of a step's KL is ``KL(N(0, Sigma*) || N(0, Sigma_t))
+= (1/2) sum_i phi(e_i)``, ``phi(u) = u - log1p(u)``, where ``e_i`` are the eigenvalues of
+``Sigma_t^{-1/2} (Sigma* - Sigma_t) Sigma_t^{-1/2}`` ("relative eigenvalues"). Each family forms
+``Sigma* - Sigma_t`` from G or C directly, so no nearly equal covariances are ever subtracted.
+
+Each family also declares its rate: ``steps = Theta(T^-order)``, with the leading constant
+
+    lim T^order * steps = coefficient * int_0^1 beta(tau)^(order + 1) E_{q_tau} ||D||_F^2 dtau
+
+(``order = 1``: ``coefficient = 1/4`` and ``D`` the family's defect; ``order = 2`` (``full``):
+``coefficient = 1/12`` and ``||D||^2 = ||grad^3 log q_tau||_F^2``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import InputError
+from .operators import SymmetricOperator
+from .schedules import Grid, NoiseLevel
+from .stable import u_minus_log1p
+
+
+@dataclass(frozen=True)
+class ReverseStep:
+    """What a family needs about step(s) t: per-step scalars (broadcastable against eigenvalues of
+    shape (..., d)) and the operators ``G = H + I`` and ``C = Cov[x_0|x_t]`` at ``x_t``.
+
+    ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by ``analytic``).
+    """
+
+    beta: torch.Tensor
+    alpha: torch.Tensor
+    beta_tilde: torch.Tensor
+    gamma2: torch.Tensor
+    g: SymmetricOperator
+    c: SymmetricOperator
+    mean_g: torch.Tensor
+
+    @staticmethod
+    def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> "ReverseStep":
+        """Scalars of step(s) ``t`` (an int, or a 1-D tensor of steps, giving shape (n, 1))."""
+        t = torch.as_tensor(t)
+        pick = (lambda a: a[t - 1, None]) if t.ndim == 1 else (lambda a: a[t - 1])
+        one_minus = grid.one_minus_abar
+        beta = pick(grid.beta)
+        gamma2 = pick(grid.abar[:-1]) * beta**2 / pick(one_minus[1:]) ** 2
+        return ReverseStep(beta, pick(grid.alpha), pick(grid.beta_tilde), gamma2, g, c, torch.as_tensor(mean_g))
+
+    @property
+    def curvature_scale(self) -> torch.Tensor:
+        """``beta^2 / alpha``: ``Sigma* = beta I + (beta^2 / alpha) G``."""
+        return self.beta**2 / self.alpha
+
+
+@dataclass(frozen=True)
+class Family:
+    """A covariance family: how it forms ``Sigma_t`` and which rate it claims."""
+
+    name: str
+    order: int | None  # steps = Theta(T^-order); None: steps does not vanish as T grows
+    coefficient: float
+    source: str
+    _relative_eigvals: Callable[[ReverseStep], torch.Tensor]
+    _defect_sq_norm: Callable[[SymmetricOperator, torch.Tensor], torch.Tensor] | None = None
+
+    def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
+        """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
+        return self._relative_eigvals(step)
+
+    def gaussian_step_kl(self, step: ReverseStep) -> torch.Tensor:
+        """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...)."""
+        return 0.5 * u_minus_log1p(self.relative_eigvals(step)).sum(-1)
+
+    def defect_sq_norm(self, g: SymmetricOperator, mean_g: torch.Tensor) -> torch.Tensor:
+        """``||D||_F^2`` at each point for an order-1 family (D = its defect, see module doc)."""
+        if self._defect_sq_norm is None:
+            raise InputError(f"family {self.name!r} has no order-1 defect")
+        return self._defect_sq_norm(g, mean_g)
+
+    def leading_integrand(self, reference, lv: NoiseLevel) -> float:
+        """``E_{q_tau} ||D||_F^2`` at one noise level (the integrand of the leading constant)."""
+        if self.order == 1:
+            return reference.expected_excess_functional(self.defect_sq_norm, lv)
+        if self.order == 2:
+            return reference.expected_third_derivative_sq_norm(lv)
+        raise InputError(f"family {self.name!r} claims no vanishing rate, so it has no leading constant")
+
+
+def _beta(step):
+    return (step.beta / step.alpha) * step.g.eigvals()
+
+
+def _beta_tilde(step):
+    return (step.gamma2 / step.beta_tilde) * step.c.eigvals()
+
+
+def _analytic(step):
+    k = step.curvature_scale
+    sigma2 = step.beta + k * step.mean_g
+    return k * (step.g.eigvals() - step.mean_g) / sigma2
+
+
+def _diag(step):
+    k = step.curvature_scale
+    diagonal = step.beta + k * step.g.diagonal()
+    return step.g.scaled_offdiagonal_eigvals(diagonal / k)
+
+
+def _full(step):
+    return torch.zeros_like(step.g.eigvals())
+
+
+def _offdiagonal_sq_norm(g, mean_g):
+    ones = torch.ones_like(g.diagonal())
+    # ||offdiag(G)||_F^2 = sum of squared eigenvalues of offdiag(G) (scale S = I).
+    return (g.scaled_offdiagonal_eigvals(ones) ** 2).sum(-1)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta,
+               lambda g, mean_g: (g.eigvals() ** 2).sum(-1)),
+        Family("beta_tilde", None, 0.0, "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
+               _beta_tilde),
+        Family("analytic", 1, 0.25, "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
+               _analytic, lambda g, mean_g: ((g.eigvals() - mean_g) ** 2).sum(-1)),
+        Family("diag", 1, 0.25, "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", _diag,
+               _offdiagonal_sq_norm),
+        Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full),
+    )
+}
+
+
+def get_family(name: str) -> Family:
+    """The family registered as ``name``."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InputError(f"unknown covariance family {name!r}; choose from {', '.join(FAMILIES)}") from None

@@ -1,0 +1,71 @@
+"""Batches of symmetric operators, as the covariance families see them.
+
+A reverse-step covariance is described by symmetric operators (DESIGN.md section 2): either diagonal
+in a fixed orthonormal basis (:class:`Spectral`: Gaussian references, O(d) per step) or dense
+(:class:`Dense`: state-dependent covariances of mixtures in small d). Both answer the same four
+questions, so each covariance family is written once for all references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .bases import Basis
+
+
+class SymmetricOperator:
+    """A batch (leading dims) of symmetric d x d operators."""
+
+    def eigvals(self) -> torch.Tensor:
+        """Eigenvalues, shape (..., d) (any order)."""
+        raise NotImplementedError
+
+    def diagonal(self) -> torch.Tensor:
+        """Diagonal in the coordinate basis of x, shape (..., d)."""
+        raise NotImplementedError
+
+    def mean_trace(self) -> torch.Tensor:
+        """``tr(A) / d``, shape (...)."""
+        return self.eigvals().mean(-1)
+
+    def scaled_offdiagonal_eigvals(self, scale: torch.Tensor) -> torch.Tensor:
+        """Eigenvalues of ``S^{-1/2} offdiag(A) S^{-1/2}`` for a positive diagonal ``S`` given as
+        shape (..., d); ``offdiag(A) = A - diag(A)`` is formed without touching the diagonal."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Spectral(SymmetricOperator):
+    """``A = U diag(values) U^T`` with ``U`` an orthonormal :class:`Basis`; values shape (..., d)."""
+
+    values: torch.Tensor
+    basis: Basis
+
+    def eigvals(self):
+        return self.values
+
+    def diagonal(self):
+        return self.basis.diagonal(self.values)
+
+    def scaled_offdiagonal_eigvals(self, scale):
+        return self.basis.scaled_offdiagonal_eigvals(self.values, scale)
+
+
+@dataclass(frozen=True)
+class Dense(SymmetricOperator):
+    """A dense symmetric matrix batch, shape (..., d, d)."""
+
+    matrix: torch.Tensor
+
+    def eigvals(self):
+        return torch.linalg.eigvalsh(self.matrix)
+
+    def diagonal(self):
+        return torch.diagonal(self.matrix, dim1=-2, dim2=-1)
+
+    def scaled_offdiagonal_eigvals(self, scale):
+        off = self.matrix - torch.diag_embed(self.diagonal())
+        inv_sqrt = scale.rsqrt()
+        return torch.linalg.eigvalsh(inv_sqrt[..., :, None] * off * inv_sqrt[..., None, :])

@@ -1,0 +1,115 @@
+"""Convergence rates: ladders of T, fitted orders with intervals, and predicted leading constants.
+
+A family that claims ``steps = C T^-p (1 + c_1/T + O(T^-2))`` (pathkl.covariances) is checked two
+ways on a ladder of T:
+
+- the order: least squares of ``log steps = a - s log T + b / T`` on the tail of the ladder (the
+  ``b / T`` term is the Richardson correction), with a 95% interval that is the larger of the
+  t-interval of the fit and the change of ``s`` when the largest T is dropped (model error);
+- the constant: ``T^p steps`` extrapolated in ``1/T`` from the two largest T (Richardson), with the
+  change against the previous pair as its error, compared with the closed-form integral
+  ``coefficient * int_0^1 beta(tau)^(p+1) E ||D||^2 dtau`` evaluated by adaptive quadrature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import scipy.integrate
+import scipy.stats
+import torch
+
+from .covariances import Family
+from .errors import InputError
+from .schedules import DTYPE, Schedule
+
+
+@dataclass(frozen=True)
+class OrderFit:
+    """Fitted ``s`` in ``steps ~ T^s`` (so ``s = -1`` means 1/T) with its 95% interval."""
+
+    slope: float
+    interval: tuple[float, float]
+    naive_slope: float  # two-parameter log-log least squares on the same tail, no correction
+
+
+@dataclass(frozen=True)
+class ConstantEstimate:
+    """``lim T^p steps`` measured by Richardson extrapolation, with an error estimate."""
+
+    value: float
+    error: float
+    at_largest: float  # T^p steps at the largest T, before extrapolation
+
+
+def _check_ladder(ts: Sequence[int], kls: Sequence[float], minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(ts, dtype=float)
+    k = np.asarray(kls, dtype=float)
+    if t.shape != k.shape or t.size < minimum:
+        raise InputError(f"a rate fit needs at least {minimum} ladder points with one KL each")
+    if not (np.diff(t) > 0).all():
+        raise InputError("the ladder of T must be strictly increasing")
+    return t, k
+
+
+def _ls_slope(t: np.ndarray, k: np.ndarray, corrected: bool) -> tuple[float, float, int]:
+    columns = [np.ones_like(t), np.log(t)] + ([1.0 / t] if corrected else [])
+    a = np.stack(columns, axis=1)
+    coef, *_ = np.linalg.lstsq(a, np.log(k), rcond=None)
+    dof = t.size - a.shape[1]
+    if dof <= 0:
+        return float(coef[1]), 0.0, 0
+    resid = np.log(k) - a @ coef
+    cov = (resid @ resid / dof) * np.linalg.inv(a.T @ a)
+    return float(coef[1]), float(math.sqrt(cov[1, 1])), dof
+
+
+def fit_order(ts: Sequence[int], kls: Sequence[float], *, tail: int = 5) -> OrderFit | None:
+    """Fit the order on the last ``tail`` (>= 4) ladder points; ``None`` when every KL is 0 (exact)."""
+    t, k = _check_ladder(ts, kls, 4)
+    if (k == 0).all():
+        return None
+    if (k <= 0).any() or not np.isfinite(k).all():
+        raise InputError("a rate fit needs finite, positive KLs")
+    t, k = t[-max(tail, 4):], k[-max(tail, 4):]
+    slope, se, dof = _ls_slope(t, k, corrected=True)
+    previous, *_ = _ls_slope(t[:-1], k[:-1], corrected=True)
+    half = max(scipy.stats.t.ppf(0.975, dof) * se if dof else 0.0, abs(slope - previous))
+    return OrderFit(slope, (slope - half, slope + half), _ls_slope(t, k, corrected=False)[0])
+
+
+def measured_constant(ts: Sequence[int], kls: Sequence[float], order: int) -> ConstantEstimate:
+    """Richardson extrapolation of ``c(T) = T^order steps(T) = C + c_1 / T + ...`` from the two
+    largest T; the error is the change against the extrapolation from the previous pair."""
+    t, k = _check_ladder(ts, kls, 3)
+    c = t**order * k
+
+    def extrapolate(i: int) -> float:
+        return (t[i] * c[i] - t[i - 1] * c[i - 1]) / (t[i] - t[i - 1])
+
+    best = extrapolate(-1)
+    return ConstantEstimate(best, abs(best - extrapolate(-2)), float(c[-1]))
+
+
+@dataclass(frozen=True)
+class PredictedConstant:
+    value: float
+    error: float  # quadrature error estimate
+
+
+def predicted_constant(family: Family, reference, schedule: Schedule) -> PredictedConstant:
+    """``coefficient * int_0^1 beta(tau)^(order+1) E_{q_tau} ||D||^2 dtau`` by adaptive quadrature
+    (scipy QUADPACK, relative tolerance 1e-10), for a family with a vanishing rate."""
+    if family.order is None:
+        raise InputError(f"family {family.name!r} claims no vanishing rate, so it has no leading constant")
+
+    def integrand(tau: float) -> float:
+        tau_t = torch.tensor(tau, dtype=DTYPE)
+        rate = float(schedule.beta_rate(tau_t))
+        return rate ** (family.order + 1) * family.leading_integrand(reference, schedule.level(tau_t))
+
+    value, error = scipy.integrate.quad(integrand, 0.0, 1.0, epsabs=0.0, epsrel=1e-10, limit=200)
+    return PredictedConstant(family.coefficient * value, family.coefficient * error)

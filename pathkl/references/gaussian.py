@@ -1,0 +1,181 @@
+"""Gaussian data ``x_0 ~ N(m, S)``, ``S = U diag(lambda) U^T``: every quantity in closed form.
+
+At a noise level ``(abar, 1 - abar)`` the marginal is ``q_t = N(sqrt(abar) m, U diag(nu) U^T)`` with
+``nu = (1 - abar) + abar lambda`` (a sum of positive terms), and
+
+- score ``-U diag(1/nu) U^T (x - sqrt(abar) m)``, Hessian ``H = -U diag(1/nu) U^T``;
+- Tweedie: ``E[x_0|x_t] = m + U diag(sqrt(abar) lambda / nu) U^T (x - sqrt(abar) m)``,
+  ``Cov[x_0|x_t] = U diag(c) U^T`` with ``c = lambda (1 - abar) / nu``;
+- ``G = H + I = U diag(g) U^T`` with ``g = abar (lambda - 1) / nu`` (the deviation from N(0, I)).
+
+Every reverse kernel ``q(x_{t-1}|x_t)`` is Gaussian, so each step of the path-space KL is a KL between
+two Gaussians with the same mean, evaluated from the relative eigenvalues (pathkl.covariances).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..bases import Basis, DenseBasis, FourierBasis, StandardBasis
+from ..errors import InputError
+from ..operators import Spectral
+from ..schedules import DTYPE, Grid, NoiseLevel
+from ..stable import u_minus_log1p
+
+# Steps per chunk so that (chunk, d) float64 temporaries stay near 64 MiB at d = 12288.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name} contains NaN or inf")
+    return t
+
+
+@dataclass(frozen=True)
+class GaussianReference:
+    """``N(mean, U diag(eigenvalues) U^T)`` with ``U`` given by ``basis``."""
+
+    mean: torch.Tensor
+    eigenvalues: torch.Tensor
+    basis: Basis
+
+    def __post_init__(self):
+        if self.eigenvalues.ndim != 1 or self.mean.shape != self.eigenvalues.shape:
+            raise InputError(
+                f"mean and eigenvalues must be vectors of one length, got {tuple(self.mean.shape)} "
+                f"and {tuple(self.eigenvalues.shape)}"
+            )
+        _finite("the mean", self.mean)
+        _finite("the eigenvalues", self.eigenvalues)
+        if not (self.eigenvalues > 0).all():
+            raise InputError("covariance eigenvalues must be > 0 (the covariance must be positive definite)")
+        if self.basis.dim != self.dim:
+            raise InputError(f"basis dimension {self.basis.dim} does not match d = {self.dim}")
+
+    # ---- construction -------------------------------------------------------------------------
+    @staticmethod
+    def from_eigenvalues(eigenvalues, *, mean=None, basis=None) -> "GaussianReference":
+        """From eigenvalues, optionally with an orthonormal basis (columns); axis-aligned otherwise."""
+        lam = torch.as_tensor(eigenvalues, dtype=DTYPE).flatten()
+        m = torch.zeros_like(lam) if mean is None else torch.as_tensor(mean, dtype=DTYPE).flatten()
+        b = StandardBasis(lam.numel()) if basis is None else DenseBasis(torch.as_tensor(basis, dtype=DTYPE))
+        return GaussianReference(m, lam, b)
+
+    @staticmethod
+    def from_covariance(cov, *, mean=None) -> "GaussianReference":
+        """From a dense covariance: checked finite, symmetric (to 1e-12 relative) and positive definite."""
+        s = _finite("the covariance", torch.as_tensor(cov, dtype=DTYPE))
+        if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+            raise InputError(f"a covariance must be a non-empty square matrix, got shape {tuple(s.shape)}")
+        if (s - s.T).abs().max() > 1e-12 * s.abs().max():
+            raise InputError("the covariance is not symmetric")
+        if torch.linalg.cholesky_ex(s).info != 0:
+            raise InputError("the covariance is not positive definite")
+        lam, u = torch.linalg.eigh(s)
+        if not (lam > 0).all():
+            raise InputError("the covariance is not positive definite")
+        m = torch.zeros_like(lam) if mean is None else torch.as_tensor(mean, dtype=DTYPE).flatten()
+        return GaussianReference(m, lam, DenseBasis(u))
+
+    @staticmethod
+    def image(spectrum, *, mean=None) -> "GaussianReference":
+        """Stationary image covariance over C x H x W: ``spectrum[c, kh, kw]`` are its eigenvalues in
+        the 2-D Fourier basis of each channel (must be symmetric under k -> -k)."""
+        lam = _finite("the spectrum", torch.as_tensor(spectrum, dtype=DTYPE))
+        if lam.ndim != 3:
+            raise InputError(f"an image spectrum must have shape [C, H, W], got {tuple(lam.shape)}")
+        mirrored = torch.roll(torch.flip(lam, dims=(1, 2)), shifts=(1, 1), dims=(1, 2))
+        if (lam - mirrored).abs().max() > 1e-12 * lam.abs().max():
+            raise InputError("an image spectrum must be symmetric under k -> -k (a real covariance)")
+        flat = lam.flatten()
+        m = torch.zeros_like(flat) if mean is None else torch.as_tensor(mean, dtype=DTYPE).expand(flat.shape).clone()
+        return GaussianReference(m, flat, FourierBasis(tuple(lam.shape)))
+
+    @property
+    def dim(self) -> int:
+        return self.eigenvalues.numel()
+
+    # ---- marginal and posterior at one noise level ---------------------------------------------
+    def marginal_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
+        """``nu = (1 - abar) + abar lambda``: the eigenvalues of Cov(x_t)."""
+        return lv.one_minus_abar + lv.abar * self.eigenvalues
+
+    def _centred(self, x, lv):
+        return x - lv.abar.sqrt() * self.mean
+
+    def log_prob(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        nu = self.marginal_eigenvalues(lv)
+        y = self._centred(x, lv)
+        quad = (y * self.basis.apply(1.0 / nu, y)).sum(-1)
+        return -0.5 * (quad + torch.log(2 * math.pi * nu).sum())
+
+    def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return -self.basis.apply(1.0 / self.marginal_eigenvalues(lv), self._centred(x, lv))
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return -self.basis.apply(1.0 / self.marginal_eigenvalues(lv), v)
+
+    def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        h = -self.basis.dense(1.0 / self.marginal_eigenvalues(lv))
+        return h.expand(x.shape[0], -1, -1)
+
+    def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        gain = lv.abar.sqrt() * self.eigenvalues / self.marginal_eigenvalues(lv)
+        return self.mean + self.basis.apply(gain, self._centred(x, lv))
+
+    def posterior_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
+        """``c = lambda (1 - abar) / nu``: the eigenvalues of Cov[x_0 | x_t] (same for every x_t)."""
+        return self.eigenvalues * lv.one_minus_abar / self.marginal_eigenvalues(lv)
+
+    def excess_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
+        """``g = abar (lambda - 1) / nu``: the eigenvalues of ``G = H + I``."""
+        return lv.abar * (self.eigenvalues - 1.0) / self.marginal_eigenvalues(lv)
+
+    def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return self.basis.dense(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1, -1)
+
+    def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return self.basis.apply(self.posterior_eigenvalues(lv), v)
+
+    def sample(self, n: int, lv: NoiseLevel | None = None, *, generator=None) -> torch.Tensor:
+        lv = lv or NoiseLevel(torch.tensor(1.0, dtype=DTYPE), torch.tensor(0.0, dtype=DTYPE))
+        z = torch.randn(n, self.dim, dtype=DTYPE, generator=generator)
+        return lv.abar.sqrt() * self.mean + self.basis.apply(self.marginal_eigenvalues(lv).sqrt(), z)
+
+    # ---- what the path-space KL needs ----------------------------------------------------------
+    def terminal_kl(self, lv: NoiseLevel) -> float:
+        """``KL(q_T || N(0, I)) = (1/2) sum phi(nu - 1) + abar |m|^2 / 2``, with ``nu - 1 = abar (lambda - 1)``."""
+        nu_minus_one = lv.abar * (self.eigenvalues - 1.0)
+        return float(0.5 * u_minus_log1p(nu_minus_one).sum() + 0.5 * lv.abar * (self.mean**2).sum())
+
+    def step_kls(self, grid: Grid, family) -> tuple[torch.Tensor, None]:
+        """Per-step ``KL(q(.|x_t) || p(.|x_t))`` for t = 1..T (the same for every x_t: Gaussian kernels
+        with equal means), from the family's relative eigenvalues; exact, so no variances."""
+        out = torch.empty(grid.T, dtype=DTYPE)
+        chunk = max(1, _CHUNK_ELEMENTS // self.dim)
+        for start in range(0, grid.T, chunk):
+            steps = range(start + 1, min(grid.T, start + chunk) + 1)
+            out[start : start + len(steps)] = family.gaussian_step_kl(self._step_operators(grid, steps))
+        return out, None
+
+    def _step_operators(self, grid: Grid, steps: range):
+        from ..covariances import ReverseStep
+
+        idx = torch.arange(steps.start, steps.stop)
+        lv = NoiseLevel(grid.abar[idx, None], grid.one_minus_abar[idx, None])
+        g = Spectral(self.excess_eigenvalues(lv), self.basis)
+        c = Spectral(self.posterior_eigenvalues(lv), self.basis)
+        return ReverseStep.at(grid, idx, g=g, c=c, mean_g=g.mean_trace()[:, None])
+
+    def expected_excess_functional(self, fn, lv: NoiseLevel) -> float:
+        """``E_{q_t} fn(G, E tr G / d)``; G does not depend on x_t for Gaussian data."""
+        g = Spectral(self.excess_eigenvalues(lv), self.basis)
+        return float(fn(g, g.mean_trace()))
+
+    def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
+        """``E ||grad^3 log q_t||_F^2 = 0``: a Gaussian log-density is quadratic."""
+        return 0.0
