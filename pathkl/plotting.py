@@ -10,6 +10,7 @@ colour and marker in every figure.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -68,6 +69,18 @@ def family_style(family: str) -> tuple[str, str]:
     return _FAMILY_STYLE.get(family.split(":")[0], (OKABE_ITO[6], "o"))
 
 
+_FAMILY_LABEL = {"beta": r"$\beta_t I$", "beta_tilde": r"$\tilde\beta_t I$",
+                 "analytic": r"analytic $\sigma_t^2 I$", "diag": "diag", "full": "full"}
+
+
+def family_label(family: str) -> str:
+    """Legend name of a family: mathtext for the isotropic ones, ``lanczos k=3`` for ``lanczos:3``."""
+    base, _, arg = family.partition(":")
+    if arg:
+        return f"{base} $k={arg}$" if base == "lanczos" else f"{base} $M={arg}$"
+    return _FAMILY_LABEL.get(base, base.replace("_", " "))
+
+
 def new_figure(*, columns: int = 1, aspect: float = 0.75, ncols: int = 1) -> tuple[Figure, list[Axes]]:
     """A figure one or two columns wide (``aspect`` = height / width of each panel)."""
     width = ONE_COLUMN if columns == 1 else TWO_COLUMN
@@ -86,8 +99,8 @@ def reference_slopes(ax: Axes, x: Sequence[float], *, anchor: float,
 
 
 def slope_label(name: str, slope: float, low: float, high: float) -> str:
-    """Legend text ``name: slope -1.002 [-1.010, -0.995]`` (the fit's interval in brackets)."""
-    return f"{name}: slope ${slope:.3f}$ $[{low:.3f}, {high:.3f}]$"
+    """Legend text ``name: slope -1.0020 [-1.0100, -0.9950]`` (the fit's interval in brackets)."""
+    return f"{name}: slope ${slope:.4f}$ $[{low:.4f}, {high:.4f}]$"
 
 
 def log_grid(lo: float, hi: float, n: int = 50) -> list[float]:
@@ -99,6 +112,7 @@ def log_grid(lo: float, hi: float, n: int = 50) -> list[float]:
 def save(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.pdf`` (vector) and ``stem.png`` (200 dpi) with no timestamps, so that rebuilding
     an unchanged figure gives identical files."""
+    logging.getLogger("fontTools").setLevel(logging.ERROR)  # cmr10's header dates trip a warning
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
     with style():

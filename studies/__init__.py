@@ -17,3 +17,6 @@ def register(study: Study) -> Study:
         raise ValueError(f"study {study.name!r} registered twice")
     REGISTRY[study.name] = study
     return study
+
+
+from . import gaussian_rates  # noqa: E402  (registers itself)

@@ -1,0 +1,197 @@
+"""Study machinery: resumable runs, refusal to touch foreign files, configurations, figures.
+
+The independent reference for "resume" is always a second, uninterrupted run of the same study into
+another directory: the two results files must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import studies
+from pathkl.errors import InputError
+from studies import config as cfg
+from studies.progress import Progress, format_duration
+from studies.results import load
+from studies.runner import Study, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- a toy study: cheap, deterministic, with an optional sleep and an injectable interruption ----
+
+@dataclass(frozen=True)
+class ToyConfig:
+    T: tuple[int, ...] = (2, 4, 8, 16)
+    families: tuple[str, ...] = ("a", "b", "c")
+    seed: int = 0
+    sleep: float = 0.0
+
+
+INTERRUPT_AT = {"count": -1}  # raise KeyboardInterrupt when this many points have run (serial only)
+
+
+def toy_points(config: ToyConfig):
+    return [{"family": f, "T": t, "seed": config.seed} for f in config.families for t in config.T]
+
+
+def toy_run_point(config: ToyConfig, point):
+    if INTERRUPT_AT["count"] == 0:
+        raise KeyboardInterrupt
+    INTERRUPT_AT["count"] -= 1
+    time.sleep(config.sleep)
+    p = {"a": 1, "b": 2, "c": 3}[point["family"]]
+    return {"value": 1.0 / point["T"] ** p, "third": (point["seed"] + 1) / 3.0}
+
+
+TOY = Study("toy", "toy study for tests", ToyConfig, toy_points, toy_run_point,
+            ("family", "T", "seed"), ("value", "third"))
+
+
+def run_toy_cli(out: str, sleep: float) -> None:
+    """Entry point of the subprocess that the SIGKILL test kills."""
+    run_study(TOY, ToyConfig(sleep=sleep, T=(2, 4, 8, 16, 32)), Path(out), progress=False)
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+# ---- resuming ----------------------------------------------------------------------------------
+
+@settings(max_examples=12, derandomize=True, deadline=None)
+@given(stop=st.integers(min_value=0, max_value=11))
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path_factory, stop):
+    ref, out = tmp_path_factory.mktemp("ref"), tmp_path_factory.mktemp("out")
+    run_study(TOY, ToyConfig(), ref, progress=False)
+    INTERRUPT_AT["count"] = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(TOY, ToyConfig(), out, progress=False)
+    finally:
+        INTERRUPT_AT["count"] = -1
+    assert len(load(out).rows) == stop  # nothing lost but the point in progress
+    summary = run_study(TOY, ToyConfig(), out, progress=False)
+    assert (summary.skipped, summary.ran) == (stop, 12 - stop)
+    assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert runs[-1]["completed"] and sum(r["points_run"] for r in runs) == 12
+
+
+def test_sigkill_mid_run_leaves_a_readable_file_and_resume_completes(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run_toy_cli(str(ref), 0.0)
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import test_studies as t; "
+            "t.run_toy_cli(sys.argv[3], 0.05)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out)])
+    csv = out / "results.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 4):
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = load(out)  # parses: complete rows only
+    assert 3 <= len(partial.rows) < 15
+    run_toy_cli(str(out), 0.05)
+    assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+
+
+def test_parallel_jobs_give_the_serial_bytes(tmp_path):
+    study = studies.REGISTRY["gaussian_rates"]
+    config = study.config(small=True)
+    run_study(study, config, tmp_path / "serial", progress=False)
+    run_study(study, config, tmp_path / "par", jobs=2, progress=False)
+    assert ((tmp_path / "serial" / "results.csv").read_bytes()
+            == (tmp_path / "par" / "results.csv").read_bytes())
+
+
+# ---- foreign and corrupt files are reported, never overwritten ----------------------------------
+
+def _prepared(tmp_path: Path) -> Path:
+    out = tmp_path / "res"
+    run_study(TOY, ToyConfig(T=(2, 4)), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "results.json").unlink(), "no results.json sidecar"),
+    (lambda d: (d / "results.json").write_text("{not json"), "not a readable results sidecar"),
+    (lambda d: (d / "results.json").write_text('{"hello": 1}'), "not a pathkl results sidecar"),
+    (lambda d: (d / "results.csv").write_text("a,b\n1,2\n"), "not this study's results"),
+    (lambda d: (d / "results.csv").write_text(
+        (d / "results.csv").read_text() + "c,8,0,0.5\n"), "corrupt at line"),
+    (lambda d: (d / "results.csv").write_text(
+        (d / "results.csv").read_text().splitlines()[0] + "\na,2,0,1.0,2.0\na,2,0,1.0,2.0\n"),
+     "appears twice"),
+])
+def test_damaged_results_are_reported_and_left_untouched(tmp_path, damage, message):
+    out = _prepared(tmp_path)
+    damage(out)
+    before = files(out)
+    with pytest.raises(InputError, match=message):
+        run_study(TOY, ToyConfig(T=(2, 4)), out, progress=False)
+    assert files(out) == before
+
+
+def test_other_study_or_configuration_is_refused(tmp_path):
+    out = _prepared(tmp_path)
+    before = files(out)
+    with pytest.raises(InputError, match="different configuration .*differs in: T"):
+        run_study(TOY, ToyConfig(T=(2, 4, 8)), out, progress=False)
+    other = Study("other", "", ToyConfig, toy_points, toy_run_point, TOY.key_columns,
+                  TOY.value_columns)
+    with pytest.raises(InputError, match="holds results of study 'toy'"):
+        run_study(other, ToyConfig(T=(2, 4)), out, progress=False)
+    assert files(out) == before
+
+
+# ---- configuration --------------------------------------------------------------------------------
+
+def test_config_layers_defaults_preset_toml_and_set(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('T = [3, 5]\nsleep = 1\nfamilies = ["x"]\n')
+    c = cfg.build_config(ToyConfig, base={"seed": 4}, toml_path=toml, assignments=["T=7,9"])
+    assert c == ToyConfig(T=(7, 9), families=("x",), seed=4, sleep=1.0)
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("nope=1", "unknown configuration key"), ("seed=1.5", "expected int"),
+    ("T=a,b", "expected int"), ("seed", "expects key=value"),
+])
+def test_bad_overrides_are_input_errors(assignment, message):
+    with pytest.raises(InputError, match=message):
+        cfg.build_config(ToyConfig, assignments=[assignment])
+
+
+def test_bad_toml_is_an_input_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("T = [1, \n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        cfg.build_config(ToyConfig, toml_path=bad)
+    with pytest.raises(InputError, match="cannot read"):
+        cfg.build_config(ToyConfig, toml_path=tmp_path / "missing.toml")
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+def test_progress_logs_eta_to_a_non_terminal_stream():
+    stream = io.StringIO()
+    bar = Progress(4, already=1, label="x", stream=stream, log_every=0.0)
+    for _ in range(3):
+        bar.advance()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("x [") and "4/4 100%" in lines[-1]
+    assert "ETA 0:00" in lines[-1]
+    assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
