@@ -20,7 +20,7 @@ def u_minus_log1p(u: torch.Tensor) -> torch.Tensor:
     With s = u / (2 + u) one has log1p(u) = 2 atanh(s), hence
     phi(u) = u^2 / (2 + u) - 2 s^3 (1/3 + s^2/5 + s^4/7 + ...),
     a sum of two terms that never cancel for |s| <= 1/4 (their ratio is below 1/6).
-    Outside that range the direct formula loses at most one digit.  phi(-1) = +inf.
+    Outside that range the direct formula loses at most one digit.  phi(-1) = phi(+inf) = +inf.
     """
     u = torch.as_tensor(u, dtype=torch.float64)
     s = u / (2.0 + u)
@@ -29,7 +29,7 @@ def u_minus_log1p(u: torch.Tensor) -> torch.Tensor:
     for coefficient in reversed(_ATANH_TAIL):
         tail = tail * s2 + coefficient
     series = u * u / (2.0 + u) - 2.0 * s * s2 * tail
-    direct = u - torch.log1p(u)
+    direct = torch.where(torch.isinf(u), u, u - torch.log1p(u))
     return torch.where(s.abs() <= _SERIES_LIMIT, series, direct)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from pathkl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Options and output helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import InputError
+from ..presets import PRESETS
+from ..refspec import load_reference
+from ..schedules import SCHEDULES, Grid, grid_from_chain, grid_from_taus, get_schedule
+
+REF_HELP = (
+    "reference distribution: a preset (" + ", ".join(PRESETS) + ") or a JSON file, e.g. "
+    '{"kind": "gaussian", "mean": [0, 0], "cov": [[1, 0.5], [0.5, 2]]}, '
+    '{"kind": "gaussian", "eigenvalues": [0.1, 1, 4]}, '
+    '{"kind": "gaussian-image", "shape": [3, 64, 64], "spectrum": {"type": "power-law", '
+    '"exponent": 2, "floor": 1, "variance": 1}}'
+)
+JSON_HELP = "print one JSON document instead of a table; +inf/-inf/NaN are written as the strings \"inf\", \"-inf\", \"nan\""
+
+
+def formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def add_reference_options(parser: argparse.ArgumentParser, *, default_ref: str) -> None:
+    parser.add_argument("--ref", default=default_ref, help=REF_HELP + f" (default: {default_ref})")
+    parser.add_argument(
+        "--schedule", default="vp-linear", choices=sorted(SCHEDULES),
+        help="noise schedule (default: vp-linear)",
+    )
+
+
+def parse_number_list(text: str, kind: Callable[[str], Any], what: str) -> list:
+    """Comma-separated numbers, or ``@FILE`` with numbers separated by commas or whitespace."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as err:
+            raise InputError(f"cannot read {what} from {text[1:]!r}: {err.strerror}") from None
+    items = [s for s in text.replace(",", " ").split() if s]
+    try:
+        values = [kind(s) for s in items]
+    except ValueError:
+        raise InputError(f"{what} must be a comma-separated list of numbers, got {text.strip()!r}") from None
+    if not values:
+        raise InputError(f"{what} is empty")
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise InputError(f"{what} contains NaN or inf")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def make_grid(schedule_name: str, *, steps: int | None, taus: str | None, indices: str | None) -> Grid:
+    """The grid from exactly one of ``--steps``, ``--taus`` (continuous schedules) or ``--indices``
+    (a subsequence ``0 = i_0 < ... < i_T = N`` of the ddpm-linear chain of length N)."""
+    schedule = get_schedule(schedule_name)
+    if taus is not None:
+        return grid_from_taus(schedule, parse_number_list(taus, float, "--taus"))
+    if indices is not None:
+        if schedule.name != "ddpm-linear":
+            raise InputError("--indices selects steps of the discrete ddpm-linear chain; use --taus otherwise")
+        idx = parse_number_list(indices, int, "--indices")
+        return grid_from_chain(schedule, idx[-1], idx)
+    return schedule.grid(steps)
+
+
+def reference_from(args: argparse.Namespace):
+    return load_reference(args.ref)
+
+
+def jsonable(value: Any) -> Any:
+    """Floats to JSON, with non-finite values as the strings 'inf', '-inf', 'nan'."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, torch.Tensor):
+        return jsonable(value.tolist())
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(jsonable(value), indent=2))
+
+
+def check_output_path(path: str, suffixes: tuple[str, ...]) -> Path:
+    """Validate an output file before any work: its folder exists and its suffix is supported."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise InputError(f"{path}: unsupported file type; use one of {', '.join(suffixes)}")
+    if not out.parent.resolve().is_dir():
+        raise InputError(f"{path}: folder {str(out.parent)!r} does not exist")
+    return out
+
+
+def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file in the same folder, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

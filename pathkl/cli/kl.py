@@ -1,0 +1,60 @@
+"""``pathkl kl``: the path-space KL of one covariance family on one grid."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..covariances import FAMILIES, get_family
+from ..pathspace import path_kl
+from .common import (JSON_HELP, add_reference_options, formatter, make_grid, positive_int, print_json,
+                     reference_from)
+
+_EXAMPLES = """
+The path-space KL between the exact reverse chain q(x_{0:T}) and the Gaussian reverse model p with the
+exact mean and the chosen covariance, in three parts:
+  terminal  KL(q_T || N(0, I))
+  steps     sum over t of E_{x_t ~ q_t} KL(q(x_{t-1}|x_t) || p(x_{t-1}|x_t))
+  total     terminal + steps
+beta_tilde has beta~_1 = 0, so its step t = 1 (and total) is +inf; --first-step 2 sums from t = 2.
+
+examples:
+  pathkl kl --ref gaussian-5d --cov analytic --steps 1000
+  pathkl kl --ref image-3x64x64 --schedule cosine --cov diag --steps 1000 --json
+  pathkl kl --ref gaussian-2d --cov beta --taus 0,0.1,0.3,0.6,1
+  pathkl kl --ref gaussian-5d --schedule ddpm-linear --cov beta --indices 0,100,250,500,1000
+  pathkl kl --ref gaussian-5d --cov beta_tilde --steps 100 --first-step 2
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "kl", help="path-space KL of one covariance family", description=__doc__,
+        epilog=_EXAMPLES, formatter_class=formatter,
+    )
+    add_reference_options(p, default_ref="gaussian-5d")
+    p.add_argument("--cov", default="analytic", help=f"covariance family: {', '.join(FAMILIES)} (default: analytic)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--steps", type=positive_int, default=1000, help="T, uniform grid (default: 1000)")
+    grid.add_argument("--taus", help="explicit grid: comma-separated taus from 0 to 1, or @FILE")
+    grid.add_argument("--indices", help="ddpm-linear only: chain indices 0 = i_0 < ... < i_T = N, or @FILE")
+    p.add_argument("--first-step", type=positive_int, default=1, help="sum steps from this t (default: 1)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    family = get_family(args.cov)
+    grid = make_grid(args.schedule, steps=args.steps, taus=args.taus, indices=args.indices)
+    result = path_kl(reference_from(args), grid, family, first_step=args.first_step)
+    summary = {"ref": args.ref, "schedule": args.schedule, "T": grid.T, "cov": family.name, **result.as_dict()}
+    if args.json:
+        print_json(summary)
+        return 0
+    exact = result.steps_stderr == 0.0
+    print(f"{family.name} on {args.ref}, {args.schedule}, T = {grid.T}" + ("" if exact else " (Monte Carlo)"))
+    for key in ("terminal", "steps", "total"):
+        err = "" if exact or key == "terminal" else f" +- {result.steps_stderr:.3g}"
+        print(f"  {key:<9}{getattr(result, key):.12g}{err}")
+    if args.first_step > 1:
+        print(f"  (steps and total sum t = {args.first_step}..{grid.T})")
+    return 0

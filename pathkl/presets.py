@@ -1,0 +1,54 @@
+"""Built-in reference distributions, usable as ``--ref NAME``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .references import GaussianReference
+from .schedules import DTYPE
+
+
+def fixed_rotation(d: int, seed: int = 0) -> torch.Tensor:
+    """A reproducible orthonormal d x d matrix (QR of a seeded Gaussian matrix, signs fixed)."""
+    a = torch.randn(d, d, dtype=DTYPE, generator=torch.Generator().manual_seed(seed))
+    q, r = torch.linalg.qr(a)
+    return q * torch.sign(torch.diagonal(r))
+
+
+def power_law_spectrum(shape, *, exponent: float = 2.0, floor: float = 1.0, variance: float = 1.0) -> torch.Tensor:
+    """Eigenvalues ``(floor + kh^2 + kw^2)^(-exponent/2)`` over the wrapped integer frequencies of an
+    H x W image (the same on each of C channels), scaled so the per-pixel variance (their mean) is
+    ``variance``. Symmetric under k -> -k, so the covariance is real and stationary."""
+    c, h, w = shape
+    kh = torch.fft.fftfreq(h, d=1.0 / h, dtype=DTYPE)
+    kw = torch.fft.fftfreq(w, d=1.0 / w, dtype=DTYPE)
+    radius2 = kh[:, None] ** 2 + kw[None, :] ** 2
+    spectrum = (floor + radius2) ** (-exponent / 2)
+    spectrum = spectrum * (variance / spectrum.mean())
+    return spectrum.expand(c, h, w).clone()
+
+
+PRESETS: dict[str, tuple[str, Callable[[], object]]] = {
+    "gaussian-5d": (
+        "N(0, S), S with eigenvalues 0.05, 0.3, 1, 2.5, 6 in a fixed rotated basis (diag != full)",
+        lambda: GaussianReference.from_eigenvalues([0.05, 0.3, 1.0, 2.5, 6.0], basis=fixed_rotation(5)),
+    ),
+    "gaussian-5d-axis": (
+        "the same eigenvalues, axis-aligned (diag = full)",
+        lambda: GaussianReference.from_eigenvalues([0.05, 0.3, 1.0, 2.5, 6.0]),
+    ),
+    "gaussian-2d": (
+        "N((1, -1), [[1, 0.8], [0.8, 1]]): a correlated pair with a non-zero mean",
+        lambda: GaussianReference.from_covariance([[1.0, 0.8], [0.8, 1.0]], mean=[1.0, -1.0]),
+    ),
+    "image-3x32x32": (
+        "stationary image Gaussian, 3x32x32, power-law spectrum (exponent 2, floor 1, unit variance)",
+        lambda: GaussianReference.image(power_law_spectrum((3, 32, 32))),
+    ),
+    "image-3x64x64": (
+        "stationary image Gaussian, 3x64x64 (d = 12288), power-law spectrum as above",
+        lambda: GaussianReference.image(power_law_spectrum((3, 64, 64))),
+    ),
+}
