@@ -3,7 +3,8 @@
 Layout of a results directory::
 
     results.json   metadata: study, configuration, columns, environment, runs, per-point timings
-    results.csv    one row per finished point: the point's key columns, then its value columns
+    results.csv    the rows of each finished point: the point's key columns, the row columns that
+                   tell a point's rows apart (if the study has any), then the value columns
 
 The sidecar is written before the first row, so a CSV without a sidecar is foreign. Each write goes to
 a temporary file in the same directory that is then renamed over the old one (``os.replace``), so a run
@@ -84,15 +85,17 @@ class ResultsStore:
     """The results directory of one study run with one configuration."""
 
     def __init__(self, directory: Path, *, study: str, key_columns: Sequence[str],
-                 value_columns: Sequence[str], config: Mapping[str, Any]):
+                 row_columns: Sequence[str] = (), value_columns: Sequence[str],
+                 config: Mapping[str, Any]):
         self.directory = Path(directory)
         self.study = study
         self.key_columns = tuple(key_columns)
-        self.columns = self.key_columns + tuple(value_columns)
+        self.row_key_length = len(key_columns) + len(row_columns)
+        self.columns = self.key_columns + tuple(row_columns) + tuple(value_columns)
         self.config = dict(config)
         self.csv_path = self.directory / CSV_NAME
         self.json_path = self.directory / JSON_NAME
-        self.rows: dict[tuple[str, ...], list[str]] = {}
+        self.rows: dict[tuple[str, ...], list[list[str]]] = {}
         self.meta: dict[str, Any] = {}
 
     # -- reading and validation -------------------------------------------------------------------
@@ -125,16 +128,17 @@ class ResultsStore:
                              f"expected {list(self.columns)} (left untouched)")
         return meta
 
-    def _read_rows(self) -> dict[tuple[str, ...], list[str]]:
+    def _read_rows(self) -> dict[tuple[str, ...], list[list[str]]]:
         if not self.csv_path.exists():
             return {}
-        rows = read_csv_rows(self.csv_path, self.columns)
-        done: dict[tuple[str, ...], list[str]] = {}
-        for row in rows:
-            key = tuple(row[: len(self.key_columns)])
-            if key in done:
-                raise InputError(f"{self.csv_path} is corrupt: point {key} appears twice")
-            done[key] = row
+        done: dict[tuple[str, ...], list[list[str]]] = {}
+        seen: set[tuple[str, ...]] = set()
+        for row in read_csv_rows(self.csv_path, self.columns):
+            full_key = tuple(row[: self.row_key_length])
+            if full_key in seen:
+                raise InputError(f"{self.csv_path} is corrupt: row {full_key} appears twice")
+            seen.add(full_key)
+            done.setdefault(tuple(row[: len(self.key_columns)]), []).append(row)
         return done
 
     def open(self, environment: Mapping[str, Any]) -> None:
@@ -160,19 +164,23 @@ class ResultsStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def add(self, point: Mapping[str, Scalar], values: Mapping[str, Scalar], *, seconds: float,
-            order: Sequence[tuple[str, ...]]) -> None:
-        """Record one finished point and rewrite the CSV (rows sorted by ``order``) and sidecar."""
+    def add(self, point: Mapping[str, Scalar], rows: Sequence[Mapping[str, Scalar]], *,
+            seconds: float, order: Sequence[tuple[str, ...]]) -> None:
+        """Record the rows of one finished point and rewrite the CSV (points sorted by ``order``,
+        each point's rows as returned) and the sidecar."""
         key = self.point_key(point)
-        missing = [c for c in self.columns[len(key):] if c not in values]
-        if missing:
-            raise ValueError(f"point {dict(point)} returned no value for {missing}")
-        self.rows[key] = list(key) + [format_cell(values[c]) for c in self.columns[len(key):]]
+        own = self.columns[len(key):]
+        for values in rows:
+            missing = [c for c in own if c not in values]
+            if missing:
+                raise ValueError(f"point {dict(point)} returned no value for {missing}")
+        self.rows[key] = [list(key) + [format_cell(v[c]) for c in own] for v in rows]
         rank = {k: i for i, k in enumerate(order)}
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(self.columns)
-        writer.writerows(self.rows[k] for k in sorted(self.rows, key=lambda k: rank[k]))
+        for k in sorted(self.rows, key=lambda k: rank[k]):
+            writer.writerows(self.rows[k])
         atomic_write_text(self.csv_path, buf.getvalue())
         self.meta["point_seconds"]["/".join(key)] = round(seconds, 6)
         self.write_meta()

@@ -2,9 +2,11 @@
 one point; :func:`run_study` runs the points not yet on disk, serially or in worker processes, and
 records each one as soon as it finishes (see :mod:`studies.results` for the file guarantees).
 
-A point is a dict of key columns (``family``, ``T``, ``seed``, ...). ``run_point(config, point)`` must be
-a pure function of its arguments (seed any randomness from the point) returning a dict of floats: that
-is what makes a resumed or parallel run identical to a single serial one.
+A point is a dict of key columns (``family``, ``T``, ``seed``, ...), the unit of work and of resuming.
+``run_point(config, point)`` returns one row (a dict of value columns) or, for a study with
+``row_columns``, a list of rows that each also hold the row columns (e.g. one row per step t of one
+chain). It must be a pure function of its arguments (seed any randomness from the point): that is what
+makes a resumed or parallel run identical to a single serial one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ Point = dict[str, int | float | str]
 class Study:
     """One study: a configuration type, its points, one point's computation and its figures.
 
+    ``row_columns`` (optional) tell apart the several rows one point may return.
     ``small`` overrides the defaults to give a configuration CI runs in a few seconds.
     ``figures(table)`` returns ``{suffix: matplotlib Figure}`` drawn only from the saved results.
     """
@@ -44,9 +47,10 @@ class Study:
     description: str
     config_type: type
     points: Callable[[Any], Sequence[Point]]
-    run_point: Callable[[Any, Point], Mapping[str, float]]
+    run_point: Callable[[Any, Point], Mapping[str, Any] | Sequence[Mapping[str, Any]]]
     key_columns: tuple[str, ...]
     value_columns: tuple[str, ...]
+    row_columns: tuple[str, ...] = ()
     small: Mapping[str, Any] = field(default_factory=dict)
     figures: Callable[[ResultsTable], Mapping[str, Any]] | None = None
 
@@ -108,10 +112,11 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _timed_point(study: Study, config: Any, point: Point) -> tuple[dict[str, float], float]:
+def _timed_point(study: Study, config: Any, point: Point) -> tuple[list[Mapping[str, Any]], float]:
     start = time.perf_counter()
-    values = dict(study.run_point(config, point))
-    return values, time.perf_counter() - start
+    out = study.run_point(config, point)
+    rows = [out] if isinstance(out, Mapping) else list(out)
+    return rows, time.perf_counter() - start
 
 
 def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
@@ -128,7 +133,8 @@ def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
     if len(set(order)) != len(order):
         raise ValueError(f"study {study.name} produced duplicate points")
     store = ResultsStore(out, study=study.name, key_columns=study.key_columns,
-                         value_columns=study.value_columns, config=cfg.to_dict(config))
+                         row_columns=study.row_columns, value_columns=study.value_columns,
+                         config=cfg.to_dict(config))
     store.open(environment(config))
     meta = store.meta
     meta["seed"] = getattr(config, "seed", None)
@@ -141,10 +147,10 @@ def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
                    enabled=progress)
     start = time.perf_counter()
 
-    def record(point: Point, values: dict[str, float], seconds: float) -> None:
+    def record(point: Point, rows: list[Mapping[str, Any]], seconds: float) -> None:
         run["points_run"] += 1
         run["seconds"] = round(time.perf_counter() - start, 3)
-        store.add(point, values, seconds=seconds, order=order)
+        store.add(point, rows, seconds=seconds, order=order)
         bar.advance()
 
     if jobs == 1 or len(pending) <= 1:
