@@ -20,3 +20,4 @@ def register(study: Study) -> Study:
 
 
 from . import gaussian_rates  # noqa: E402  (registers itself)
+from . import covariance_error  # noqa: E402
