@@ -5,7 +5,7 @@ ways on a ladder of T:
 
 - the order: least squares of ``log steps = a - s log T + b / T`` on the tail of the ladder (the
   ``b / T`` term is the Richardson correction), with a 95% interval that is the larger of the
-  t-interval of the fit and the change of ``s`` when the largest T is dropped (model error);
+  t-interval of the fit and the change of ``s`` when the window slides to smaller T (model error);
 - the constant: ``T^p steps`` extrapolated in ``1/T`` from the two largest T (Richardson), with the
   change against the previous pair as its error, compared with the closed-form integral
   ``coefficient * int_0^1 beta(tau)^(p+1) E ||D||^2 dtau`` evaluated by adaptive quadrature.
@@ -68,17 +68,23 @@ def _ls_slope(t: np.ndarray, k: np.ndarray, corrected: bool) -> tuple[float, flo
 
 
 def fit_order(ts: Sequence[int], kls: Sequence[float], *, tail: int = 5) -> OrderFit | None:
-    """Fit the order on the last ``tail`` (>= 4) ladder points; ``None`` when every KL is 0 (exact)."""
+    """Fit the order on the last ``tail`` (>= 4) ladder points; ``None`` when every KL is 0 (exact).
+
+    The interval's half-width is the larger of the fit's 95% t-interval and the change of the slope
+    when the window slides one point towards smaller T: with an error decaying like T^-q the slid
+    window's error is 2^q times larger, so the change bounds the error of the estimate itself.
+    """
     t, k = _check_ladder(ts, kls, 4)
     if (k == 0).all():
         return None
     if (k <= 0).any() or not np.isfinite(k).all():
         raise InputError("a rate fit needs finite, positive KLs")
-    t, k = t[-max(tail, 4):], k[-max(tail, 4):]
-    slope, se, dof = _ls_slope(t, k, corrected=True)
-    previous, *_ = _ls_slope(t[:-1], k[:-1], corrected=True)
+    n = min(max(tail, 4), t.size)
+    slope, se, dof = _ls_slope(t[-n:], k[-n:], corrected=True)
+    slid = slice(-n - 1, -1) if t.size > n else slice(-n, -1)
+    previous, *_ = _ls_slope(t[slid], k[slid], corrected=True)
     half = max(scipy.stats.t.ppf(0.975, dof) * se if dof else 0.0, abs(slope - previous))
-    return OrderFit(slope, (slope - half, slope + half), _ls_slope(t, k, corrected=False)[0])
+    return OrderFit(slope, (slope - half, slope + half), _ls_slope(t[-n:], k[-n:], corrected=False)[0])
 
 
 def measured_constant(ts: Sequence[int], kls: Sequence[float], order: int) -> ConstantEstimate:

@@ -101,27 +101,33 @@ class Cosine(Schedule):
     def _angle(self, tau):
         return (tau + self.s) / (1.0 + self.s) * (math.pi / 2)
 
-    def _log_ratio(self, tau_prev, tau):
-        # cos(b + h) / cos(b) = 1 - 2 sin^2(h/2) - tan(b) sin(h), with h = angle(tau) - angle(tau_prev)
-        # formed from tau - tau_prev directly.
-        b = self._angle(tau_prev)
-        h = (tau - tau_prev) / (1.0 + self.s) * (math.pi / 2)
-        # Near tau = 1 the ratio underflows; rounding may push it to <= 0: that is log ratio = -inf.
-        ratio_minus_one = -2.0 * torch.sin(h / 2) ** 2 - torch.tan(b) * torch.sin(h)
-        return 2.0 * torch.log1p(ratio_minus_one.clamp(min=-1.0))
+    def _complement(self, tau):
+        """``pi/2 - angle(tau) = (1 - tau) / (1 + s) * pi/2``, accurate where the angle nears pi/2."""
+        return (1.0 - tau) / (1.0 + self.s) * (math.pi / 2)
 
     def log_abar(self, tau):
-        return self._log_ratio(torch.zeros_like(tau), tau)
+        # cos(angle) = sin(complement): a plain log where abar is not close to 1, a ratio form near 0.
+        direct = 2.0 * (torch.log(torch.sin(self._complement(tau))) - math.log(math.cos(self._angle(0.0))))
+        return torch.where(tau < 0.5, self.log_alpha(torch.zeros_like(tau), tau), direct)
+
+    def log_alpha(self, tau_prev, tau):
+        # h = angle(tau) - angle(tau_prev), formed from tau - tau_prev. With b = angle(tau_prev):
+        #   cos(b + h) / cos(b) = 1 - 2 sin^2(h/2) - tan(b) sin(h)              (b away from pi/2)
+        # and with c = complement(tau): cos(b + h) / cos(b) = 1 / (1 - 2 sin^2(h/2) + cot(c) sin(h)),
+        # whose tangent is accurate near pi/2 because 1 - tau is exact there.
+        h = (tau - tau_prev) / (1.0 + self.s) * (math.pi / 2)
+        shrink = -2.0 * torch.sin(h / 2) ** 2
+        near_zero = torch.log1p((shrink - torch.tan(self._angle(tau_prev)) * torch.sin(h)).clamp(min=-1.0))
+        c = self._complement(tau)
+        near_one = -torch.log1p(shrink + torch.sin(h) * torch.cos(c) / torch.sin(c))
+        return 2.0 * torch.where(tau_prev < 0.5, near_zero, near_one)
+
+    def beta_rate(self, tau):
+        return math.pi / (1.0 + self.s) / torch.tan(self._complement(tau))
 
     @property
     def min_log_alpha(self) -> float:
         return math.log1p(-self.max_beta)
-
-    def log_alpha(self, tau_prev, tau):
-        return self._log_ratio(tau_prev, tau)
-
-    def beta_rate(self, tau):
-        return math.pi / (1.0 + self.s) * torch.tan(self._angle(tau))
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,14 @@ class Grid:
         """``beta~_t = (1 - abar_{t-1}) beta_t / (1 - abar_t)``, t = 1..T (0 at t = 1)."""
         one_minus = self.one_minus_abar
         return one_minus[:-1] * self.beta / one_minus[1:]
+
+    def window(self, first: int, last: int) -> "Grid":
+        """Steps ``first..last`` as a grid of their own (levels ``first - 1 .. last``): its step k is
+        step ``first + k - 1`` here, with identical per-step quantities."""
+        if not 1 <= first <= last <= self.T:
+            raise InputError(f"a window needs 1 <= first <= last <= T = {self.T}, got {first}..{last}")
+        return Grid(self.schedule, self.taus[first - 1 : last + 1], self.log_abar[first - 1 : last + 1],
+                    self.log_alpha[first - 1 : last])
 
     def level(self, t: int) -> NoiseLevel:
         """The noise level of ``x_t``, t = 0..T."""
