@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import matplotlib
+import matplotlib.ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -107,6 +108,12 @@ def log_grid(lo: float, hi: float, n: int = 50) -> list[float]:
     """``n`` points spaced evenly in log between ``lo`` and ``hi``."""
     a, b = math.log(lo), math.log(hi)
     return [math.exp(a + (b - a) * i / (n - 1)) for i in range(n)]
+
+
+def integer_log_ticks(ax: Axes, values: Sequence[float]) -> None:
+    """Label a log x-axis at ``values`` (e.g. the T of a ladder) with plain integers."""
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:

@@ -21,3 +21,4 @@ def register(study: Study) -> Study:
 
 from . import gaussian_rates  # noqa: E402  (registers itself)
 from . import covariance_error  # noqa: E402
+from . import mixture_rates  # noqa: E402
