@@ -286,3 +286,53 @@ def test_covariance_error_leading_curve_integrates_to_the_predicted_constant(tmp
     assert abs(err[50]) < 2e-3 and 3 < err[50] / err[100] < 5
     gap = {T: math.fsum(table.column("scaled", T=T)) / T / exact - 1 for T in (50, 100)}
     assert 1.8 < gap[50] / gap[100] < 2.2
+
+
+def _registered(name: str):
+    if name not in studies.REGISTRY:
+        pytest.skip(f"study {name} is not registered (the pathkl API it needs is not available)")
+    return studies.REGISTRY[name]
+
+
+def test_lanczos_decay_respects_the_bound_and_matches_the_k_step_sampler(tmp_path):
+    """Every draw's error is below the a priori bound B_k (theory against measurement), and the
+    errors taken from the leading blocks of one k_max-step run equal fresh k-step sampler draws
+    (rounding only: 1e-12 absolute on errors of order <= 1)."""
+    import torch
+    from pathkl.lanczos import lanczos_sampler
+
+    study = _registered("lanczos_decay")
+    config = study.config(small=True)
+    run_study(study, config, tmp_path, progress=False)
+    table = load(tmp_path)
+    assert all(r["error_max"] <= r["bound"] for r in table.rows)
+    kappa = config.kappas[-1]
+    lam = torch.logspace(-math.log10(kappa), 0.0, config.dim, dtype=torch.float64)
+    z = torch.randn(config.samples, config.dim, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(config.seed))
+    for k in (1, 4, config.k_max):
+        draw = lanczos_sampler(k)(lambda v: lam * v, z)
+        err = torch.linalg.vector_norm(draw.sample - lam.sqrt() * z, dim=1) / z.norm(dim=1)
+        (row,) = [r for r in table.rows if r["kappa"] == kappa and r["k"] == k]
+        assert abs(row["error_mean"] - float(err.mean())) < 1e-12
+        assert abs(row["estimate_mean"] - float(draw.error_estimate.mean())) < 1e-12
+    fig = study.figures(table)[""]
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    x, y = lines[f"data:{kappa}"].get_data()
+    assert list(x) == table.column("k", kappa=kappa)
+    assert list(y) == table.column("error_mean", kappa=kappa)
+
+
+def test_few_step_sampling_full_is_exact_on_gaussian_data(tmp_path):
+    """With the exact mean and the full covariance every reverse kernel is exact for Gaussian data,
+    so MMD^2 must be 0 within 4 standard errors (a deterministic seed; 4 s.e. would be exceeded by
+    chance with probability ~6e-5); beta_tilde at T = 2 is far from exact (> 10 s.e.)."""
+    study = _registered("few_step_sampling")
+    config = study.config(assignments=["families=full,beta_tilde", "T=2,8", "samples=1000"])
+    run_study(study, config, tmp_path, progress=False)
+    table = load(tmp_path)
+    for row in table.rows:
+        if row["family"] == "full":
+            assert abs(row["metric"]) < 4 * row["metric_stderr"]
+    (bad,) = [r for r in table.rows if (r["family"], r["T"]) == ("beta_tilde", 2)]
+    assert bad["metric"] > 10 * bad["metric_stderr"]
