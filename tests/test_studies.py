@@ -238,6 +238,9 @@ def test_cli_reports_damaged_results_in_one_line_with_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "not a readable results sidecar" in err
     assert files(out) == before
     assert main(["study", "run", "nope"]) == 2
+    capsys.readouterr()
+    assert main(["study", "list", "--json"]) == 0
+    assert set(studies.REGISTRY) == {s["name"] for s in json.loads(capsys.readouterr().out)}
     assert main(["study", "run", "gaussian_rates", "--set", "T=1,2"]) == 2
 
 
@@ -286,6 +289,10 @@ def test_covariance_error_leading_curve_integrates_to_the_predicted_constant(tmp
     assert abs(err[50]) < 2e-3 and 3 < err[50] / err[100] < 5
     gap = {T: math.fsum(table.column("scaled", T=T)) / T / exact - 1 for T in (50, 100)}
     assert 1.8 < gap[50] / gap[100] < 2.2
+    fig = study.figures(table)["gaussian-5d"]
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    x, y = lines["data:beta"].get_data()
+    assert list(x) == table.column("tau", T=100) and list(y) == table.column("kernel_kl", T=100)
 
 
 def _registered(name: str):
@@ -336,3 +343,19 @@ def test_few_step_sampling_full_is_exact_on_gaussian_data(tmp_path):
             assert abs(row["metric"]) < 4 * row["metric_stderr"]
     (bad,) = [r for r in table.rows if (r["family"], r["T"]) == ("beta_tilde", 2)]
     assert bad["metric"] > 10 * bad["metric_stderr"]
+
+
+def test_sidecar_records_configuration_environment_and_timings(tmp_path):
+    import numpy
+    import torch
+
+    run_study(TOY, ToyConfig(seed=5), tmp_path, progress=False)
+    meta = json.loads((tmp_path / "results.json").read_text())
+    assert meta["study"] == "toy" and meta["seed"] == 5
+    assert meta["config"] == {"T": [2, 4, 8, 16], "families": ["a", "b", "c"], "seed": 5,
+                              "sleep": 0.0}
+    env = meta["environment"]
+    assert (env["torch"], env["numpy"], env["device"]) == (torch.__version__, numpy.__version__, "cpu")
+    assert env["git_commit"] is None or len(env["git_commit"].split("+")[0]) == 40
+    assert len(meta["point_seconds"]) == 12 and all(v >= 0 for v in meta["point_seconds"].values())
+    assert meta["runs"][0]["completed"] and meta["runs"][0]["points_run"] == 12
