@@ -34,6 +34,12 @@ class Basis:
         """``U diag(values) U^T`` as a dense (d, d) matrix (small d only)."""
         return self.apply(values, torch.eye(self.dim, dtype=values.dtype, device=values.device)).T
 
+    def compress(self, eigenvalues: torch.Tensor):
+        """``(values, multiplicities, structure)``: the spectrum with repeated eigenvalues merged where
+        ``diagonal`` and ``scaled_offdiagonal_eigvals`` can still be answered on the merged values
+        (``multiplicities`` None: nothing merged). Power-law image spectra shrink ~27-fold."""
+        return eigenvalues, None, self
+
 
 @dataclass(frozen=True)
 class StandardBasis(Basis):
@@ -43,6 +49,10 @@ class StandardBasis(Basis):
 
     def apply(self, values, v):
         return v * values
+
+    def compress(self, eigenvalues):
+        values, counts = torch.unique(eigenvalues, return_counts=True)
+        return values, counts.to(eigenvalues.dtype), StandardBasis(values.numel())
 
     def diagonal(self, values):
         return values
@@ -107,6 +117,16 @@ class FourierBasis(Basis):
         out = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(h, w))
         return out.reshape(v.shape)
 
+    def compress(self, eigenvalues):
+        per_channel = eigenvalues.reshape(self.shape[0], -1)
+        # Channels with one shared spectrum have one shared channel mean: merge them too.
+        c = 1 if bool((per_channel == per_channel[0]).all()) else self.shape[0]
+        channel = torch.arange(c, device=eigenvalues.device).repeat_interleave(self.dim // c)
+        pairs, counts = torch.unique(torch.stack([channel.to(eigenvalues.dtype), eigenvalues]), dim=1,
+                                     return_counts=True)
+        groups = ChannelGroups(pairs[0].long(), counts.to(eigenvalues.dtype), c)
+        return pairs[1], groups.weights, groups
+
     def _channel_mean(self, values):
         c = self.shape[0]
         per_channel = values.reshape(*values.shape[:-1], c, -1).mean(-1, keepdim=True)
@@ -117,4 +137,27 @@ class FourierBasis(Basis):
 
     def scaled_offdiagonal_eigvals(self, values, scale):
         # offdiag(U diag(a) U^T) = U diag(a - mean_c a) U^T, and S is constant on each channel.
+        return (values - self._channel_mean(values)) / scale
+
+
+@dataclass(frozen=True)
+class ChannelGroups:
+    """A compressed Fourier spectrum: entry i stands for ``weights[i]`` equal eigenvalues of channel
+    ``channels[i]``. Answers the two questions the covariance families ask, as FourierBasis does."""
+
+    channels: torch.Tensor
+    weights: torch.Tensor
+    n_channels: int
+
+    def _channel_mean(self, values):
+        totals = torch.zeros(*values.shape[:-1], self.n_channels, dtype=values.dtype, device=values.device)
+        totals.index_add_(-1, self.channels, values * self.weights)
+        sizes = torch.zeros(self.n_channels, dtype=values.dtype, device=values.device)
+        sizes.index_add_(0, self.channels, self.weights)
+        return (totals / sizes)[..., self.channels]
+
+    def diagonal(self, values):
+        return self._channel_mean(values)
+
+    def scaled_offdiagonal_eigvals(self, values, scale):
         return (values - self._channel_mean(values)) / scale

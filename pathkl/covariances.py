@@ -80,7 +80,7 @@ class Family:
 
     def gaussian_step_kl(self, step: ReverseStep) -> torch.Tensor:
         """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...)."""
-        return 0.5 * u_minus_log1p(self.relative_eigvals(step)).sum(-1)
+        return 0.5 * step.g.spectral_sum(u_minus_log1p(self.relative_eigvals(step)))
 
     def defect_sq_norm(self, g: SymmetricOperator, mean_g: torch.Tensor) -> torch.Tensor:
         """``||D||_F^2`` at each point for an order-1 family (D = its defect, see module doc)."""
@@ -124,18 +124,18 @@ def _full(step):
 def _offdiagonal_sq_norm(g, mean_g):
     ones = torch.ones_like(g.diagonal())
     # ||offdiag(G)||_F^2 = sum of squared eigenvalues of offdiag(G) (scale S = I).
-    return (g.scaled_offdiagonal_eigvals(ones) ** 2).sum(-1)
+    return g.spectral_sum(g.scaled_offdiagonal_eigvals(ones) ** 2)
 
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta,
-               lambda g, mean_g: (g.eigvals() ** 2).sum(-1)),
+               lambda g, mean_g: g.spectral_sum(g.eigvals() ** 2)),
         Family("beta_tilde", None, 0.0, "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
                _beta_tilde),
         Family("analytic", 1, 0.25, "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
-               _analytic, lambda g, mean_g: ((g.eigvals() - mean_g) ** 2).sum(-1)),
+               _analytic, lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2)),
         Family("diag", 1, 0.25, "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", _diag,
                _offdiagonal_sq_norm),
         Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bases import Basis
+from .bases import Basis, ChannelGroups
 
 
 class SymmetricOperator:
@@ -26,9 +26,14 @@ class SymmetricOperator:
         """Diagonal in the coordinate basis of x, shape (..., d)."""
         raise NotImplementedError
 
+    def spectral_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_i x_i`` over the eigenvalues (each counted with its multiplicity), shape (...)."""
+        return x.sum(-1)
+
     def mean_trace(self) -> torch.Tensor:
         """``tr(A) / d``, shape (...)."""
-        return self.eigvals().mean(-1)
+        eig = self.eigvals()
+        return self.spectral_sum(eig) / self.spectral_sum(torch.ones_like(eig))
 
     def scaled_offdiagonal_eigvals(self, scale: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of ``S^{-1/2} offdiag(A) S^{-1/2}`` for a positive diagonal ``S`` given as
@@ -38,13 +43,21 @@ class SymmetricOperator:
 
 @dataclass(frozen=True)
 class Spectral(SymmetricOperator):
-    """``A = U diag(values) U^T`` with ``U`` an orthonormal :class:`Basis`; values shape (..., d)."""
+    """``A = U diag(values) U^T`` with ``U`` an orthonormal :class:`Basis`; values shape (..., d).
+
+    With ``multiplicities`` the values are the distinct eigenvalues of a compressed spectrum
+    (:meth:`Basis.compress`), each standing for that many, and ``basis`` describes the groups.
+    """
 
     values: torch.Tensor
-    basis: Basis
+    basis: Basis | ChannelGroups
+    multiplicities: torch.Tensor | None = None
 
     def eigvals(self):
         return self.values
+
+    def spectral_sum(self, x):
+        return x.sum(-1) if self.multiplicities is None else x @ self.multiplicities
 
     def diagonal(self):
         return self.basis.diagonal(self.values)

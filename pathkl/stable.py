@@ -40,6 +40,8 @@ def u_minus_log1p(u: torch.Tensor) -> torch.Tensor:
     for coefficient in reversed(terms[:-1]):
         tail.mul_(s2).add_(coefficient)
     series = u * u / (2.0 + u) - 2.0 * s * s2 * tail
+    if bool(in_series.all()):
+        return series
     direct = torch.where(torch.isinf(u), u, u - torch.log1p(u))
     return torch.where(in_series, series, direct)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..bases import Basis, DenseBasis, FourierBasis, StandardBasis
+from ..covariances import ReverseStep
 from ..errors import InputError
 from ..operators import Spectral
 from ..schedules import DTYPE, Grid, NoiseLevel
@@ -129,11 +130,11 @@ class GaussianReference:
 
     def posterior_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
         """``c = lambda (1 - abar) / nu``: the eigenvalues of Cov[x_0 | x_t] (same for every x_t)."""
-        return self.eigenvalues * lv.one_minus_abar / self.marginal_eigenvalues(lv)
+        return _excess_and_posterior(self.eigenvalues, lv)[1]
 
     def excess_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
         """``g = abar (lambda - 1) / nu``: the eigenvalues of ``G = H + I``."""
-        return lv.abar * (self.eigenvalues - 1.0) / self.marginal_eigenvalues(lv)
+        return _excess_and_posterior(self.eigenvalues, lv)[0]
 
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.basis.dense(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1, -1)
@@ -154,28 +155,34 @@ class GaussianReference:
 
     def step_kls(self, grid: Grid, family) -> tuple[torch.Tensor, None]:
         """Per-step ``KL(q(.|x_t) || p(.|x_t))`` for t = 1..T (the same for every x_t: Gaussian kernels
-        with equal means), from the family's relative eigenvalues; exact, so no variances."""
+        with equal means), from the family's relative eigenvalues; exact, so no variances.
+
+        Repeated eigenvalues are merged first (``Basis.compress``), so the cost per step is the number of
+        distinct eigenvalues, not d."""
+        values, multiplicities, structure = self.basis.compress(self.eigenvalues)
         out = torch.empty(grid.T, dtype=DTYPE)
-        chunk = max(1, _CHUNK_ELEMENTS // self.dim)
+        chunk = max(1, _CHUNK_ELEMENTS // values.numel())
         for start in range(0, grid.T, chunk):
-            steps = range(start + 1, min(grid.T, start + chunk) + 1)
-            out[start : start + len(steps)] = family.gaussian_step_kl(self._step_operators(grid, steps))
+            steps = torch.arange(start + 1, min(grid.T, start + chunk) + 1)
+            lv = NoiseLevel(grid.abar[steps, None], grid.one_minus_abar[steps, None])
+            g, c = (Spectral(x, structure, multiplicities) for x in _excess_and_posterior(values, lv))
+            step = ReverseStep.at(grid, steps, g=g, c=c, mean_g=g.mean_trace()[:, None])
+            out[start : start + steps.numel()] = family.gaussian_step_kl(step)
         return out, None
-
-    def _step_operators(self, grid: Grid, steps: range):
-        from ..covariances import ReverseStep
-
-        idx = torch.arange(steps.start, steps.stop)
-        lv = NoiseLevel(grid.abar[idx, None], grid.one_minus_abar[idx, None])
-        g = Spectral(self.excess_eigenvalues(lv), self.basis)
-        c = Spectral(self.posterior_eigenvalues(lv), self.basis)
-        return ReverseStep.at(grid, idx, g=g, c=c, mean_g=g.mean_trace()[:, None])
 
     def expected_excess_functional(self, fn, lv: NoiseLevel) -> float:
         """``E_{q_t} fn(G, E tr G / d)``; G does not depend on x_t for Gaussian data."""
-        g = Spectral(self.excess_eigenvalues(lv), self.basis)
+        values, multiplicities, structure = self.basis.compress(self.eigenvalues)
+        g = Spectral(_excess_and_posterior(values, lv)[0], structure, multiplicities)
         return float(fn(g, g.mean_trace()))
 
     def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
         """``E ||grad^3 log q_t||_F^2 = 0``: a Gaussian log-density is quadratic."""
         return 0.0
+
+
+def _excess_and_posterior(eigenvalues: torch.Tensor, lv: NoiseLevel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g = abar (lambda - 1) / nu`` (eigenvalues of G = H + I) and ``c = lambda (1 - abar) / nu``
+    (of Cov[x_0|x_t]), with ``nu = (1 - abar) + abar lambda``; one division shared."""
+    inv_nu = 1.0 / (lv.one_minus_abar + lv.abar * eigenvalues)
+    return lv.abar * (eigenvalues - 1.0) * inv_nu, eigenvalues * lv.one_minus_abar * inv_nu
