@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studies.runner import Study, run_study  # noqa: E402
+from studies.runner import Study, run_study
 
 
 @dataclass(frozen=True)

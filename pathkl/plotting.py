@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import matplotlib
 import matplotlib.ticker

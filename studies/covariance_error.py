@@ -73,7 +73,7 @@ def _panel_kl(ax, table: ResultsTable, reference: str, T: int) -> None:
     for family in table.distinct("family"):
         rows = [r for r in table.rows if (r["reference"], r["family"], r["T"]) == (reference, family, T)
                 and 0.0 < r["kernel_kl"] < math.inf]
-        colour, marker = plotting.family_style(family)
+        colour, _ = plotting.family_style(family)
         if not rows:
             if all(r["kernel_kl"] == 0.0 for r in table.rows
                    if (r["reference"], r["family"]) == (reference, family)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register, rate_study
+from . import rate_study, register
 from .runner import Study
 
 

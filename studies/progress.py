@@ -13,7 +13,7 @@ from typing import TextIO
 
 def format_duration(seconds: float) -> str:
     """``h:mm:ss`` (or ``m:ss`` under an hour)."""
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -37,7 +37,7 @@ class Progress:
 
     def line(self) -> str:
         frac = self.done / self.total if self.total else 1.0
-        fill = int(round(self.width * frac))
+        fill = round(self.width * frac)
         elapsed = time.monotonic() - self.start
         ran = self.done - self.already
         eta = elapsed / ran * (self.total - self.done) if ran else float("nan")

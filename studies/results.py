@@ -19,9 +19,10 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pathkl.errors import InputError
 
@@ -57,11 +58,15 @@ def parse_cell(text: str) -> Scalar:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a synced temporary file and a rename (never half-written)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,9 @@ class ResultsStore:
         """Validate what is on disk (or create the directory and sidecar) and load finished rows."""
         meta = self._read_meta()
         self.rows = self._read_rows()
+        for name in (CSV_NAME, JSON_NAME):  # left by a run killed mid-write (SIGKILL)
+            for stale in self.directory.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         if meta is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             meta = {

@@ -11,16 +11,17 @@ makes a resumed or parallel run identical to a single serial one.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import importlib.metadata
 import datetime
+import importlib.metadata
 import multiprocessing
 import platform
+import signal
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,10 +106,11 @@ def environment(config: Any) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -117,6 +119,11 @@ def _timed_point(study: Study, config: Any, point: Point) -> tuple[list[Mapping[
     out = study.run_point(config, point)
     rows = [out] if isinstance(out, Mapping) else list(out)
     return rows, time.perf_counter() - start
+
+
+def _indexed_point(task: tuple[Study, Any, int, Point]) -> tuple[int, list[Mapping[str, Any]], float]:
+    study, config, index, point = task
+    return (index, *_timed_point(study, config, point))
 
 
 def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
@@ -158,17 +165,20 @@ def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
             record(point, *_timed_point(study, config, point))
     else:
         # fork (as torch's DataLoader does on Linux) spares every worker the seconds of importing
-        # torch; spawn elsewhere.
+        # torch; spawn elsewhere. Workers ignore SIGINT: on Ctrl-C the parent terminates them.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = {pool.submit(_timed_point, study, config, p): p for p in pending}
-            try:
-                for fut in cf.as_completed(futures):
-                    record(futures[fut], *fut.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        pool = ctx.Pool(jobs, initializer=_init_worker)
+        try:
+            tasks = [(study, config, i, p) for i, p in enumerate(pending)]
+            for i, rows, seconds in pool.imap_unordered(_indexed_point, tasks):
+                record(pending[i], rows, seconds)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     run["completed"] = True
     run["finished"] = _now()
     run["seconds"] = round(time.perf_counter() - start, 3)

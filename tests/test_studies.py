@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import studies
 from pathkl.errors import InputError
@@ -61,9 +62,10 @@ TOY = Study("toy", "toy study for tests (two rows per point)", ToyConfig, toy_po
             toy_run_point, ("family", "T", "seed"), ("value", "third"), row_columns=("k",))
 
 
-def run_toy_cli(out: str, sleep: float) -> None:
-    """Entry point of the subprocess that the SIGKILL test kills."""
-    run_study(TOY, ToyConfig(sleep=sleep, T=(2, 4, 8, 16, 32)), Path(out), progress=False)
+def run_toy_cli(out: str, sleep: float, jobs: int) -> None:
+    """Entry point of the subprocess that the kill and interrupt tests stop."""
+    run_study(TOY, ToyConfig(sleep=sleep, T=(2, 4, 8, 16, 32)), Path(out), jobs=jobs,
+              progress=False)
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -91,22 +93,31 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path_factory, stop):
     assert runs[-1]["completed"] and sum(r["points_run"] for r in runs) == 12
 
 
-def test_sigkill_mid_run_leaves_a_readable_file_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("sig, jobs", [(signal.SIGKILL, 1), (signal.SIGINT, 2)])
+def test_killed_or_interrupted_run_leaves_a_readable_file_and_resume_completes(tmp_path, sig, jobs):
+    """SIGKILL at a random moment of a serial run, or Ctrl-C (SIGINT) during a parallel one: the
+    results parse, hold only whole points, no process of the run survives, and resuming gives the
+    bytes of an uninterrupted run."""
     ref, out = tmp_path / "ref", tmp_path / "out"
-    run_toy_cli(str(ref), 0.0)
+    run_toy_cli(str(ref), 0.0, 1)
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import test_studies as t; "
-            "t.run_toy_cli(sys.argv[3], 0.05)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out)])
+            "t.run_toy_cli(sys.argv[3], 0.05, int(sys.argv[4]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out),
+                             str(jobs)], start_new_session=True, stderr=subprocess.DEVNULL)
     csv = out / "results.csv"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 7):
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = load(out)  # parses: complete rows only
+    os.kill(proc.pid, sig)
+    assert proc.wait(timeout=30) != 0
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left behind in the run's process group
+        os.killpg(proc.pid, 0)
+    partial = load(out)
     assert 6 <= len(partial.rows) < 30 and len(partial.rows) % 2 == 0
-    run_toy_cli(str(out), 0.05)
+    run_toy_cli(str(out), 0.05, 1)
     assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
 
 
 def test_parallel_jobs_give_the_serial_bytes(tmp_path):
@@ -305,10 +316,10 @@ def test_lanczos_decay_respects_the_bound_and_matches_the_k_step_sampler(tmp_pat
     """Every draw's error is below the a priori bound B_k (theory against measurement), and the
     errors taken from the leading blocks of one k_max-step run equal fresh k-step sampler draws
     (rounding only: 1e-12 absolute on errors of order <= 1)."""
+    study = _registered("lanczos_decay")
     import torch
     from pathkl.lanczos import lanczos_sampler
 
-    study = _registered("lanczos_decay")
     config = study.config(small=True)
     run_study(study, config, tmp_path, progress=False)
     table = load(tmp_path)
