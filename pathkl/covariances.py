@@ -20,8 +20,8 @@ Each family also declares its rate: ``steps = Theta(T^-order)``, with the leadin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -48,7 +48,7 @@ class ReverseStep:
     mean_g: torch.Tensor
 
     @staticmethod
-    def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> "ReverseStep":
+    def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> ReverseStep:
         """Scalars of step(s) ``t`` (an int, or a 1-D tensor of steps, giving shape (n, 1))."""
         t = torch.as_tensor(t)
         pick = (lambda a: a[t - 1, None]) if t.ndim == 1 else (lambda a: a[t - 1])

@@ -10,8 +10,8 @@ precision up to T = 10^6 and beyond.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class NoiseLevel:
     one_minus_abar: torch.Tensor
 
     @staticmethod
-    def from_log_abar(log_abar: torch.Tensor | float) -> "NoiseLevel":
+    def from_log_abar(log_abar: torch.Tensor | float) -> NoiseLevel:
         log_abar = torch.as_tensor(log_abar, dtype=DTYPE)
         return NoiseLevel(torch.exp(log_abar), torch.expm1(log_abar).abs())
 
@@ -62,7 +62,7 @@ class Schedule:
         """The noise level at ``tau``."""
         return NoiseLevel.from_log_abar(self.log_abar(torch.as_tensor(tau, dtype=DTYPE)))
 
-    def grid(self, steps: int) -> "Grid":
+    def grid(self, steps: int) -> Grid:
         """The uniform grid with ``steps`` steps."""
         return grid_from_taus(self, torch.linspace(0.0, 1.0, _check_steps(steps) + 1, dtype=DTYPE))
 
@@ -160,7 +160,7 @@ class DDPMLinear(Schedule):
     def beta_rate(self, tau):
         return self.continuum().beta_rate(tau)
 
-    def grid(self, steps: int) -> "Grid":
+    def grid(self, steps: int) -> Grid:
         steps = _check_steps(steps)
         return grid_from_chain(self, steps, list(range(steps + 1)))
 
@@ -219,7 +219,7 @@ class Grid:
         one_minus = self.one_minus_abar
         return one_minus[:-1] * self.beta / one_minus[1:]
 
-    def window(self, first: int, last: int) -> "Grid":
+    def window(self, first: int, last: int) -> Grid:
         """Steps ``first..last`` as a grid of their own (levels ``first - 1 .. last``): its step k is
         step ``first + k - 1`` here, with identical per-step quantities."""
         if not 1 <= first <= last <= self.T:
@@ -260,7 +260,7 @@ def grid_from_taus(schedule: Schedule, taus: Sequence[float] | torch.Tensor) -> 
     return Grid(schedule, taus, log_abar, log_alpha)
 
 
-def grid_from_chain(schedule: "DDPMLinear", length: int, indices: Sequence[int]) -> Grid:
+def grid_from_chain(schedule: DDPMLinear, length: int, indices: Sequence[int]) -> Grid:
     """Grid on the subsequence ``0 = i_0 < ... < i_T = N`` of a discrete chain of length N.
 
     ``log alpha_t`` is the sum of ``log1p(-beta_n)`` over ``i_{t-1} < n <= i_t`` (segment sums, not

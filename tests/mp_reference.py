@@ -6,6 +6,8 @@ no code with pathkl except the float64 grid nodes they are given.
 
 from __future__ import annotations
 
+import itertools
+
 import mpmath as mp
 
 mp.mp.dps = 40
@@ -17,7 +19,7 @@ def log_abar(schedule: str, tau):
         return -(mp.mpf("0.1") * tau + (mp.mpf(20) - mp.mpf("0.1")) * tau**2 / 2)
     if schedule == "cosine":
         s = mp.mpf(0.008)
-        f = lambda u: mp.cos((u + s) / (1 + s) * mp.pi / 2) ** 2  # noqa: E731
+        f = lambda u: mp.cos((u + s) / (1 + s) * mp.pi / 2) ** 2
         return mp.log(f(tau) / f(0))
     raise ValueError(schedule)
 
@@ -29,7 +31,7 @@ def alphas(schedule: str, taus=None, chain_length: int | None = None):
         lo, hi = mp.mpf(1e-4), mp.mpf(0.02)
         return [1 - (lo + (hi - lo) * k / (n - 1)) * 1000 / n for k in range(n)]
     out = []
-    for a, b in zip(taus[:-1], taus[1:]):
+    for a, b in itertools.pairwise(taus):
         ratio = mp.exp(log_abar(schedule, b) - log_abar(schedule, a))
         out.append(max(ratio, 1 - mp.mpf(0.999)) if schedule == "cosine" else ratio)
     return out

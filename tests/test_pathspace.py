@@ -13,7 +13,8 @@ import math
 import mpmath as mp
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from pathkl.errors import InputError
-from pathkl.schedules import Cosine, DDPMLinear, VPLinear, get_schedule, grid_from_chain, grid_from_taus
+from pathkl.schedules import (
+    Cosine,
+    DDPMLinear,
+    VPLinear,
+    get_schedule,
+    grid_from_chain,
+    grid_from_taus,
+)
 
 from . import mp_reference as ref
 
@@ -80,8 +87,7 @@ def test_continuous_rates_are_minus_log_abar_derivatives():
     for schedule in (VPLinear(), Cosine()):
         for tau in (0.0, 0.3, 0.9):
             with mp.workdps(30):
-                name = schedule.name
-                expected = -mp.diff(lambda u: ref.log_abar(name, u), mp.mpf(tau))
+                expected = -mp.diff(lambda u, name=schedule.name: ref.log_abar(name, u), mp.mpf(tau))
             got = float(schedule.beta_rate(torch.tensor(tau, dtype=torch.float64)))
             assert got == pytest.approx(float(expected), rel=1e-12)
 

@@ -4,7 +4,8 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pathkl.stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 

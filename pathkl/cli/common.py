@@ -7,15 +7,16 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import InputError
 from ..presets import PRESETS
 from ..refspec import load_reference
-from ..schedules import SCHEDULES, Grid, grid_from_chain, grid_from_taus, get_schedule
+from ..schedules import SCHEDULES, Grid, get_schedule, grid_from_chain, grid_from_taus
 
 REF_HELP = (
     "reference distribution: a preset (" + ", ".join(PRESETS) + ") or a JSON file, e.g. "

@@ -6,8 +6,15 @@ import argparse
 
 from ..covariances import FAMILIES, get_family
 from ..pathspace import path_kl
-from .common import (JSON_HELP, add_reference_options, formatter, make_grid, positive_int, print_json,
-                     reference_from)
+from .common import (
+    JSON_HELP,
+    add_reference_options,
+    formatter,
+    make_grid,
+    positive_int,
+    print_json,
+    reference_from,
+)
 
 _EXAMPLES = """
 The path-space KL between the exact reverse chain q(x_{0:T}) and the Gaussian reverse model p with the

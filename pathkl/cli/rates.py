@@ -10,8 +10,16 @@ from ..errors import InputError
 from ..pathspace import path_kl
 from ..rates import fit_order, measured_constant, predicted_constant
 from ..schedules import get_schedule
-from .common import (JSON_HELP, add_reference_options, check_output_path, formatter, parse_number_list,
-                     print_json, reference_from, write_atomically)
+from .common import (
+    JSON_HELP,
+    add_reference_options,
+    check_output_path,
+    formatter,
+    parse_number_list,
+    print_json,
+    reference_from,
+    write_atomically,
+)
 
 _DEFAULT_COVS = "beta,analytic,diag,full"
 _DEFAULT_STEPS = "64,128,256,512,1024,2048,4096"

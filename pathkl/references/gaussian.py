@@ -59,7 +59,7 @@ class GaussianReference:
 
     # ---- construction -------------------------------------------------------------------------
     @staticmethod
-    def from_eigenvalues(eigenvalues, *, mean=None, basis=None) -> "GaussianReference":
+    def from_eigenvalues(eigenvalues, *, mean=None, basis=None) -> GaussianReference:
         """From eigenvalues, optionally with an orthonormal basis (columns); axis-aligned otherwise."""
         lam = torch.as_tensor(eigenvalues, dtype=DTYPE).flatten()
         m = torch.zeros_like(lam) if mean is None else torch.as_tensor(mean, dtype=DTYPE).flatten()
@@ -67,7 +67,7 @@ class GaussianReference:
         return GaussianReference(m, lam, b)
 
     @staticmethod
-    def from_covariance(cov, *, mean=None) -> "GaussianReference":
+    def from_covariance(cov, *, mean=None) -> GaussianReference:
         """From a dense covariance: checked finite, symmetric (to 1e-12 relative) and positive definite."""
         s = _finite("the covariance", torch.as_tensor(cov, dtype=DTYPE))
         if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
@@ -83,7 +83,7 @@ class GaussianReference:
         return GaussianReference(m, lam, DenseBasis(u))
 
     @staticmethod
-    def image(spectrum, *, mean=None) -> "GaussianReference":
+    def image(spectrum, *, mean=None) -> GaussianReference:
         """Stationary image covariance over C x H x W: ``spectrum[c, kh, kw]`` are its eigenvalues in
         the 2-D Fourier basis of each channel (must be symmetric under k -> -k)."""
         lam = _finite("the spectrum", torch.as_tensor(spectrum, dtype=DTYPE))
