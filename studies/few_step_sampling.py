@@ -83,11 +83,11 @@ def figures(table: ResultsTable) -> dict:
             ax.errorbar(ts, means, yerr=errs, marker=marker, color=colour, capsize=1.5,
                         gid=f"data:{family}", label=plotting.family_label(family))
         ax.axhline(0.0, color="0.6", lw=0.6)
-        plotting.integer_log_ticks(ax, sorted(table.distinct("T")))
         metric = table.meta["config"]["metric"]
         ax.set(xscale="log", xlabel="number of steps $T$",
                ylabel="MMD$^2$" if metric == "mmd" else "SW$_2^2$",
                title=f"sampling with the exact mean, {reference}")
+        plotting.integer_log_ticks(ax, sorted(table.distinct("T")))  # after the log scale is set
         ax.legend(loc="upper right", ncols=2)
         out[reference.rsplit("/", 1)[-1].removesuffix(".json")] = fig
     return out
