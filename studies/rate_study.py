@@ -10,8 +10,8 @@ summed from t = 2.
 
 Figure, per reference: panel (a) ``steps`` against T on log-log axes with the fitted order and its 95%
 interval in the legend (:func:`pathkl.rates.fit_order`) and reference slopes -1 and -2; panel (b)
-``T^p steps`` against T converging to the predicted constant (dashed), with the Richardson estimate
-(:func:`pathkl.rates.measured_constant`). Plotted data lines carry ``gid = "data:<family>"``.
+``T^p steps / C`` against T converging to 1 (dashed), ``C`` the predicted constant, with ``C`` and
+the Richardson estimate (:func:`pathkl.rates.measured_constant`) in the legend. Plotted data lines carry ``gid = "data:<family>"``.
 """
 
 from __future__ import annotations
@@ -88,13 +88,11 @@ def _fit_label(name: str, ts: list[float], steps: list[float], order: float) -> 
 
 
 def _constant_panel(bx, ts, steps, order: int, predicted: float, colour, marker, name) -> None:
-    scaled = [t**order * s for t, s in zip(ts, steps)]
-    bx.plot(ts, scaled, marker=marker, color=colour, gid=f"scaled:{name}",
-            label=f"{plotting.family_label(name)}: $T^{{{order}}}\\,$steps")
-    text = f"predicted ${predicted:.4g}$"
+    ratio = [t**order * s / predicted for t, s in zip(ts, steps)]
+    label = f"{plotting.family_label(name)}: $C = {predicted:.4g}$"
     if len(ts) >= 3:
-        text += f", measured ${measured_constant(ts, steps, order).value:.4g}$"
-    bx.axhline(predicted, color=colour, ls="--", lw=0.8, label=text)
+        label += f", measured ${measured_constant(ts, steps, order).value:.4g}$"
+    bx.plot(ts, ratio, marker=marker, color=colour, gid=f"scaled:{name}", label=label)
 
 
 def rate_figure(table: ResultsTable, reference: str):
@@ -127,8 +125,9 @@ def rate_figure(table: ResultsTable, reference: str):
         else:
             ax.plot(ts, steps, marker=marker, color=colour, gid=f"data:{family}", label=label)
         if math.isfinite(order):
-            _constant_panel(bx, ts, steps, int(order), float(rows[0]["predicted_constant"]),
-                            colour, marker, family)
+            predicted = float(rows[0]["predicted_constant"])
+            if predicted > 0:
+                _constant_panel(bx, ts, steps, int(order), predicted, colour, marker, family)
     if all_t:
         plotting.reference_slopes(ax, all_t, anchor=anchor)
     for family in exact_zero:
@@ -137,8 +136,9 @@ def rate_figure(table: ResultsTable, reference: str):
                 label=f"{plotting.family_label(family)}: steps $= 0$ at every $T$")
     ax.set(xscale="log", yscale="log", xlabel="number of steps $T$",
            ylabel="path KL, sum of steps", title=f"(a) {reference}")
-    bx.set(xscale="log", xlabel="number of steps $T$", ylabel="$T^p\\times$ steps",
-           title="(b) leading constant")
+    bx.axhline(1.0, color="0.4", ls="--", lw=0.8)
+    bx.set(xscale="log", xlabel="number of steps $T$", ylabel="$T^p\\,$steps $/\\, C$",
+           title="(b) against the predicted constant $C$")
     ax.legend(loc="lower left")
     bx.legend(loc="best")
     return fig
