@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -66,8 +67,16 @@ def style() -> Iterator[None]:
 
 
 def family_style(family: str) -> tuple[str, str]:
-    """``(colour, marker)`` of a covariance family (``rademacher:8`` shares ``rademacher``'s)."""
-    return _FAMILY_STYLE.get(family.split(":")[0], (OKABE_ITO[6], "o"))
+    """``(colour, marker)`` of a covariance family. A sized family (``lanczos:3``, ``rademacher:8``)
+    keeps its marker and takes its colour from the perceptually uniform, colour-vision-deficiency
+    friendly ``cividis`` map, dark to light with the size (k for lanczos, about log2 M + 1 for
+    rademacher, capped at 8), so several sizes in one figure stay apart."""
+    base, _, size = family.partition(":")
+    colour, marker = _FAMILY_STYLE.get(base, (OKABE_ITO[6], "o"))
+    if size.isdigit():
+        position = min(max(int(size).bit_length() if base == "rademacher" else int(size), 1), 8)
+        colour = matplotlib.colors.to_hex(matplotlib.colormaps["cividis"]((position - 1) / 8))
+    return colour, marker
 
 
 _FAMILY_LABEL = {"beta": r"$\beta_t I$", "beta_tilde": r"$\tilde\beta_t I$",
