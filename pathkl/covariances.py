@@ -148,4 +148,9 @@ def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
+        if name.split(":")[0] in ("lanczos", "rademacher"):
+            raise InputError(
+                f"{name!r} draws a random, non-Gaussian or probe-dependent reverse kernel, so it has no "
+                f"exact path KL; measure it with 'pathkl sample --cov {name}'"
+            ) from None
         raise InputError(f"unknown covariance family {name!r}; choose from {', '.join(FAMILIES)}") from None

@@ -20,4 +20,11 @@ def register(study: Study) -> Study:
 
 
 # Each study module registers itself on import.
-from . import covariance_error, gaussian_rates, mixture_rates  # noqa: F401
+from . import (  # noqa: F401
+    covariance_error,
+    few_step_sampling,
+    gaussian_rates,
+    image_sampling_study,
+    lanczos_decay,
+    mixture_rates,
+)
