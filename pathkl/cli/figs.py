@@ -15,6 +15,11 @@ from .study import DEFAULT_RESULTS, get_study
 
 DEFAULT_FIGS = Path("paper_figs")
 
+_EXAMPLES = """examples:
+  pathkl figs                          # every figure; runs studies whose results are missing
+  pathkl figs gaussian_rates --jobs 2  # one study's figures
+  pathkl figs --small --out /tmp/figs  # quick check with the CI-sized configurations"""
+
 
 def build_figures(names, *, results: Path, out: Path, small: bool = False, jobs: int = 1,
                   progress: bool = True) -> list[Path]:
@@ -57,7 +62,10 @@ def _figs(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``figs`` to the ``pathkl`` parser."""
-    parser = subparsers.add_parser("figs", help="redraw paper_figs/ from saved study results")
+    parser = subparsers.add_parser(
+        "figs", help="redraw paper_figs/ from saved study results",
+        description="Redraw paper_figs/ from saved study results, running missing studies first.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="studies to draw (default: all)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="directory holding results/<study>/ (default results)")

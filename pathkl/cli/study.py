@@ -11,6 +11,15 @@ from ..errors import InputError
 
 DEFAULT_RESULTS = Path("results")
 
+_EXAMPLES = """examples:
+  pathkl study list
+  pathkl study run gaussian_rates                      # results/gaussian_rates/results.csv + .json
+  pathkl study run gaussian_rates --small --jobs 2     # the CI-sized configuration, 2 processes
+  pathkl study run lanczos_decay --set kappas=10,1000 --set k_max=20 --out results/lz
+  pathkl study run few_step_sampling --config my.toml  # TOML keys override the defaults
+
+Re-running the same command resumes: finished points are skipped."""
+
 
 def get_study(name: str):
     """The registered study ``name`` (``InputError`` listing the known ones otherwise)."""
@@ -59,12 +68,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``study list`` and ``study run`` to the ``pathkl`` parser."""
-    parser = subparsers.add_parser("study", help="run studies whose results are saved point by point")
+    parser = subparsers.add_parser(
+        "study", help="run studies whose results are saved point by point",
+        description="Run (or resume) a registered study; results go to results/NAME/ point by point.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="study_command", required=True)
     p_list = sub.add_parser("list", help="list the registered studies")
     p_list.add_argument("--json", action="store_true", help="print JSON")
     p_list.set_defaults(func=_list)
-    p_run = sub.add_parser("run", help="run (or resume) a study")
+    p_run = sub.add_parser("run", help="run (or resume) a study", epilog=_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p_run.add_argument("name", help="study name (see `pathkl study list`)")
     p_run.add_argument("--config", type=Path, help="TOML file overriding the default configuration")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
