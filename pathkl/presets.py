@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from .references import GaussianReference
+from .references import GaussianReference, MixtureReference
 from .schedules import DTYPE
 
 
@@ -15,6 +16,26 @@ def fixed_rotation(d: int, seed: int = 0) -> torch.Tensor:
     a = torch.randn(d, d, dtype=DTYPE, generator=torch.Generator().manual_seed(seed))
     q, r = torch.linalg.qr(a)
     return q * torch.sign(torch.diagonal(r))
+
+
+def rotated_covariance(angle: float, variances: tuple[float, float]) -> torch.Tensor:
+    """``R(angle) diag(variances) R(angle)^T`` in 2-D."""
+    c, s = math.cos(angle), math.sin(angle)
+    r = torch.tensor([[c, -s], [s, c]], dtype=DTYPE)
+    return (r * torch.tensor(variances, dtype=DTYPE)) @ r.T
+
+
+def ocm_grid() -> MixtureReference:
+    """The OCM paper's 2-D toy (Ou et al. 2025, section 5.1): means {-3, 0, 3}^2, std 0.1, equal weights."""
+    means = [[a, b] for a in (-3.0, 0.0, 3.0) for b in (-3.0, 0.0, 3.0)]
+    return MixtureReference.from_components([1.0 / 9] * 9, means, stds=[0.1] * 9)
+
+
+def rotated_mixture() -> MixtureReference:
+    """Three correlated 2-D components with differently rotated covariances: Hessian not diagonal."""
+    covs = torch.stack([rotated_covariance(0.5, (0.5, 0.1)), rotated_covariance(-0.7, (0.4, 0.08)),
+                        rotated_covariance(1.2, (0.3, 0.15))])
+    return MixtureReference.from_components([0.3, 0.4, 0.3], [[-1.5, 0.5], [0.5, 1.0], [1.0, -1.2]], covs=covs)
 
 
 def power_law_spectrum(shape, *, exponent: float = 2.0, floor: float = 1.0, variance: float = 1.0) -> torch.Tensor:
@@ -50,5 +71,13 @@ PRESETS: dict[str, tuple[str, Callable[[], object]]] = {
     "image-3x64x64": (
         "stationary image Gaussian, 3x64x64 (d = 12288), power-law spectrum as above",
         lambda: GaussianReference.image(power_law_spectrum((3, 64, 64))),
+    ),
+    "mog-ocm-grid": (
+        "OCM toy: 3x3 grid of isotropic Gaussians, means {-3,0,3}^2, std 0.1 (product form: diag = full)",
+        ocm_grid,
+    ),
+    "mog-rotated": (
+        "3 correlated 2-D Gaussians with rotated covariances (non-diagonal Hessian: diag != full)",
+        rotated_mixture,
     ),
 }

@@ -5,6 +5,9 @@ JSON forms::
     {"kind": "gaussian", "mean": [...], "cov": [[...], ...]}          # mean optional (zero)
     {"kind": "gaussian", "eigenvalues": [...]}                          # zero mean, axis-aligned
     {"kind": "gaussian-image", "shape": [C, H, W], "spectrum": SPEC}    # stationary, FFT-diagonal
+    {"kind": "mog", "weights": [...], "means": [[...]], "covs": [[[...]]]}  # or "variances" [[...]]
+                                                                        # (diagonal) or "stds" [...]
+    {"kind": "empirical", "points": [[...]]}                            # "weights" optional (equal)
 
 where SPEC is ``{"type": "power-law", "exponent": 2.0, "floor": 1.0, "variance": 1.0}`` (all keys
 optional: eigenvalue ``(floor + kh^2 + kw^2)^(-exponent/2)`` at integer frequency (kh, kw), scaled to
@@ -23,7 +26,7 @@ import torch
 
 from .errors import InputError
 from .presets import PRESETS, power_law_spectrum
-from .references import GaussianReference
+from .references import GaussianReference, MixtureReference
 from .schedules import DTYPE
 
 
@@ -74,9 +77,27 @@ def _gaussian_image(spec: dict) -> GaussianReference:
     return GaussianReference.image(values, mean=None if mean is None else torch.as_tensor(mean, dtype=DTYPE))
 
 
+def _mog(spec: dict) -> MixtureReference:
+    covariance = {"covs": 3, "variances": 2, "stds": 1}
+    given = [key for key in covariance if key in spec]
+    if len(given) != 1:
+        raise InputError("a mog reference needs exactly one of 'covs' (full), 'variances' (diagonal), 'stds'")
+    key = given[0]
+    return MixtureReference.from_components(
+        _array(spec, "weights", 1), _array(spec, "means", 2), **{key: _array(spec, key, covariance[key])}
+    )
+
+
+def _empirical(spec: dict) -> MixtureReference:
+    weights = _array(spec, "weights", 1) if "weights" in spec else None
+    return MixtureReference.empirical(_array(spec, "points", 2), weights=weights)
+
+
 JSON_KINDS: dict[str, Callable[[dict], object]] = {
     "gaussian": _gaussian,
     "gaussian-image": _gaussian_image,
+    "mog": _mog,
+    "empirical": _empirical,
 }
 
 

@@ -1,0 +1,419 @@
+"""Path-space KL for mixture references by deterministic quadrature (d <= 3), DESIGN.md sections 2-3.
+
+One step's KL at a point ``x = x_t`` splits exactly (the model mean is exact and ``E_q log N`` only sees
+q's first two moments):
+
+    KL(q(.|x) || N(mu*, Sigma_t)) = J(x) + KL(N(mu*, Sigma*(x)) || N(mu*, Sigma_t(x))),
+
+``J(x) = KL(q(.|x) || N(mu*(x), Sigma*(x)))`` the negentropy of the reverse kernel (the same for every
+covariance family, so it is computed once per grid and cached) and the second term the family's
+Gaussian step KL (pathkl.covariances). ``full`` is ``E J`` alone.
+
+J in whitened coordinates. With ``Sigma* = beta (I + k G) = beta Lt Lt^T`` (``k = beta / alpha``) the
+kernel component k, ``N(a_k, B_k)``, becomes ``N(zeta_k, I - R_k)`` with (module
+pathkl.references.mixture for ``a_k``, ``B_k``)
+
+    zeta_k = sqrt(k) Lt^{-1} (s_k - E_w s),   R_k = k Lt^{-1} (G - G_k) Lt^{-T},
+
+``G_k = U_k diag(abar (lambda_k - 1) / nu_k) U_k^T``: both formed from O(1) differences, never from
+nearly equal covariances. The density ratio against N(0, I) is ``rho = 1 + eps``,
+``eps(z) = sum_k w_k expm1(l_k(z))``, ``l_k`` a quadratic in z, and (:func:`whitened_kl`)
+
+    J = E_{N(0,I)} psi(eps)            (psi(e) = (1 + e) log1p(e) - e >= 0)      "N-form"
+      = sum_k w_k E_{N(zeta_k, I - R_k)} phi(1/rho - 1)   (phi(u) = u - log1p(u) >= 0)  "q-form",
+
+the second because ``E_q[eps / rho] = E_N[eps] = 0``. The N-form is used where the kernel is nearly
+Gaussian (eps nearly polynomial: Gauss-Hermite is all but exact), the q-form where it is not (its
+nodes follow each component, so separated modes are integrated where their mass is).
+
+The outer expectation over ``x_t ~ q_t = sum_j pi_j N(sqrt(abar) m_j, V_j)`` is a Gauss-Hermite tensor
+rule in each component's own coordinates. Accuracy is shown by node refinement and by the entropy
+chain rule (:func:`negentropy_chain_rule`), an independent route (tests/test_mixture.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .covariances import ReverseStep
+from .errors import InputError
+from .operators import Dense
+from .schedules import DTYPE, Grid, NoiseLevel
+from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
+
+#: Largest dimension handled by tensor-product quadrature.
+MAX_QUADRATURE_DIM = 3
+# A kernel is "nearly Gaussian" (N-form) when every |zeta_k| and ||R_k||_F is below this.
+_NEAR_GAUSSIAN = 1.0
+# Points whose negentropy is certified below this (absolute) are skipped: see _negentropy_bound.
+_SKIP_BELOW = 1e-24
+# Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
+_BATCH_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Quadrature:
+    """Gauss-Hermite nodes per dimension: ``outer`` per component of q_t, ``inner`` for J where the
+    kernel is nearly Gaussian (N-form) and ``separated`` where it is not (q-form: log rho switches
+    between modes there, so convergence is slower)."""
+
+    outer: int = 16
+    inner: int = 8
+    separated: int = 16
+
+
+DEFAULT = Quadrature()
+
+
+@functools.lru_cache(maxsize=32)
+def _hermite(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor Gauss-Hermite rule for E_{N(0, I_d)}: nodes (n^d, d), weights (n^d,) summing to 1."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    w = w / w.sum()
+    grids = np.meshgrid(*([x] * d), indexing="ij")
+    weights = functools.reduce(np.multiply.outer, [w] * d).reshape(-1)
+    nodes = np.stack([g.reshape(-1) for g in grids], axis=1)
+    # Product nodes of weight < 1e-18 carry less than 1e-18 * n^d of the mass: dropped.
+    keep = weights >= 1e-18
+    nodes, weights = nodes[keep], weights[keep]
+    return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights).to(DTYPE)
+
+
+class SmallDense(Dense):
+    """:class:`Dense` with closed-form eigenvalues for 2 x 2 batches (batched LAPACK calls dominate
+    otherwise); absolute eigenvalue errors stay O(eps ||A||), as with eigvalsh."""
+
+    def eigvals(self):
+        if self.matrix.shape[-1] != 2:
+            return super().eigvals()
+        a, b, c = self.matrix[..., 0, 0], self.matrix[..., 0, 1], self.matrix[..., 1, 1]
+        mid, radius = 0.5 * (a + c), torch.hypot(0.5 * (a - c), b)
+        return torch.stack([mid - radius, mid + radius], -1)
+
+    def scaled_offdiagonal_eigvals(self, scale):
+        if self.matrix.shape[-1] != 2:
+            return super().scaled_offdiagonal_eigvals(scale)
+        r = self.matrix[..., 0, 1].abs() * (scale[..., 0] * scale[..., 1]).rsqrt()
+        return torch.stack([-r, r], -1)
+
+
+def _check_dim(reference) -> None:
+    if reference.dim > MAX_QUADRATURE_DIM:
+        raise InputError(
+            f"the mixture path-space KL uses quadrature and supports d <= {MAX_QUADRATURE_DIM}, got d = {reference.dim}"
+        )
+
+
+def outer_nodes(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, n: int):
+    """Nodes x (..., Q K, d) and weights (Q K,) for ``E_{q_t}``: a Gauss-Hermite rule in each
+    component's coordinates, ``x = sqrt(abar) m_k + U_k diag(sqrt(nu_k)) xi``; abar of shape (...)."""
+    xi, wq = _hermite(n, reference.dim)
+    k, d = reference.size, reference.dim
+    nu = reference.marginal_eigenvalues(abar, one_minus_abar)[..., None, :, :]  # (..., 1, K, e)
+    noise = reference.covs.apply(nu.sqrt(), xi[:, None, :].expand(xi.shape[0], k, d))
+    x = abar.sqrt()[..., None, None, None] * reference.means + noise
+    weights = (wq[:, None] * reference.weights).reshape(-1)
+    return x.reshape(*x.shape[:-3], -1, d), weights
+
+
+# ---- J: KL of a whitened mixture against N(0, I) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WhitenedMixture:
+    """``sum_k w_k N(zeta_k, I - R_k)`` (a batch over leading dims): the law being compared with N(0, I)."""
+
+    log_weights: torch.Tensor  # (N, K)
+    zeta: torch.Tensor  # (N, K, d)
+    r: torch.Tensor  # (N, K, d, d), symmetric, ||R_k|| < 1
+
+    def log_ratios(self, z: torch.Tensor, parts) -> torch.Tensor:
+        """``l_k(z) = log N(z; zeta_k, I - R_k) - log N(z; 0, I)`` at z (N, Q, d): (N, Q, K)."""
+        m, p_zeta, const = parts
+        quad = torch.einsum("nqi,nkij,nqj->nqk", z, m, z)
+        return -0.5 * quad + torch.einsum("nqi,nki->nqk", z, p_zeta) + const[:, None, :]
+
+    def parts(self):
+        """``M_k = (I - R_k)^{-1} R_k``, ``(I - R_k)^{-1} zeta_k``, the constant of ``l_k``, Cholesky."""
+        eye = torch.eye(self.zeta.shape[-1], dtype=DTYPE)
+        chol = torch.linalg.cholesky(eye - self.r)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        m = torch.cholesky_solve(self.r, chol)
+        p_zeta = torch.cholesky_solve(self.zeta[..., None], chol)[..., 0]
+        const = -0.5 * (self.zeta * p_zeta).sum(-1) - 0.5 * logdet
+        return (m, p_zeta, const), chol
+
+    def eps_and_log_rho(self, z, parts):
+        """``eps = rho - 1`` without cancellation near rho = 1, and ``log rho``, at z (N, Q, d)."""
+        logs = self.log_ratios(z, parts)
+        log_rho = torch.logsumexp(self.log_weights[:, None, :] + logs, -1)
+        direct = (torch.exp(self.log_weights)[:, None, :] * torch.expm1(logs)).sum(-1)
+        eps = torch.where(log_rho.abs() < 0.5, direct, torch.expm1(log_rho))
+        return eps, log_rho
+
+
+def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
+    """``KL(sum_k w_k N(zeta_k, I - R_k) || N(0, I))`` per batch entry by Gauss-Hermite with ``nodes``
+    per dimension: ``form="N"`` (psi form) or ``"q"`` (phi form), module docstring."""
+    d = mix.zeta.shape[-1]
+    xi, wq = _hermite(nodes, d)
+    parts, chol = mix.parts()
+    if form == "N":
+        z = xi.expand(mix.zeta.shape[0], *xi.shape)
+        eps, _ = mix.eps_and_log_rho(z, parts)
+        return (wq * one_plus_e_log_one_plus_e_minus_e(eps)).sum(-1)
+    n, k = mix.log_weights.shape
+    z = mix.zeta[:, :, None, :] + torch.einsum("nkij,qj->nkqi", chol, xi)  # (N, K, Q, d)
+    eps, log_rho = mix.eps_and_log_rho(z.reshape(n, -1, d), parts)
+    # phi(1/rho - 1): the stable kernel near rho = 1, the direct form (no cancellation) away from it.
+    near_one = log_rho.abs() < 0.5
+    per_node = torch.where(
+        near_one,
+        u_minus_log1p(torch.where(near_one, -eps / (1.0 + eps), torch.zeros_like(eps))),
+        torch.expm1(-log_rho) + log_rho,
+    ).reshape(n, k, -1)
+    return (torch.exp(mix.log_weights) * (per_node * wq).sum(-1)).sum(-1)
+
+
+def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
+    """Upper bound on J: moment matching minimises KL(q || Gaussian), and KL is convex, so
+    ``J <= sum_k w_k KL(N_k || N_j)`` for the heaviest component j; each term is bounded by
+    ``|zeta_k - zeta_j|^2 / (1 - rho) + d (2 rho / (1 - rho))^2`` with ``rho = max ||R||_F``
+    (valid while ``2 rho / (1 - rho) <= 1/2``; otherwise +inf)."""
+    j = mix.log_weights.argmax(-1)
+    rows = torch.arange(j.numel())
+    rho = torch.linalg.matrix_norm(mix.r).amax(-1)
+    ratio = 2.0 * rho / (1.0 - rho)
+    gap = ((mix.zeta - mix.zeta[rows, j][:, None, :]) ** 2).sum(-1)
+    term = gap / (1.0 - rho[:, None]) + mix.zeta.shape[-1] * ratio[:, None] ** 2
+    w = torch.exp(mix.log_weights).clone()
+    w[rows, j] = 0.0
+    bound = (w * term).sum(-1)
+    return torch.where(ratio <= 0.5, bound, torch.full_like(bound, math.inf))
+
+
+def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int) -> torch.Tensor:
+    """J per batch entry: skipped (0) where certified below 1e-24, N-form with ``nodes`` where nearly
+    Gaussian, q-form with ``separated`` nodes elsewhere."""
+    out = torch.zeros(mix.log_weights.shape[0], dtype=DTYPE)
+    active = _negentropy_bound(mix) > _SKIP_BELOW
+    size = (mix.zeta.norm(dim=-1).amax(-1)).maximum(torch.linalg.matrix_norm(mix.r).amax(-1))
+    near = size <= _NEAR_GAUSSIAN
+    k, d = mix.zeta.shape[-2:]
+    for form, mask, n in (("N", active & near, nodes), ("q", active & ~near, separated)):
+        idx = torch.nonzero(mask).flatten()
+        batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * n**d * d))
+        for start in range(0, idx.numel(), batch):
+            sel = idx[start : start + batch]
+            sub = WhitenedMixture(mix.log_weights[sel], mix.zeta[sel], mix.r[sel])
+            out[sel] = whitened_kl(sub, nodes=n, form=form)
+    return out
+
+
+def reverse_kernel_whitened(reference, post, abar, kappa, g) -> WhitenedMixture:
+    """The reverse kernels at the points of ``post`` in Sigma*-whitened coordinates (module doc);
+    abar and kappa = beta/alpha broadcastable to the batch, g = G(x) dense."""
+    d = reference.dim
+    eye = torch.eye(d, dtype=DTYPE)
+    kappa = torch.as_tensor(kappa, dtype=DTYPE)
+    chol = torch.linalg.cholesky(eye + kappa[..., None, None] * g)
+    own = reference.covs.dense(torch.as_tensor(abar, dtype=DTYPE)[..., None, None] * (reference.eigenvalues - 1.0) / post.nu)
+    gap = g[..., None, :, :] - own  # (..., K, d, d)
+    chol_k = chol[..., None, :, :].expand_as(gap)
+    half = torch.linalg.solve_triangular(chol_k, gap, upper=False)
+    r = kappa[..., None, None, None] * torch.linalg.solve_triangular(chol_k, half.transpose(-1, -2), upper=False)
+    r = 0.5 * (r + r.transpose(-1, -2))
+    zeta = kappa.sqrt()[..., None, None] * torch.linalg.solve_triangular(
+        chol_k, post.centred_scores[..., None], upper=False
+    )[..., 0]
+    k = reference.size
+    return WhitenedMixture(post.log_weights.reshape(-1, k), zeta.reshape(-1, k, d), r.reshape(-1, k, d, d))
+
+
+# ---- one chunk of steps -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StepNodes:
+    """Outer nodes of a chunk of steps with everything at them: shapes (S, P, ...)."""
+
+    idx: torch.Tensor  # (S,) steps t
+    weights: torch.Tensor  # (P,)
+    post: object
+    g: torch.Tensor
+    c: torch.Tensor
+    abar: torch.Tensor  # (S, 1)
+
+
+def _step_nodes(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> _StepNodes:
+    abar, om = grid.abar[idx], grid.one_minus_abar[idx]
+    x, w = outer_nodes(reference, abar, om, quad.outer)
+    post = reference.posterior(x, abar[:, None], om[:, None])
+    g = reference.excess(post, abar[:, None])
+    c = reference.posterior_cov_dense(post, abar[:, None], om[:, None])
+    return _StepNodes(idx, w, post, g, c, abar[:, None])
+
+
+def _chunks(reference, grid: Grid, quad: Quadrature):
+    per_step = reference.size * quad.outer**reference.dim * reference.size * reference.dim**2
+    size = max(1, _BATCH_ELEMENTS // per_step)
+    for start in range(1, grid.T + 1, size):
+        yield torch.arange(start, min(grid.T, start + size - 1) + 1)
+
+
+def _grid_key(grid: Grid, quad: Quadrature):
+    return (grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes(), quad)
+
+
+def expected_negentropies(reference, grid: Grid, quad: Quadrature = DEFAULT) -> torch.Tensor:
+    """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)), cached per (reference, grid, quadrature)."""
+    _check_dim(reference)
+    key = ("J",) + _grid_key(grid, quad)
+    if key not in reference._cache:
+        out = torch.empty(grid.T, dtype=DTYPE)
+        for idx in _chunks(reference, grid, quad):
+            out[idx - 1] = expected_negentropy_at(reference, grid, idx, quad)
+        reference._cache[key] = out
+    return reference._cache[key]
+
+
+def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature = DEFAULT) -> torch.Tensor:
+    """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t)."""
+    nodes = _step_nodes(reference, grid, idx, quad)
+    kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
+    mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
+    j = negentropy(mix, nodes=quad.inner, separated=quad.separated).reshape(idx.numel(), -1)
+    return (j * nodes.weights).sum(-1)
+
+
+def step_kls(reference, grid: Grid, family, quad: Quadrature = DEFAULT) -> tuple[torch.Tensor, None]:
+    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: E J plus the family's Gaussian part."""
+    out = expected_negentropies(reference, grid, quad).clone()
+    if family.name == "full":
+        return out, None
+    d = reference.dim
+    for idx in _chunks(reference, grid, quad):
+        nodes = _step_nodes(reference, grid, idx, quad)
+        trace = torch.diagonal(nodes.g, dim1=-2, dim2=-1).sum(-1) / d
+        mean_g = (trace * nodes.weights).sum(-1)[:, None, None]
+        step = ReverseStep.at(grid, idx[:, None, None], g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=mean_g)
+        out[idx - 1] += (family.gaussian_step_kl(step) * nodes.weights).sum(-1)
+    return out, None
+
+
+# ---- terminal KL, leading-constant integrands, the chain-rule route ----------------------------
+
+
+def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
+    """``KL(q_T || N(0, I))``: q_T is the whitened mixture with ``zeta_k = sqrt(abar) m_k`` and
+    ``I - R_k = V_k``, i.e. ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T``."""
+    _check_dim(reference)
+    mix = WhitenedMixture(
+        torch.log(reference.weights)[None],
+        (lv.abar.sqrt() * reference.means)[None],
+        reference.covs.dense(lv.abar * (1.0 - reference.eigenvalues))[None],
+    )
+    size = float(mix.zeta.norm(dim=-1).max().maximum(torch.linalg.matrix_norm(mix.r).max()))
+    near = size <= _NEAR_GAUSSIAN
+    return float(whitened_kl(mix, nodes=quad.inner if near else quad.separated, form="N" if near else "q")[0])
+
+
+def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
+    x, w = outer_nodes(reference, lv.abar, lv.one_minus_abar, quad.outer)
+    return reference.posterior(x, lv.abar, lv.one_minus_abar), w
+
+
+def expected_excess_functional(reference, fn, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
+    """``E_{q_t} fn(G(x_t), E tr G / d)`` with G as a dense operator."""
+    _check_dim(reference)
+    post, w = _level_nodes(reference, lv, quad)
+    g = reference.excess(post, lv.abar)
+    mean_g = (torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) * w).sum() / reference.dim
+    return float((fn(SmallDense(g), mean_g) * w).sum())
+
+
+def expected_third_derivative_sq_norm(reference, lv: NoiseLevel, quad: Quadrature = DEFAULT) -> float:
+    """``E_{q_t} ||grad^3 log q_t||_F^2`` by the outer quadrature."""
+    _check_dim(reference)
+    post, w = _level_nodes(reference, lv, quad)
+    return float((third_derivative_sq_norm(reference, post) * w).sum())
+
+
+def third_derivative_sq_norm(reference, post) -> torch.Tensor:
+    """``||grad^3 log q_t||_F^2`` at the points of ``post``.
+
+    With ``A_k = -V_k^{-1}`` (the Hessian of log N_k) and centred scores ``c_k``,
+    ``grad^3 log q = kappa_3 + X + X^(132) + X^(231)``, ``kappa_3 = E_w c (x) c (x) c``,
+    ``X_abc = E_w[(A_k - E_w A)_ab c_kc]`` (derivative of the cumulant identities for the Hessian).
+    Dense d^3 tensors; for common isotropic components use :func:`isotropic_third_derivative_sq_norm`.
+    """
+    w = post.weights
+    c = post.centred_scores
+    a = reference.covs.dense(-1.0 / post.nu)
+    a = a - (w[..., None, None] * a).sum(-3, keepdim=True)
+    kappa3 = torch.einsum("...k,...ka,...kb,...kc->...abc", w, c, c, c)
+    x = torch.einsum("...k,...kab,...kc->...abc", w, a, c)
+    t3 = kappa3 + x + x.transpose(-1, -2) + x.permute(*range(x.ndim - 3), -1, -3, -2)
+    return (t3**2).sum((-1, -2, -3))
+
+
+def negentropy_chain_rule(reference, grid: Grid, t: int, quad: Quadrature = DEFAULT) -> float:
+    """Route (b): ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})`` (chain rule of
+    entropy, DESIGN.md section 3; ``k = beta_t / alpha_t``). Cancels at large T: a check for small T."""
+    lv, prev = grid.level(t), grid.level(t - 1)
+    post, w = _level_nodes(reference, lv, quad)
+    kappa = grid.beta[t - 1] / grid.alpha[t - 1]
+    g = reference.excess(post, lv.abar)
+    logdet = torch.linalg.slogdet(torch.eye(reference.dim, dtype=DTYPE) + kappa * g)[1]
+    post_prev, w_prev = _level_nodes(reference, prev, quad)
+    entropy_t = -(post.log_prob * w).sum()
+    entropy_prev = -(post_prev.log_prob * w_prev).sum()
+    return float(0.5 * (logdet * w).sum() + entropy_t - entropy_prev)
+
+
+# ---- image dimension: components sharing one isotropic covariance (empirical data) --------------
+
+
+def _common_isotropic(reference) -> None:
+    lam = reference.eigenvalues
+    if reference.covs.rotations is not None or lam.shape[1] != 1 or not (lam == lam[0]).all():
+        raise InputError("the Gram-matrix third-derivative norm needs components with one common isotropic variance")
+
+
+def gram_third_derivative_sq_norm(reference, x: torch.Tensor, lv: NoiseLevel, *, gram=None) -> torch.Tensor:
+    """``||grad^3 log q_t(x)||_F^2`` for components sharing the variance ``v = (1 - abar) + abar s^2``
+    (empirical data, common std), without d x d or d^3 arrays.
+
+    Then ``V_k^{-1} = I / v`` is the same for all k, the covariance terms of
+    :func:`third_derivative_sq_norm` vanish and ``grad^3 log q = kappa_3 = E_w c (x) c (x) c`` with
+    ``c_k = s_k - E_w s = sqrt(abar) (m_k - E_w m) / v``, so
+    ``||kappa_3||_F^2 = sum_{j,l} w_j w_l (c_j . c_l)^3``: a K x K Gram matrix of the means
+    (``gram``, precomputed once, O(K^2 d)); per point O(K d) for the weights plus O(K^2).
+    """
+    _common_isotropic(reference)
+    if gram is None:
+        centred = reference.means - reference.means.mean(0)
+        gram = centred @ centred.T
+    v = lv.one_minus_abar + lv.abar * reference.eigenvalues[0, 0]
+    out = torch.empty(x.shape[0], dtype=DTYPE)
+    for i in range(x.shape[0]):  # one point at a time: the posterior holds (K, d) arrays
+        w = reference.posterior(x[i : i + 1], lv.abar, lv.one_minus_abar).weights[0]
+        g = gram @ w
+        centred_gram = gram - g[:, None] - g[None, :] + w @ g
+        out[i] = (lv.abar / v**2) ** 3 * (w @ (centred_gram**3) @ w)
+    return out
+
+
+def mc_third_derivative_sq_norm(reference, lv: NoiseLevel, *, samples: int, generator=None) -> tuple[float, float]:
+    """Monte Carlo ``E_{q_t} ||grad^3 log q_t||_F^2`` (Gram form, any d) and its standard error."""
+    _common_isotropic(reference)
+    centred = reference.means - reference.means.mean(0)
+    gram = centred @ centred.T
+    x = reference.sample(samples, lv, generator=generator)
+    values = gram_third_derivative_sq_norm(reference, x, lv, gram=gram)
+    return float(values.mean()), float(values.std() / math.sqrt(samples))

@@ -1,0 +1,276 @@
+"""Mixture and empirical references against independent routes: autodiff of log_prob, Tweedie's
+formulas from the score, Bayes' rule for the reverse kernel, the 1-component mixture against the
+Gaussian reference, and the two routes (whitened negentropy vs entropy chain rule) for J."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from pathkl import mixture_kl as mk
+from pathkl.covariances import FAMILIES
+from pathkl.errors import InputError
+from pathkl.presets import rotated_covariance, rotated_mixture
+from pathkl.references import GaussianReference, MixtureReference
+from pathkl.refspec import load_reference
+from pathkl.schedules import VPLinear
+
+LEVELS = [VPLinear().level(tau) for tau in (0.02, 0.3, 0.9)]
+
+
+def _references():
+    covs = torch.stack([rotated_covariance(0.4, (0.6, 0.1)), rotated_covariance(-1.0, (0.3, 0.2))])
+    gen = torch.Generator().manual_seed(1)
+    return [
+        rotated_mixture(),
+        MixtureReference.from_components([0.25, 0.75], [[0.0, 1.0], [1.5, -0.5]], covs=covs),
+        MixtureReference.from_components([0.5, 0.2, 0.3], torch.randn(3, 3, generator=gen, dtype=torch.float64),
+                                         variances=[[0.2, 0.5, 0.1], [1.0, 0.3, 0.4], [0.05, 0.2, 0.6]]),
+        MixtureReference.from_components([0.6, 0.4], [[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]], stds=[0.3, 0.7]),
+        MixtureReference.empirical(torch.randn(5, 2, generator=gen, dtype=torch.float64)),
+    ]
+
+
+def _points(reference, lv, n=4, seed=0):
+    return reference.sample(n, lv, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("reference", _references())
+@pytest.mark.parametrize("lv", LEVELS)
+def test_derivatives_match_autodiff(reference, lv):
+    x = _points(reference, lv)
+    hess = torch.func.vmap(torch.func.hessian(lambda y: reference.log_prob(y[None], lv)[0]))(x)
+    grad = torch.func.vmap(torch.func.grad(lambda y: reference.log_prob(y[None], lv)[0]))(x)
+    v = torch.randn_like(x)
+    # Closed forms vs autodiff of log_prob (a different computation): agreement to rounding.
+    scale = hess.abs().amax()
+    assert torch.allclose(reference.score(x, lv), grad, rtol=1e-10, atol=1e-10 * grad.abs().max())
+    assert torch.allclose(reference.hessian(x, lv), hess, rtol=1e-9, atol=1e-11 * scale)
+    assert torch.allclose(reference.hvp(x, v, lv), (hess @ v[..., None])[..., 0], rtol=1e-9, atol=1e-10 * scale)
+    weights = reference.posterior_weights(x, lv)
+    assert torch.allclose(weights.sum(-1), torch.ones(x.shape[0], dtype=torch.float64), atol=1e-14)
+
+
+@pytest.mark.parametrize("reference", _references())
+@pytest.mark.parametrize("lv", LEVELS)
+def test_posterior_moments_match_tweedie(reference, lv):
+    """E[x0|xt] = (x + (1-abar) score)/sqrt(abar), Cov = (1-abar)/abar (I + (1-abar) H): the score-side
+    route, independent of the component-mean formulas used by the reference."""
+    x = _points(reference, lv, seed=3)
+    abar, om = lv.abar, lv.one_minus_abar
+    mean = (x + om * reference.score(x, lv)) / abar.sqrt()
+    eye = torch.eye(reference.dim, dtype=torch.float64)
+    cov = om / abar * (eye + om * reference.hessian(x, lv))
+    got = reference.posterior_cov(x, lv)
+    # Tweedie's covariance subtracts O(1) terms scaled by 1/abar: compare with an absolute tolerance
+    # of a few hundred ulps of the largest term (om/abar * |I + om H|).
+    tol = 1e-12 * (om / abar * (1 + om * reference.hessian(x, lv).abs().amax())).item()
+    assert torch.allclose(reference.posterior_mean(x, lv), mean, rtol=1e-10, atol=tol)
+    assert torch.allclose(got, cov, rtol=0, atol=max(tol, 1e-13))
+    v = torch.randn_like(x)
+    assert torch.allclose(reference.posterior_cov_matvec(x, v, lv), (got @ v[..., None])[..., 0], atol=1e-13)
+    assert torch.allclose(reference.posterior_cov_diagonal(x, lv), torch.diagonal(got, dim1=-2, dim2=-1), atol=1e-14)
+
+
+def test_log_domain_weights_far_from_the_data():
+    reference = rotated_mixture()
+    lv = LEVELS[0]
+    x = torch.tensor([[1e3, -1e3], [40.0, 40.0]], dtype=torch.float64)
+    for out in (reference.score(x, lv), reference.posterior_weights(x, lv), reference.hessian(x, lv)):
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("reference", _references()[:2] + _references()[3:4])
+def test_reverse_kernel_is_bayes_rule(reference):
+    grid = VPLinear().grid(10)
+    t = 4
+    lv, prev = grid.level(t), grid.level(t - 1)
+    x = _points(reference, lv, n=3)
+    y = x / grid.alpha[t - 1].sqrt() + 0.3 * torch.randn_like(x)
+    kernel = reference.reverse_kernel(x, grid, t)
+    beta, alpha = grid.beta[t - 1], grid.alpha[t - 1]
+    d = reference.dim
+    forward = -0.5 * ((x - alpha.sqrt() * y) ** 2).sum(-1) / beta - 0.5 * d * torch.log(2 * math.pi * beta)
+    bayes = reference.log_prob(y, prev) + forward - reference.log_prob(x, lv)
+    assert torch.allclose(kernel.log_prob(y), bayes, rtol=1e-11, atol=1e-11)
+    # Its moments are the optimal reverse mean and covariance (DESIGN.md section 2).
+    mean = (x + beta * reference.score(x, lv)) / alpha.sqrt()
+    post = reference.posterior(x, lv.abar, lv.one_minus_abar)
+    cov = beta * torch.eye(d, dtype=torch.float64) + beta**2 / alpha * reference.excess(post, lv.abar)
+    assert torch.allclose(kernel.mean(), mean, rtol=1e-12, atol=1e-13)
+    assert torch.allclose(kernel.cov(), cov, rtol=1e-10, atol=1e-14)
+
+
+def test_sampling_matches_mixture_moments():
+    reference = _references()[1]
+    lv = LEVELS[1]
+    x = reference.sample(200_000, lv, generator=torch.Generator().manual_seed(5))
+    w, m = reference.weights, reference.means * lv.abar.sqrt()
+    nu = reference.covs.dense(reference.marginal_eigenvalues(lv.abar, lv.one_minus_abar))
+    mean = (w[:, None] * m).sum(0)
+    cov = (w[:, None, None] * (nu + m[:, :, None] * m[:, None, :])).sum(0) - mean[:, None] * mean[None, :]
+    # 200k samples: standard errors ~ sqrt(var / n) < 3e-3; 5 of them.
+    assert torch.allclose(x.mean(0), mean, atol=1.5e-2)
+    assert torch.allclose(torch.cov(x.T), cov, atol=2e-2)
+
+
+@pytest.mark.parametrize("reference", _references()[:4])
+def test_third_derivative_norm_matches_autodiff(reference):
+    lv = LEVELS[1]
+    x = _points(reference, lv, n=2)
+    third = torch.func.vmap(torch.func.jacfwd(torch.func.hessian(lambda y: reference.log_prob(y[None], lv)[0])))(x)
+    expected = (third**2).sum((-1, -2, -3))
+    got = mk.third_derivative_sq_norm(reference, reference.posterior(x, lv.abar, lv.one_minus_abar))
+    assert torch.allclose(got, expected, rtol=1e-9)
+
+
+def test_single_component_mixture_equals_the_gaussian_reference():
+    """A 1-component mixture is Gaussian: J = 0 and every family's step KL must equal the Gaussian
+    reference's closed form (computed by a different engine: spectral, no quadrature)."""
+    cov = rotated_covariance(0.8, (0.7, 0.2))
+    mixture = MixtureReference.from_components([1.0], [[0.5, -1.0]], covs=cov[None])
+    gaussian = GaussianReference.from_covariance(cov, mean=[0.5, -1.0])
+    grid = VPLinear().grid(12)
+    quad = mk.Quadrature(outer=8, inner=4, separated=4)
+    for family in FAMILIES.values():
+        got, _ = mk.step_kls(mixture, grid, family, quad)
+        expected, _ = gaussian.step_kls(grid, family)
+        finite = torch.isfinite(expected)
+        assert torch.equal(finite, torch.isfinite(got))
+        # G is constant in x, so the outer quadrature is exact; rounding only.
+        assert torch.allclose(got[finite], expected[finite], rtol=1e-9, atol=0)
+    lv = grid.level(grid.T)
+    assert mk.terminal_kl(mixture, lv, quad) == pytest.approx(gaussian.terminal_kl(lv), rel=1e-10)
+
+
+def _random_whitened(seed, scale):
+    gen = torch.Generator().manual_seed(seed)
+    k, d = 3, 2
+    logits = torch.randn(1, k, generator=gen, dtype=torch.float64)
+    zeta = scale * torch.randn(1, k, d, generator=gen, dtype=torch.float64)
+    a = 0.5 * scale * torch.randn(1, k, d, d, generator=gen, dtype=torch.float64)
+    return mk.WhitenedMixture(torch.log_softmax(logits, -1), zeta, 0.5 * (a + a.transpose(-1, -2)))
+
+
+def _brute_kl(mix, nodes=60):
+    """E_q[log q - log N(0, I)] by component-wise Gauss-Hermite with direct log-densities."""
+    xi, wq = mk._hermite(nodes, mix.zeta.shape[-1])
+    eye = torch.eye(mix.zeta.shape[-1], dtype=torch.float64)
+    covs = eye - mix.r[0]
+    comps = torch.distributions.MultivariateNormal(mix.zeta[0], covs)
+    total = 0.0
+    for k in range(mix.zeta.shape[1]):
+        y = mix.zeta[0, k] + xi @ torch.linalg.cholesky(covs[k]).T
+        log_q = torch.logsumexp(mix.log_weights[0] + comps.log_prob(y[:, None, :]), -1)
+        log_n = -0.5 * (y**2).sum(-1) - math.log(2 * math.pi)
+        total += float(mix.log_weights[0, k].exp() * (wq * (log_q - log_n)).sum())
+    return total
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("scale", [0.05, 0.3])
+def test_whitened_kl_forms_agree_with_brute_force(seed, scale):
+    mix = _random_whitened(seed, scale)
+    brute = _brute_kl(mix, nodes=80)
+    n_form = float(mk.whitened_kl(mix, nodes=50, form="N")[0])
+    q_form = float(mk.whitened_kl(mix, nodes=50, form="q")[0])
+    # At 50 nodes both forms have converged to ~1e-10 relative (seen against 80 nodes); the brute
+    # force cancels, with absolute error ~1e-15 (sums of O(1) log densities).
+    assert n_form == pytest.approx(brute, rel=1e-9, abs=2e-14)
+    assert q_form == pytest.approx(n_form, rel=1e-9, abs=1e-16)
+
+
+def test_negentropy_matches_inner_quadrature_of_the_exact_kernel():
+    """J(x) = E_{q(.|x)} log q(.|x)/N(mu*, Sigma*) by brute force over the exact MixtureKernel."""
+    reference = rotated_mixture()
+    grid = VPLinear().grid(8)
+    t = 3
+    lv = grid.level(t)
+    x = _points(reference, lv, n=5, seed=9)
+    post = reference.posterior(x, lv.abar, lv.one_minus_abar)
+    kappa = grid.beta[t - 1] / grid.alpha[t - 1]
+    g = reference.excess(post, lv.abar)
+    # This step (T = 8) has strongly non-Gaussian kernels: both sides need ~90 nodes per dimension
+    # for 1e-9 (the N- and q-forms agree to 2e-10 there, and to 1e-8 at 60 nodes).
+    j = mk.negentropy(mk.reverse_kernel_whitened(reference, post, lv.abar, kappa, g), nodes=90, separated=90)
+    kernel = reference.reverse_kernel(x, grid, t)
+    mean, cov = kernel.mean(), kernel.cov()
+    xi, wq = mk._hermite(90, 2)
+    brute = torch.zeros(5, dtype=torch.float64)
+    chol_b = torch.linalg.cholesky(kernel.covs.dense(kernel.cov_values))
+    for k in range(reference.size):
+        y = kernel.means[:, k, None, :] + xi @ chol_b[k].T  # (5, Q, 2)
+        log_p = torch.distributions.MultivariateNormal(mean[:, None, :], cov[:, None]).log_prob(y)
+        brute += kernel.log_weights[:, k].exp() * (wq * (kernel.log_prob(y) - log_p)).sum(-1)
+    assert torch.allclose(j, brute, rtol=1e-9, atol=1e-14)
+
+
+def test_routes_agree_at_small_T():
+    """Route (a) (whitened negentropy) against route (b) (entropy chain rule) on the rotated mixture,
+    T = 8, at a middle step where J is not tiny (so route (b)'s cancellation costs < 4 digits)."""
+    reference = rotated_mixture()
+    grid = VPLinear().grid(8)
+    # Converged settings at this T: route (b) moves 2e-11 from 24 to 48 outer nodes, route (a)
+    # needs 24 inner nodes (16 leaves 1.2e-8; 24 -> 64 outer/inner changes it by < 1e-12).
+    quad = mk.Quadrature(outer=32, inner=24, separated=24)
+    route_a = mk.expected_negentropy_at(reference, grid, torch.tensor([4]), quad)
+    route_b = mk.negentropy_chain_rule(reference, grid, 4, quad)
+    assert float(route_a[0]) == pytest.approx(route_b, rel=1e-9)
+
+
+def _write(tmp_path, spec):
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_json_kinds(tmp_path):
+    mog = load_reference(_write(tmp_path, {"kind": "mog", "weights": [0.5, 0.5], "means": [[0, 0], [1, 1]],
+                                           "stds": [0.2, 0.3]}))
+    assert mog.size == 2 and mog.dim == 2
+    emp = load_reference(_write(tmp_path, {"kind": "empirical", "points": [[0, 1], [2, 3], [4, 5]]}))
+    assert emp.size == 3 and float(emp.weights.sum()) == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weights": [0.5, 0.6], "means": [[0.0], [1.0]], "stds": [1.0, 1.0]}, "sum to 1"),
+        ({"weights": [1.2, -0.2], "means": [[0.0], [1.0]], "stds": [1.0, 1.0]}, ">= 0"),
+        ({"weights": [], "means": [], "stds": []}, "non-empty"),
+        ({"weights": [0.5, 0.5], "means": [[0.0, 1.0]], "stds": [1.0, 1.0]}, "means"),
+        ({"weights": [0.5, 0.5], "means": [[0.0], [1.0]], "stds": [1.0]}, "stds"),
+        ({"weights": [0.5, 0.5], "means": [[0.0], [1.0]], "stds": [1.0, 0.0]}, "positive definite"),
+        ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 2.0], [2.0, 1.0]]]}, "positive definite"),
+        ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.1], [0.0, 1.0]]]}, "symmetric"),
+    ],
+)
+def test_bad_input_is_one_line_input_error(kwargs, message):
+    with pytest.raises(InputError, match=message) as err:
+        MixtureReference.from_components(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_json_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="sum to 1"):
+        load_reference(_write(tmp_path, {"kind": "mog", "weights": [0.5, 0.4], "means": [[0], [1]], "stds": [1, 1]}))
+    with pytest.raises(InputError, match="points"):
+        load_reference(_write(tmp_path, {"kind": "empirical", "points": []}))
+    with pytest.raises(InputError, match="d <= 3"):
+        mk.step_kls(MixtureReference.empirical(torch.zeros(2, 4, dtype=torch.float64)), VPLinear().grid(4),
+                    FAMILIES["full"])
+
+
+@pytest.mark.parametrize("reference", [
+    MixtureReference.empirical(torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)),
+    MixtureReference.from_components([0.2, 0.3, 0.5], [[0.0, 1.0], [1.0, 0.0], [-1.0, -0.5]], stds=[0.4] * 3),
+])
+def test_gram_third_derivative_matches_dense(reference):
+    """The image-dimension Gram form against the dense d^3 cumulant form (itself checked by autodiff)."""
+    for lv in LEVELS:
+        x = _points(reference, lv, n=3, seed=4)
+        dense = mk.third_derivative_sq_norm(reference, reference.posterior(x, lv.abar, lv.one_minus_abar))
+        assert torch.allclose(mk.gram_third_derivative_sq_norm(reference, x, lv), dense, rtol=1e-9)
+    mean, stderr = mk.mc_third_derivative_sq_norm(reference, LEVELS[1], samples=64, generator=torch.Generator().manual_seed(0))
+    assert stderr > 0 and mean > 0
