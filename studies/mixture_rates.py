@@ -16,7 +16,7 @@ from . import rate_study, register
 from .runner import Study
 
 #: Preset names of the rotated correlated 2-D mixture and the OCM paper's 3x3 grid toy.
-PRESET_NAMES = ("mog-rotated", "ocm-grid")
+PRESET_NAMES = ("mog-rotated", "mog-ocm-grid")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ STUDY = Study(
     run_point=rate_study.run_point,
     key_columns=rate_study.KEY_COLUMNS,
     value_columns=rate_study.VALUE_COLUMNS,
-    small={"references": PRESET_NAMES[:1], "T": (8, 16, 32, 64), "families": ("beta", "full")},
+    small={"references": PRESET_NAMES[:1], "T": (4, 8, 16, 32), "families": ("beta", "full")},
     figures=rate_study.figures,
 )
 if all(name in PRESETS for name in PRESET_NAMES):
