@@ -20,7 +20,11 @@ Empirical data (``data_points = N > 0``): the reference becomes the empirical la
 points drawn reproducibly (``data_seed``) from ``ref``: ``data_clusters`` centres plus
 ``data_spread`` times a fresh draw each (:func:`empirical_points`). I.i.d. draws (the default) are all
 about ``sqrt(2 d)`` apart, so ``Cov[x_0|x_t]`` is ~0 (one-hot weights) except at ``abar ~ 1/d``;
-tight clusters keep it non-trivial (rank <= N - 1, far from diagonal) over many more steps. Its products are the O(n N d) GEMM forms of
+tight clusters keep it non-trivial (rank <= N - 1, far from diagonal) over many more steps.
+Observed (``cpu_empirical64``, 128 points in 8 clusters, n = 40, T = 10, 20, 50): with the exact
+posterior mean every family ends exactly on data points (nearest-point distance 0 to rounding) and
+``SW`` is within one standard error of its floor for all of them: the covariance only decides which
+point is picked, and at that sample size no family is measurably better there. Its products are the O(n N d) GEMM forms of
 :class:`pathkl.references.EmpiricalReference` (never d x d); ``analytic`` uses its seeded Monte Carlo
 ``E tr C / d``.
 
