@@ -3,8 +3,8 @@ figure style of :mod:`pathkl.plotting`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import plotting
 
