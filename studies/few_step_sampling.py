@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pathkl.metrics import mmd, sliced_wasserstein
-from pathkl.sampling import NoiseFamily, sample
 
 from pathkl import plotting
 from pathkl.errors import InputError
+from pathkl.metrics import mmd, sliced_wasserstein
 from pathkl.refspec import load_reference
+from pathkl.sampling import NoiseFamily, sample
 from pathkl.schedules import get_schedule
 
 from . import register

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from pathkl.lanczos import convergence_rate, krylov_matfun, lanczos, sqrt_error_bound
 
 from pathkl import plotting
 from pathkl.errors import InputError
+from pathkl.lanczos import convergence_rate, krylov_matfun, lanczos, sqrt_error_bound
 
 from . import register
 from .results import ResultsTable

@@ -318,6 +318,7 @@ def test_lanczos_decay_respects_the_bound_and_matches_the_k_step_sampler(tmp_pat
     (rounding only: 1e-12 absolute on errors of order <= 1)."""
     study = _registered("lanczos_decay")
     import torch
+
     from pathkl.lanczos import lanczos_sampler
 
     config = study.config(small=True)
