@@ -24,7 +24,7 @@ import math
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
@@ -64,7 +64,7 @@ def exact_throughput(repeats: int) -> None:
     print(f"    {'family':<11}{'seconds':>10}{'element-steps/s':>18}{'steps (KL)':>24}")
     total = 0.0
     for name, family in FAMILIES.items():
-        secs = median_seconds(lambda: path_kl(reference, grid, family, first_step=first_step(name)), repeats)
+        secs = median_seconds(lambda f=family, n=name: path_kl(reference, grid, f, first_step=first_step(n)), repeats)
         total += secs
         value = path_kl(reference, grid, family, first_step=first_step(name)).steps
         print(f"    {name:<11}{secs:>10.3f}{work / secs:>18.3e}{value:>24.15g}")
@@ -146,9 +146,9 @@ def naive_comparison(repeats: int, accuracy_families: list[str]) -> None:
     naive_total = exact_total = 0.0
     for name, family in FAMILIES.items():
         naive_steps(cov, warm, [name], torch.float64)
-        naive = median_seconds(lambda: naive_steps(cov, grid.log_abar, [name], torch.float64), repeats,
+        naive = median_seconds(lambda n=name: naive_steps(cov, grid.log_abar, [n], torch.float64), repeats,
                                warm_up=False)
-        exact = median_seconds(lambda: path_kl(reference, grid, family, first_step=first_step(name)), 3)
+        exact = median_seconds(lambda f=family, n=name: path_kl(reference, grid, f, first_step=first_step(n)), 3)
         naive_total, exact_total = naive_total + naive, exact_total + exact
         print(f"    {name:<11}{naive:>10.3f}{exact:>11.4f}{naive / exact:>10.0f}{steps * d / naive:>18.3e}")
     print(f"    {'overall':<11}{naive_total:>10.3f}{exact_total:>11.4f}{naive_total / exact_total:>10.0f}")

@@ -88,7 +88,11 @@ def resolve_device(name: str) -> torch.device:
 
 def _expected_posterior_trace(reference, step: StepCoefficients) -> float:
     """``E_{q_t} tr C / d`` from the reference's exact ``E tr G / d`` (``G = H + I``), through Tweedie
-    ``C = ((1 - abar)/abar)(I + (1 - abar) H)``: ``tr C / d = (1 - abar)(1 + (1 - abar) g / abar)``."""
+    ``C = ((1 - abar)/abar)(I + (1 - abar) H)``: ``tr C / d = (1 - abar)(1 + (1 - abar) g / abar)``;
+    or the reference's own ``expected_posterior_trace`` where it has one (empirical data at image d)."""
+    own = getattr(reference, "expected_posterior_trace", None)
+    if own is not None:
+        return own(step.level)
     mean_g = float(reference.expected_excess_functional(lambda g, mean: mean, step.level))
     abar, one_minus = float(step.level.abar), float(step.level.one_minus_abar)
     return one_minus * (1.0 + one_minus * mean_g / abar)

@@ -76,6 +76,27 @@ def test_posterior_moments_match_conditioning_of_the_joint(reference, lv):
     assert torch.allclose(cov, tweedie_cov, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("reference", _references())
+@pytest.mark.parametrize("t", [1, 4, 10])
+def test_reverse_kernel_is_the_conditional_of_consecutive_levels(reference, t):
+    """q(x_{t-1} | x_t) by conditioning the joint Gaussian of (x_{t-1}, x_t), where
+    x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps: an independent route to the kernel."""
+    from pathkl.schedules import Cosine
+
+    grid = Cosine().grid(10)
+    d, eye = reference.dim, torch.eye(reference.dim, dtype=torch.float64)
+    prev = grid.level(t - 1)
+    cov_prev = prev.abar * _dense_cov(reference) + prev.one_minus_abar * eye
+    a, b = grid.alpha[t - 1].sqrt(), grid.beta[t - 1]
+    cov_t = a**2 * cov_prev + b * eye
+    gain = a * cov_prev @ torch.linalg.inv(cov_t)
+    x = torch.randn(3, d, dtype=torch.float64, generator=GEN)
+    mean = prev.abar.sqrt() * reference.mean + (x - grid.abar[t].sqrt() * reference.mean) @ gain.T
+    kernel = reference.reverse_kernel(x, grid, t)
+    assert torch.allclose(kernel.mean, mean, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(kernel.covariance(), cov_prev - gain @ (a * cov_prev), rtol=1e-9, atol=1e-13)
+
+
 def test_fourier_basis_is_the_circulant_covariance():
     """The FFT basis against an explicit dense circulant: autocovariance = inverse DFT of the spectrum."""
     shape = (2, 4, 6)

@@ -12,7 +12,7 @@ import sys
 from ..errors import InputError
 
 #: Subcommand modules in ``pathkl.cli``; each exposes ``register(subparsers)``.
-COMMANDS = ("kl", "rates", "lanczos", "sample", "check")
+COMMANDS = ("kl", "rates", "lanczos", "sample", "check", "study", "figs")
 
 _EPILOG = """examples:
   pathkl rates                                    # built-in convergence study (Gaussian, 4 families)

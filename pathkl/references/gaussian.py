@@ -38,6 +38,24 @@ def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class GaussianKernel:
+    """A batch of Gaussians ``N(mean_i, U diag(eigenvalues) U^T)`` sharing one covariance."""
+
+    mean: torch.Tensor  # (n, d)
+    eigenvalues: torch.Tensor  # (d,)
+    basis: Basis
+
+    def covariance(self) -> torch.Tensor:
+        """The shared covariance as a dense (d, d) matrix (small d only)."""
+        return self.basis.dense(self.eigenvalues)
+
+    def sample(self, *, generator=None) -> torch.Tensor:
+        """One draw per mean."""
+        z = torch.randn(self.mean.shape, dtype=DTYPE, generator=generator)
+        return self.mean + self.basis.apply(self.eigenvalues.sqrt(), z)
+
+
+@dataclass(frozen=True)
 class GaussianReference:
     """``N(mean, U diag(eigenvalues) U^T)`` with ``U`` given by ``basis``."""
 
@@ -151,6 +169,16 @@ class GaussianReference:
         lv = lv or NoiseLevel(torch.tensor(1.0, dtype=DTYPE), torch.tensor(0.0, dtype=DTYPE))
         z = torch.randn(n, self.dim, dtype=DTYPE, generator=generator)
         return lv.abar.sqrt() * self.mean + self.basis.apply(self.marginal_eigenvalues(lv).sqrt(), z)
+
+    def reverse_kernel(self, x: torch.Tensor, grid: Grid, t: int) -> GaussianKernel:
+        """The exact ``q(x_{t-1} | x_t = x) = N((x + beta_t score)/sqrt(alpha_t), Sigma*_t)`` with
+        ``Sigma*_t = U diag(beta_t nu_{t-1} / nu_t) U^T`` (``(beta/alpha)(1 - beta/nu_t)`` rewritten with
+        ``nu_t - beta_t = alpha_t nu_{t-1}``, so no subtraction)."""
+        lv, prev = grid.level(t), grid.level(t - 1)
+        beta, alpha = grid.beta[t - 1], grid.alpha[t - 1]
+        mean = (x + beta * self.score(x, lv)) / alpha.sqrt()
+        cov = beta * self.marginal_eigenvalues(prev) / self.marginal_eigenvalues(lv)
+        return GaussianKernel(mean, cov, self.basis)
 
     # ---- what the path-space KL needs ----------------------------------------------------------
     def terminal_kl(self, lv: NoiseLevel) -> float:

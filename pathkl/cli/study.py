@@ -1,0 +1,91 @@
+"""``pathkl study list`` and ``pathkl study run NAME``: resumable studies with results on disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+DEFAULT_RESULTS = Path("results")
+
+_EXAMPLES = """examples:
+  pathkl study list
+  pathkl study run gaussian_rates                      # results/gaussian_rates/results.csv + .json
+  pathkl study run gaussian_rates --small --jobs 2     # the CI-sized configuration, 2 processes
+  pathkl study run lanczos_decay --set kappas=10,1000 --set k_max=20 --out results/lz
+  pathkl study run few_step_sampling --config my.toml  # TOML keys override the defaults
+
+Re-running the same command resumes: finished points are skipped."""
+
+
+def get_study(name: str):
+    """The registered study ``name`` (``InputError`` listing the known ones otherwise)."""
+    import studies
+
+    try:
+        return studies.REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown study {name!r}; known: {', '.join(studies.REGISTRY)}") from None
+
+
+def _list(args: argparse.Namespace) -> int:
+    import studies
+
+    if args.json:
+        print(json.dumps([{"name": s.name, "description": s.description}
+                          for s in studies.REGISTRY.values()], indent=2))
+    else:
+        width = max(len(n) for n in studies.REGISTRY)
+        for s in studies.REGISTRY.values():
+            print(f"{s.name:<{width}}  {s.description}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from studies.runner import run_study
+
+    study = get_study(args.name)
+    config = study.config(small=args.small, toml_path=args.config, assignments=args.set)
+    out = args.out if args.out is not None else DEFAULT_RESULTS / study.name
+    try:
+        summary = run_study(study, config, out, jobs=args.jobs, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished points are saved in {out}; run again to resume",
+              file=sys.stderr)
+        return 130
+    report = {"study": study.name, "directory": str(summary.directory), "points": summary.total,
+              "skipped": summary.skipped, "ran": summary.ran, "seconds": summary.seconds}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{study.name}: {summary.ran} point(s) run, {summary.skipped} already done, "
+              f"{summary.seconds:.1f} s -> {summary.directory}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``study list`` and ``study run`` to the ``pathkl`` parser."""
+    parser = subparsers.add_parser(
+        "study", help="run studies whose results are saved point by point",
+        description="Run (or resume) a registered study; results go to results/NAME/ point by point.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="study_command", required=True)
+    p_list = sub.add_parser("list", help="list the registered studies")
+    p_list.add_argument("--json", action="store_true", help="print JSON")
+    p_list.set_defaults(func=_list)
+    p_run = sub.add_parser("run", help="run (or resume) a study", epilog=_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_run.add_argument("name", help="study name (see `pathkl study list`)")
+    p_run.add_argument("--config", type=Path, help="TOML file overriding the default configuration")
+    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one configuration key (lists: comma-separated); repeatable")
+    p_run.add_argument("--small", action="store_true",
+                       help="start from the study's small (CI) configuration")
+    p_run.add_argument("--out", type=Path, help="results directory (default results/NAME)")
+    p_run.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_run.add_argument("--json", action="store_true", help="print a JSON summary")
+    p_run.set_defaults(func=_run)

@@ -1,0 +1,138 @@
+"""The one figure style of the package's paper figures, and helpers for rate plots.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot, no global state), so they
+render headless. Fonts are Computer Modern (matplotlib ships ``cmr10`` and the ``cm`` mathtext set),
+which matches a default LaTeX paper without a TeX install. Colours are the Okabe-Ito palette, which
+stays distinguishable under the common colour-vision deficiencies; each covariance family keeps its
+colour and marker in every figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+#: Okabe & Ito (2008), "Color Universal Design".
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+#: Widths in inches of one column and of the full text of a two-column paper (NeurIPS/ICML-like).
+ONE_COLUMN = 3.25
+TWO_COLUMN = 6.75
+
+_FAMILY_STYLE = {
+    "beta": (OKABE_ITO[0], "o"),
+    "beta_tilde": (OKABE_ITO[5], "v"),
+    "analytic": (OKABE_ITO[1], "s"),
+    "diag": (OKABE_ITO[2], "^"),
+    "full": (OKABE_ITO[3], "D"),
+    "rademacher": (OKABE_ITO[4], "P"),
+    "lanczos": (OKABE_ITO[7], "X"),
+}
+
+STYLE = {
+    "font.family": "serif",
+    "font.serif": ["cmr10"],
+    "mathtext.fontset": "cm",
+    "axes.formatter.use_mathtext": True,
+    "axes.unicode_minus": False,
+    "font.size": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 6.5,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.0,
+    "lines.markersize": 3.5,
+    "legend.frameon": False,
+    "axes.prop_cycle": matplotlib.cycler(color=list(OKABE_ITO)),
+    "pdf.fonttype": 42,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+}
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Apply :data:`STYLE` while figures are built and saved."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def family_style(family: str) -> tuple[str, str]:
+    """``(colour, marker)`` of a covariance family. A sized family (``lanczos:3``, ``rademacher:8``)
+    keeps its marker and takes its colour from the perceptually uniform, colour-vision-deficiency
+    friendly ``cividis`` map, dark to light with the size (k for lanczos, about log2 M + 1 for
+    rademacher, capped at 8), so several sizes in one figure stay apart."""
+    base, _, size = family.partition(":")
+    colour, marker = _FAMILY_STYLE.get(base, (OKABE_ITO[6], "o"))
+    if size.isdigit():
+        position = min(max(int(size).bit_length() if base == "rademacher" else int(size), 1), 8)
+        colour = matplotlib.colors.to_hex(matplotlib.colormaps["cividis"]((position - 1) / 8))
+    return colour, marker
+
+
+_FAMILY_LABEL = {"beta": r"$\beta_t I$", "beta_tilde": r"$\tilde\beta_t I$",
+                 "analytic": r"analytic $\sigma_t^2 I$", "diag": "diag", "full": "full"}
+
+
+def family_label(family: str) -> str:
+    """Legend name of a family: mathtext for the isotropic ones, ``lanczos k=3`` for ``lanczos:3``."""
+    base, _, arg = family.partition(":")
+    if arg:
+        return f"{base} $k={arg}$" if base == "lanczos" else f"{base} $M={arg}$"
+    return _FAMILY_LABEL.get(base, base.replace("_", " "))
+
+
+def new_figure(*, columns: int = 1, aspect: float = 0.75, ncols: int = 1) -> tuple[Figure, list[Axes]]:
+    """A figure one or two columns wide (``aspect`` = height / width of each panel)."""
+    width = ONE_COLUMN if columns == 1 else TWO_COLUMN
+    fig = Figure(figsize=(width, width / ncols * aspect), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def reference_slopes(ax: Axes, x: Sequence[float], *, anchor: float,
+                     slopes: Sequence[int] = (-1, -2)) -> None:
+    """Grey guide lines ``anchor * (x / x[0])^s`` for each slope ``s``, labelled at their right end."""
+    x0, x1 = min(x), max(x)
+    for s, ls in zip(slopes, (":", "--", "-.")):
+        ax.plot([x0, x1], [anchor, anchor * (x1 / x0) ** s], ls, color="0.55", lw=0.7,
+                label=f"slope ${s}$", zorder=0)
+
+
+def slope_label(name: str, slope: float, low: float, high: float) -> str:
+    """Legend text ``name: slope -1.0020 [-1.0100, -0.9950]`` (the fit's interval in brackets)."""
+    return f"{name}: slope ${slope:.4f}$ $[{low:.4f}, {high:.4f}]$"
+
+
+def log_grid(lo: float, hi: float, n: int = 50) -> list[float]:
+    """``n`` points spaced evenly in log between ``lo`` and ``hi``."""
+    a, b = math.log(lo), math.log(hi)
+    return [math.exp(a + (b - a) * i / (n - 1)) for i in range(n)]
+
+
+def integer_log_ticks(ax: Axes, values: Sequence[float]) -> None:
+    """Label a log x-axis at ``values`` (e.g. the T of a ladder) with plain integers."""
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.pdf`` (vector) and ``stem.png`` (200 dpi) with no timestamps, so that rebuilding
+    an unchanged figure gives identical files."""
+    logging.getLogger("fontTools").setLevel(logging.ERROR)  # cmr10's header dates trip a warning
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    with style():
+        fig.savefig(paths[0], metadata={"CreationDate": None, "ModDate": None, "Producer": None,
+                                        "Creator": None})
+        fig.savefig(paths[1], dpi=200, metadata={"Software": None})
+    return paths

@@ -1,0 +1,150 @@
+"""The path-KL rate study shared by ``gaussian_rates`` and ``mixture_rates``.
+
+Each point is one (reference, family, T): the exact (or Monte Carlo, with its standard error)
+``terminal``, ``steps`` and ``total`` of :func:`pathkl.pathspace.path_kl` on the schedule's uniform
+grid, and the family's predicted leading constant ``lim T^p steps``
+(:func:`pathkl.rates.predicted_constant`, DESIGN.md section 3) so that figures need nothing but the
+results. References are named as ``--ref`` names them (a preset or a JSON file,
+:func:`pathkl.refspec.load_reference`). ``beta_tilde`` (no vanishing rate, infinite step t = 1) is
+summed from t = 2.
+
+Figure, per reference: panel (a) ``steps`` against T on log-log axes with the fitted order and its 95%
+interval in the legend (:func:`pathkl.rates.fit_order`) and reference slopes -1 and -2; panel (b)
+``T^p steps / C`` against T converging to 1 (dashed), ``C`` the predicted constant, with ``C`` and
+the Richardson estimate (:func:`pathkl.rates.measured_constant`) in the legend. Plotted data lines carry ``gid = "data:<family>"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+
+from pathkl import plotting
+from pathkl.covariances import get_family
+from pathkl.errors import InputError
+from pathkl.pathspace import path_kl
+from pathkl.rates import fit_order, measured_constant, predicted_constant
+from pathkl.refspec import load_reference
+from pathkl.schedules import get_schedule
+
+from .results import ResultsTable
+
+KEY_COLUMNS = ("reference", "family", "T")
+VALUE_COLUMNS = ("terminal", "steps", "steps_stderr", "total", "first_step", "order",
+                 "predicted_constant", "predicted_constant_error")
+
+
+@dataclass(frozen=True)
+class RateConfig:
+    references: tuple[str, ...] = ("gaussian-5d",)
+    schedule: str = "vp-linear"
+    families: tuple[str, ...] = ("beta", "analytic", "diag", "full", "beta_tilde")
+    T: tuple[int, ...] = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120)
+
+    def __post_init__(self):
+        if not self.T or list(self.T) != sorted(set(self.T)) or self.T[0] < 2:
+            raise InputError("T must be a strictly increasing list of integers >= 2")
+        get_schedule(self.schedule)
+        for f in self.families:
+            get_family(f)
+
+
+_reference = functools.lru_cache(maxsize=8)(load_reference)
+
+
+@functools.lru_cache(maxsize=64)
+def _predicted(reference: str, family: str, schedule: str) -> tuple[float, float]:
+    fam = get_family(family)
+    if fam.order is None:
+        return math.nan, math.nan
+    pc = predicted_constant(fam, _reference(reference), get_schedule(schedule))
+    return pc.value, pc.error
+
+
+def points(config: RateConfig):
+    return [{"reference": r, "family": f, "T": t}
+            for r in config.references for f in config.families for t in config.T]
+
+
+def run_point(config: RateConfig, point) -> dict[str, float]:
+    family = get_family(point["family"])
+    first = 2 if family.order is None else 1
+    grid = get_schedule(config.schedule).grid(point["T"])
+    kl = path_kl(_reference(point["reference"]), grid, family, first_step=first)
+    value, error = _predicted(point["reference"], family.name, config.schedule)
+    return {"terminal": kl.terminal, "steps": kl.steps, "steps_stderr": kl.steps_stderr,
+            "total": kl.total, "first_step": first,
+            "order": math.nan if family.order is None else family.order,
+            "predicted_constant": value, "predicted_constant_error": error}
+
+
+def _fit_label(name: str, ts: list[float], steps: list[float], order: float) -> str:
+    if len(ts) < 4 or not math.isfinite(order):
+        return name
+    fit = fit_order(ts, steps)
+    return plotting.slope_label(name, fit.slope, *fit.interval)
+
+
+def _constant_panel(bx, ts, steps, order: int, predicted: float, colour, marker, name) -> None:
+    ratio = [t**order * s / predicted for t, s in zip(ts, steps)]
+    label = f"{plotting.family_label(name)}: $C = {predicted:.4g}$"
+    if len(ts) >= 3:
+        label += f", measured ${measured_constant(ts, steps, order).value:.4g}$"
+    bx.plot(ts, ratio, marker=marker, color=colour, gid=f"scaled:{name}", label=label)
+
+
+def rate_figure(table: ResultsTable, reference: str):
+    """The two-panel rate figure of one reference."""
+    fig, (ax, bx) = plotting.new_figure(columns=2, aspect=0.8, ncols=2)
+    exact_zero, anchor, all_t = [], 0.0, []
+    for family in table.distinct("family"):
+        rows = sorted((r for r in table.rows if r["reference"] == reference
+                       and r["family"] == family), key=lambda r: r["T"])
+        colour, marker = plotting.family_style(family)
+        if rows and all(r["steps"] == 0.0 for r in rows):
+            exact_zero.append(family)
+            continue
+        rows = [r for r in rows if 0.0 < r["steps"] < math.inf]
+        if not rows:
+            continue
+        ts = [float(r["T"]) for r in rows]
+        steps = [float(r["steps"]) for r in rows]
+        order = float(rows[0]["order"])
+        name = plotting.family_label(family)
+        if rows[0]["first_step"] > 1:
+            name += f" (from $t = {rows[0]['first_step']}$)"
+        all_t += ts
+        anchor = max(anchor, steps[0])
+        label = _fit_label(name, ts, steps, order)
+        stderr = [float(r["steps_stderr"]) for r in rows]
+        if any(stderr):
+            ax.errorbar(ts, steps, yerr=stderr, marker=marker, color=colour, gid=f"data:{family}",
+                        label=label)
+        else:
+            ax.plot(ts, steps, marker=marker, color=colour, gid=f"data:{family}", label=label)
+        if math.isfinite(order):
+            predicted = float(rows[0]["predicted_constant"])
+            if predicted > 0:
+                _constant_panel(bx, ts, steps, int(order), predicted, colour, marker, family)
+    if all_t:
+        plotting.reference_slopes(ax, all_t, anchor=anchor)
+    for family in exact_zero:
+        colour, marker = plotting.family_style(family)
+        ax.plot([], [], ls="none", marker=marker, color=colour,
+                label=f"{plotting.family_label(family)}: steps $= 0$ at every $T$")
+    ax.set(xscale="log", yscale="log", xlabel="number of steps $T$",
+           ylabel="path KL, sum of steps", title=f"(a) {reference}")
+    bx.axhline(1.0, color="0.4", ls="--", lw=0.8)
+    bx.set(xscale="log", xlabel="number of steps $T$", ylabel="$T^p\\,$steps $/\\, C$",
+           title="(b) against the predicted constant $C$")
+    ax.legend(loc="lower left")
+    bx.legend(loc="best")
+    return fig
+
+
+def figures(table: ResultsTable) -> dict:
+    """One rate figure per reference, suffixed by the reference's name."""
+    return {re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.rsplit("/", 1)[-1].removesuffix(".json")):
+            rate_figure(table, ref) for ref in table.distinct("reference")}
