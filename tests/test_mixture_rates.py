@@ -10,7 +10,7 @@ import torch
 from pathkl import mixture_kl as mk
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl
-from pathkl.presets import ocm_grid, rotated_covariance, rotated_mixture
+from pathkl.presets import ocm_grid, ocm_grid_2d, rotated_covariance, rotated_mixture
 from pathkl.rates import fit_order, measured_constant, predicted_constant
 from pathkl.references import MixtureReference
 from pathkl.schedules import VPLinear
@@ -57,7 +57,7 @@ def test_separation_on_a_short_ladder():
 def test_ocm_grid_diag_equals_full():
     """Product-form data: G is diagonal at every x (off-diagonal Cov_w(s) = 0 up to rounding), so the
     diag family's Gaussian part vanishes and diag = full step by step."""
-    reference = ocm_grid()
+    reference = ocm_grid_2d()
     grid = VPLinear().grid(16)
     quad = mk.Quadrature(outer=8, inner=6, separated=8)
     diag, _ = mk.step_kls(reference, grid, FAMILIES["diag"], quad)
