@@ -77,8 +77,8 @@ def test_ocm_diag_equals_full_at_order_two_and_analytic_at_order_one():
     kls = {name: [] for name in ("analytic", "diag", "full")}
     for t in ladder:
         grid = schedule.grid(t)
-        for name in kls:
-            kls[name].append(float(reference.step_kls(grid, FAMILIES[name])[0].sum()))
+        for name, values in kls.items():
+            values.append(float(reference.step_kls(grid, FAMILIES[name])[0].sum()))
         assert torch.equal(reference.step_kls(grid, FAMILIES["diag"])[0], reference.step_kls(grid, FAMILIES["full"])[0])
     assert abs(fit_order(ladder, kls["full"], tail=4).slope + 2.0) < 0.05
     assert abs(fit_order(ladder, kls["analytic"], tail=4).slope + 1.0) < 0.05
