@@ -2,15 +2,11 @@
 ``analytic`` and ``diag`` are Theta(1/T) and ``full`` is O(1/T^2) (approached slowly, hence the
 Richardson-corrected fit); on the OCM 3x3 grid (product form, diagonal Hessians) ``diag`` and ``full``
 coincide at O(1/T^2). See :mod:`studies.rate_study` for the rows and the figure.
-
-Registered only while pathkl provides the mixture presets it names (:data:`PRESET_NAMES`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from pathkl.presets import PRESETS
 
 from . import rate_study, register
 from .runner import Study
@@ -25,7 +21,7 @@ class MixtureRatesConfig(rate_study.RateConfig):
     T: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
 
 
-STUDY = Study(
+STUDY = register(Study(
     name="mixture_rates",
     description="path KL vs T on the rotated mixture and the OCM 3x3 grid, every family",
     config_type=MixtureRatesConfig,
@@ -35,6 +31,4 @@ STUDY = Study(
     value_columns=rate_study.VALUE_COLUMNS,
     small={"references": PRESET_NAMES[:1], "T": (4, 8, 16, 32), "families": ("beta", "full")},
     figures=rate_study.figures,
-)
-if all(name in PRESETS for name in PRESET_NAMES):
-    register(STUDY)
+))
