@@ -26,7 +26,7 @@ from pathkl.schedules import DTYPE, get_schedule
 
 from . import register
 from .results import ResultsTable
-from .runner import Study
+from .runner import Study, figure_suffix
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def figures(table: ResultsTable) -> dict:
         fig, (ax, bx) = plotting.new_figure(columns=2, aspect=0.8, ncols=2)
         _panel_kl(ax, table, reference, max(table.distinct("T")))
         _panel_scaled(bx, table, reference)
-        out[reference.rsplit("/", 1)[-1].removesuffix(".json")] = fig
+        out[figure_suffix(reference)] = fig
     return out
 
 

@@ -24,7 +24,7 @@ from pathkl.schedules import get_schedule
 
 from . import register
 from .results import ResultsTable
-from .runner import Study
+from .runner import Study, figure_suffix
 
 METRICS = {"mmd": mmd, "sw": sliced_wasserstein}
 
@@ -89,7 +89,7 @@ def figures(table: ResultsTable) -> dict:
                title=f"sampling with the exact mean, {reference}")
         plotting.integer_log_ticks(ax, sorted(table.distinct("T")))  # after the log scale is set
         ax.legend(loc="upper right", ncols=2)
-        out[reference.rsplit("/", 1)[-1].removesuffix(".json")] = fig
+        out[figure_suffix(reference)] = fig
     return out
 
 

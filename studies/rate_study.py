@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
 
 from pathkl import plotting
@@ -30,6 +29,7 @@ from pathkl.refspec import load_reference
 from pathkl.schedules import get_schedule
 
 from .results import ResultsTable
+from .runner import figure_suffix
 
 KEY_COLUMNS = ("reference", "family", "T")
 VALUE_COLUMNS = ("terminal", "steps", "steps_stderr", "total", "first_step", "order",
@@ -146,5 +146,4 @@ def rate_figure(table: ResultsTable, reference: str):
 
 def figures(table: ResultsTable) -> dict:
     """One rate figure per reference, suffixed by the reference's name."""
-    return {re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.rsplit("/", 1)[-1].removesuffix(".json")):
-            rate_figure(table, ref) for ref in table.distinct("reference")}
+    return {figure_suffix(ref): rate_figure(table, ref) for ref in table.distinct("reference")}

@@ -15,6 +15,7 @@ import datetime
 import importlib.metadata
 import multiprocessing
 import platform
+import re
 import signal
 import subprocess
 import time
@@ -71,6 +72,12 @@ class RunSummary:
     skipped: int
     ran: int
     seconds: float
+
+
+def figure_suffix(reference: str) -> str:
+    """The part of a figure's file name that names its reference: a preset name as it is, a JSON
+    path by its stem, anything outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", reference.rsplit("/", 1)[-1].removesuffix(".json"))
 
 
 def git_commit(path: Path) -> str | None:
