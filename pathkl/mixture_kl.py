@@ -173,23 +173,37 @@ def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
     xi, wq = _hermite(nodes, d)
     parts, chol = mix.parts()
     if form == "N":
-        z = xi.expand(mix.zeta.shape[0], *xi.shape)
-        eps, _ = mix.eps_and_log_rho(z, parts)
-        return (wq * one_plus_e_log_one_plus_e_minus_e(eps)).sum(-1)
-    n, k = mix.log_weights.shape
-    z = mix.zeta[:, :, None, :] + torch.einsum("nkij,qj->nkqi", chol, xi)  # (N, K, Q, d)
+        psi, _ = n_form_terms(mix, xi.expand(mix.zeta.shape[0], *xi.shape), parts)
+        return (wq * psi).sum(-1)
+    closed, excess = q_form_terms(mix, xi, parts, chol)
+    # J >= 0; the sum cancels to within rounding of its terms (seen: -1.6e-32 where a far component has
+    # a tiny weight), so a negative value is rounding and is reported as 0.
+    return (closed + (torch.exp(mix.log_weights) * (excess * wq).sum(-1)).sum(-1)).clamp_min(0.0)
+
+
+def n_form_terms(mix: WhitenedMixture, z: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The N-form integrand ``psi(eps(z))`` and ``eps(z)`` at z (N, Q, d): J = E_{N(0,I)} psi(eps)."""
+    eps, _ = mix.eps_and_log_rho(z, parts)
+    return one_plus_e_log_one_plus_e_minus_e(eps), eps
+
+
+def q_form_terms(mix: WhitenedMixture, xi: torch.Tensor, parts, chol) -> tuple[torch.Tensor, torch.Tensor]:
+    """The q-form ``J = closed + sum_k w_k E_{xi ~ N(0,I)} excess_k(zeta_k + L_k xi)`` (``L_k`` the
+    Cholesky factor of ``I - R_k``): ``closed`` (N,) and ``excess`` (N, K, Q) at xi, which is (Q, d)
+    (the same nodes for every entry) or (N, K, Q, d)."""
+    n, k, d = mix.zeta.shape
+    xi = xi.expand(n, k, *xi.shape[-2:])
+    z = mix.zeta[:, :, None, :] + torch.einsum("nkij,nkqj->nkqi", chol, xi)  # (N, K, Q, d)
     # log rho = (log w_k + l_k) + excess_k under component k: E_{N_k} l_k = KL(N_k || N(0, I)) in
     # closed form, and excess_k = logsumexp_j(log w_j + l_j) - log w_k - l_k >= 0 is flat where k
     # dominates, so the rule only integrates where the modes switch.
     logs = mix.log_ratios(z.reshape(n, -1, d), parts).reshape(n, k, -1, k)
     joint = mix.log_weights[:, None, None, :] + logs
     own = torch.diagonal(joint, dim1=1, dim2=3).transpose(1, 2)  # (N, K, Q): log w_k + l_k at k's nodes
-    excess = ((torch.logsumexp(joint, -1) - own) * wq).sum(-1)
     r_eig = torch.linalg.eigvalsh(mix.r)
     kl_k = 0.5 * ((mix.zeta**2).sum(-1) + u_minus_log1p(-r_eig).sum(-1))
-    # J >= 0; the sum cancels to within rounding of its terms (seen: -1.6e-32 where a far component has
-    # a tiny weight), so a negative value is rounding and is reported as 0.
-    return (torch.exp(mix.log_weights) * (mix.log_weights + kl_k + excess)).sum(-1).clamp_min(0.0)
+    closed = (torch.exp(mix.log_weights) * (mix.log_weights + kl_k)).sum(-1)
+    return closed, torch.logsumexp(joint, -1) - own
 
 
 def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
