@@ -7,6 +7,7 @@ import sys
 
 from ..covariances import FAMILIES, get_family
 from ..errors import InputError
+from ..mixture_mc import uses_monte_carlo
 from ..pathspace import path_kl
 from ..rates import fit_order, measured_constant, predicted_constant
 from ..schedules import get_schedule
@@ -105,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--steps needs at least 4 strictly increasing integers >= 1")
     plot_path = check_output_path(args.plot, _PLOT_SUFFIXES) if args.plot else None
     reference, schedule = reference_from(args), get_schedule(args.schedule)
+    if uses_monte_carlo(reference):
+        raise InputError(f"{args.ref}: a mixture in d > 3 has Monte Carlo step KLs and no quadrature for the "
+                         "predicted constants; pathkl rates needs d <= 3 blocks (use pathkl kl per T, with its SE)")
     rows = [family_rates(reference, schedule, family, ladder) for family in families]
     if sys.stderr.isatty():
         sys.stderr.write("\r" + " " * 60 + "\r")
