@@ -3,7 +3,7 @@
     python3 benchmarks/bench_mixture.py ocm [--T 1000]
     python3 benchmarks/bench_mixture.py refine-ocm [--T 1000]
     python3 benchmarks/bench_mixture.py empirical [--n 2000 --d 12288 --samples 32]
-    python3 benchmarks/bench_mixture.py refine [--ref mog-rotated --T 64]
+    python3 benchmarks/bench_mixture.py refine [--ref mog-rotated --T 1024 --at 1,10,50,150,300,600]
     python3 benchmarks/bench_mixture.py mc [--d 8 --K 6 --samples 256 --inner 32]
 
 ``ocm``: all five families on the OCM 3x3 toy (product form, default 1-D rule) at one T (J is
@@ -12,7 +12,8 @@ computed once and shared), wall time included.
 the accuracy statement for ``ocm``.
 ``empirical``: the full-family leading-constant integrand E||grad^3 log q_t||^2 for N random points
 in d dimensions by Monte Carlo over x_t (Gram form), with its standard error, at three noise levels.
-``refine``: sum of E J and of the diag steps under node refinement (the accuracy statement).
+``refine``: E J_t at chosen steps under the fast (Gauss-Hermite) rule, Gauss-Hermite at 32 and 64
+nodes, the fine (lattice) rule and a finer one: the accuracy statement for d = 2.
 ``mc``: Monte Carlo path KL (pathkl.mixture_mc) of a rotated d-dimensional K-component mixture at
 T = 100 and 1000: time, value, SE, and the variance-reduction factor of the control variates (the same
 seed without them).
@@ -49,8 +50,8 @@ def ocm(args) -> None:
 def refine_ocm(args) -> None:
     line = ocm_line()
     grid = VPLinear().grid(args.T)
-    for quad in ((32, 8, 32), (64, 12, 48), mk.DEFAULT_1D, (160, 24, 96), (200, 32, 128)):
-        quad = quad if isinstance(quad, mk.Quadrature) else mk.Quadrature(*quad)
+    for quad in (mk.Quadrature(resolution=1.0, coarse=0.2, smooth=96, inner=24, separated=96), mk.FINE_1D,
+                 mk.Quadrature(resolution=0.35, coarse=0.07, smooth_below=0.0, smooth=160, inner=64, separated=192)):
         start = time.perf_counter()
         j = float(mk.expected_negentropies(line, grid, quad).sum())
         beta = float(mk.step_kls(line, grid, FAMILIES["beta"], quad)[0].sum())
@@ -73,13 +74,19 @@ def empirical(args) -> None:
 def refine(args) -> None:
     reference = load_reference(args.ref)
     grid = VPLinear().grid(args.T)
-    for outer, inner, separated in ((12, 6, 12), (16, 8, 16), (24, 10, 16), (32, 12, 24)):
-        quad = mk.Quadrature(outer, inner, separated)
+    idx = torch.tensor([int(t) for t in args.at.split(",")])
+    rules = {"fast": mk.FAST, "hermite-32": mk.Quadrature.hermite(32, inner=12, separated=48),
+             "hermite-64": mk.Quadrature.hermite(64, inner=12, separated=48), "fine": mk.FINE,
+             "finer": mk.Quadrature(resolution=1.5, inner=16, separated=64)}
+    values = {}
+    for name, quad in rules.items():
         start = time.perf_counter()
-        j = float(mk.expected_negentropies(reference, grid, quad).sum())
-        diag = float(mk.step_kls(reference, grid, FAMILIES["diag"], quad)[0].sum())
-        print(f"{args.ref} T={args.T} {quad}: sum E J = {j:.12e}, diag steps = {diag:.12e} "
-              f"({time.perf_counter() - start:.1f} s)")
+        values[name] = mk.expected_negentropy_at(reference, grid, idx, quad)
+        print(f"{args.ref} T={args.T} {name:10s} ({time.perf_counter() - start:6.1f} s)", flush=True)
+    best = values["finer"]
+    print("E J_t at t = " + ", ".join(map(str, idx.tolist())) + "; relative difference from 'finer':")
+    for name, v in values.items():
+        print(f"  {name:10s} " + "  ".join(f"{float(e):+.1e}" for e in (v - best) / best))
 
 
 def _rotated(d: int, k: int) -> MixtureReference:
@@ -130,7 +137,8 @@ def main() -> None:
     p.set_defaults(func=mc)
     p = sub.add_parser("refine")
     p.add_argument("--ref", default="mog-rotated")
-    p.add_argument("--T", type=int, default=64)
+    p.add_argument("--T", type=int, default=1024)
+    p.add_argument("--at", default="1,10,50,150,300,600", help="steps t to compare")
     p.set_defaults(func=refine)
     args = parser.parse_args()
     args.func(args)

@@ -35,6 +35,7 @@ chain rule (:func:`negentropy_chain_rule`), an independent route (tests/test_mix
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from .operators import Dense
 from .schedules import DTYPE, Grid, NoiseLevel
 from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 
-#: Largest dimension handled by tensor-product quadrature.
+#: Largest dimension handled by quadrature.
 MAX_QUADRATURE_DIM = 3
 # A kernel is "nearly Gaussian" (N-form) when every |zeta_k| and ||R_k||_F is below this.
 _NEAR_GAUSSIAN = 1.0
@@ -56,27 +57,77 @@ _NEAR_GAUSSIAN = 1.0
 _SKIP_BELOW = 1e-24
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
 _BATCH_ELEMENTS = 1 << 22
+# Outer ball radius: the standard normal density there is exp(-R^2 / 2) = 1e-18 of its peak.
+_RADIUS = math.sqrt(2.0 * math.log(1e18))
+# Posterior log-odds beyond this are not a switch worth resolving (weight ratio e^-40).
+_LOG_ODDS_SEEN = 40.0
 
 
 @dataclass(frozen=True)
 class Quadrature:
-    """Gauss-Hermite nodes per dimension: ``outer`` per component of q_t, ``inner`` for J where the
-    kernel is nearly Gaussian (N-form) and ``separated`` where it is not (q-form: log rho switches
-    between modes there, so convergence is slower)."""
+    """The rules of the engine.
 
-    outer: int = 16
-    inner: int = 8
-    separated: int = 16
+    Outer, ``E_{x_t ~ q_t}``, in each component's coordinates ``x = sqrt(abar) m_k + V_k^{1/2} xi``:
+    where the posterior weights switch sharply, the trapezoid rule on the lattice ``h Z^d`` inside
+    the ball ``|xi| <= 9.1`` (weights ``exp(-|xi|^2 / 2)``, normalised), elsewhere Gauss-Hermite with
+    ``smooth`` nodes per dimension. The lattice converges like ``exp(-2 pi a / h)`` for an integrand
+    analytic in a strip of half-width ``a``, and ``a ~ 1 / S``, ``S`` the largest ``|V_c^{1/2} (s_j -
+    s_l)|`` (the gradient in xi of the log-odds ``log w_j / w_l``) over the coarse lattice of each
+    component c where both weights exceed ``e^-40``. So at each level ``h = min(coarse, resolution /
+    S)``, rounded down to ``coarse * 2^(-i/4)`` so that steps share lattices, and Gauss-Hermite where
+    ``S <= smooth_below``. Gauss-Hermite has no such control: at the low-noise steps of the rotated
+    mixture it moved by 1e-2 between 32 and 64 nodes, where the lattice converges geometrically.
+
+    Inner, J: Gauss-Hermite with ``inner`` nodes per dimension where the kernel is nearly Gaussian
+    (N-form) and ``separated`` where it is not (q-form), module docstring.
+    """
+
+    resolution: float = 2.0
+    coarse: float = 0.3
+    smooth_below: float = 1.0
+    smooth: int = 24
+    inner: int = 12
+    separated: int = 48
+
+    @staticmethod
+    def hermite(outer: int, *, inner: int, separated: int) -> Quadrature:
+        """Gauss-Hermite everywhere with ``outer`` nodes per dimension (no lattice)."""
+        return Quadrature(smooth_below=math.inf, smooth=outer, inner=inner, separated=separated)
 
 
-DEFAULT = Quadrature()
-# One dimension is cheap: enough nodes for 1e-10 relative (node refinement in benchmarks/bench_mixture.py).
-DEFAULT_1D = Quadrature(outer=96, inner=16, separated=64)
+#: The accurate rule: lattice where the posterior weights switch sharply, Gauss-Hermite elsewhere.
+#: 1e-8 relative per step or better on the rotated mixture (benchmarks/bench_mixture.py refine), at
+#: ~1e2-1e3 times the cost of FAST at the low-noise steps.
+FINE = Quadrature()
+#: Gauss-Hermite everywhere (16 outer, 8 inner, 16 separated nodes): ~1e-4 relative on the rotated
+#: mixture's path KL, from errors of up to 1e-2 at its lowest-noise steps; enough for rate fits.
+FAST = Quadrature.hermite(16, inner=8, separated=16)
+#: One dimension: the accurate rule is cheap (1e-10 relative at T = 8 to 1000, bench_mixture.py refine-ocm).
+FINE_1D = Quadrature(resolution=0.5, coarse=0.1, smooth=160, inner=48, separated=160)
+QUADRATURES = {"fast": FAST, "fine": FINE}
 
 
 def default_quadrature(d: int) -> Quadrature:
-    """The default rule for dimension d."""
-    return DEFAULT_1D if d == 1 else DEFAULT
+    """The default rule for dimension d: :data:`FINE_1D` in one dimension, :data:`FAST` above."""
+    return FINE_1D if d == 1 else FAST
+
+
+def quadrature_of(reference) -> Quadrature:
+    """The rule a mixture reference asks for (its ``quadrature`` field), else the default."""
+    return getattr(reference, "quadrature", None) or default_quadrature(reference.dim)
+
+
+def with_quadrature(reference, quad: Quadrature | None):
+    """``reference`` with every mixture block of dimension >= 2 set to ``quad`` (None: unchanged)."""
+    from .references import MixtureReference, ProductReference
+
+    if quad is None:
+        return reference
+    if isinstance(reference, ProductReference):
+        return ProductReference(tuple(with_quadrature(f, quad) for f in reference.factors))
+    if isinstance(reference, MixtureReference) and reference.dim >= 2:
+        return dataclasses.replace(reference, quadrature=quad)
+    return reference
 
 
 @functools.lru_cache(maxsize=32)
@@ -91,6 +142,17 @@ def _hermite(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     keep = weights >= 1e-18
     nodes, weights = nodes[keep], weights[keep]
     return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights).to(DTYPE)
+
+
+@functools.lru_cache(maxsize=64)
+def _lattice(h: float, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trapezoid rule for E_{N(0, I_d)} on ``h Z^d`` inside the ball of radius 9.1: nodes, weights."""
+    m = int(_RADIUS / h)
+    axis = np.arange(-m, m + 1) * h
+    nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*([axis] * d), indexing="ij")], axis=1)
+    nodes = nodes[(nodes**2).sum(1) <= _RADIUS**2]
+    weights = np.exp(-0.5 * (nodes**2).sum(1))
+    return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights / weights.sum()).to(DTYPE)
 
 
 class SmallDense(Dense):
@@ -118,16 +180,55 @@ def _check_dim(reference) -> None:
         )
 
 
-def outer_nodes(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, n: int):
-    """Nodes x (..., Q K, d) and weights (Q K,) for ``E_{q_t}``: a Gauss-Hermite rule in each
-    component's coordinates, ``x = sqrt(abar) m_k + U_k diag(sqrt(nu_k)) xi``; abar of shape (...)."""
-    xi, wq = _hermite(n, reference.dim)
+def outer_nodes(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, rule):
+    """Nodes x (..., Q K, d) and weights (Q K,) for ``E_{q_t}``: the standard-normal ``rule`` (nodes,
+    weights) in each component's coordinates; abar of shape (...)."""
+    xi, wq = rule
     k, d = reference.size, reference.dim
     nu = reference.marginal_eigenvalues(abar, one_minus_abar)[..., None, :, :]  # (..., 1, K, e)
     noise = reference.covs.apply(nu.sqrt(), xi[:, None, :].expand(xi.shape[0], k, d))
     x = abar.sqrt()[..., None, None, None] * reference.means + noise
     weights = (wq[:, None] * reference.weights).reshape(-1)
     return x.reshape(*x.shape[:-3], -1, d), weights
+
+
+def spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature) -> torch.Tensor:
+    """The outer lattice spacing h at each level (abar and 1 - abar of shape (L,)), :class:`Quadrature`;
+    ``h = inf`` where the level is smooth enough for Gauss-Hermite."""
+    if quad.smooth_below == math.inf:
+        return torch.full_like(abar, math.inf)
+    k, d = reference.size, reference.dim
+    per_level = _lattice(quad.coarse, d)[1].numel() * k**3 * d
+    size = max(1, _BATCH_ELEMENTS // per_level)
+    sharpness = torch.cat([_sharpness(reference, abar[i : i + size], one_minus_abar[i : i + size], quad)
+                           for i in range(0, abar.numel(), size)])
+    raw = (quad.resolution / sharpness).clamp(max=quad.coarse)
+    halvings = torch.ceil(4.0 * torch.log2(quad.coarse / raw) - 1e-9).clamp_min(0.0)
+    # From integers in Python, so that equal quarter-octaves give bit-equal spacings (shared lattices).
+    h = torch.tensor([quad.coarse * 2.0 ** (-i / 4) for i in halvings.tolist()], dtype=DTYPE)
+    return torch.where(sharpness <= quad.smooth_below, math.inf, h)
+
+
+def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
+    """``S`` of :class:`Quadrature` at each level: the largest ``|V_c^{1/2} (s_j - s_l)|`` over the
+    coarse lattice of each component c where ``w_j, w_l > e^-40``."""
+    x, _ = outer_nodes(reference, abar, one_minus_abar, _lattice(quad.coarse, reference.dim))
+    post = reference.posterior(x, abar[:, None], one_minus_abar[:, None])
+    n_levels, k, d = abar.numel(), reference.size, reference.dim
+    scores = post.scores.reshape(n_levels, -1, k, k, d)  # (L, Q, c, j, d): nodes of component c
+    seen = post.log_weights.reshape(n_levels, -1, k, k) > -_LOG_ODDS_SEEN
+    j, l = torch.triu_indices(k, k, 1)
+    diff = scores[..., j, :] - scores[..., l, :]  # (L, Q, c, pairs, d)
+    cov = reference.covs.dense(reference.marginal_eigenvalues(abar, one_minus_abar))  # (L, c, d, d)
+    sq = torch.einsum("nqcpa,ncab,nqcpb->nqcp", diff, cov, diff)
+    return torch.where(seen[..., j] & seen[..., l], sq, 0.0).flatten(1).amax(1).sqrt()
+
+
+def level_rule(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, h: float, quad: Quadrature):
+    """``outer_nodes`` for spacing h: Gauss-Hermite (``smooth`` nodes) where ``h = inf``, else the lattice."""
+    if h == math.inf:
+        return outer_nodes(reference, abar, one_minus_abar, _hermite(quad.smooth, reference.dim))
+    return outer_nodes(reference, abar, one_minus_abar, _lattice(h, reference.dim))
 
 
 # ---- J: KL of a whitened mixture against N(0, I) ------------------------------------------------
@@ -144,8 +245,14 @@ class WhitenedMixture:
     def log_ratios(self, z: torch.Tensor, parts) -> torch.Tensor:
         """``l_k(z) = log N(z; zeta_k, I - R_k) - log N(z; 0, I)`` at z (N, Q, d): (N, Q, K)."""
         m, p_zeta, const = parts
-        quad = torch.einsum("nqi,nkij,nqj->nqk", z, m, z)
-        return -0.5 * quad + torch.einsum("nqi,nki->nqk", z, p_zeta) + const[:, None, :]
+        out = const[:, None, :].expand(*z.shape[:-1], const.shape[-1]).clone()
+        # Elementwise over the d <= 3 coordinates: batched matmuls with inner size d are far slower.
+        for i in range(z.shape[-1]):
+            zi = z[..., i, None]
+            out += zi * (p_zeta[:, None, :, i] - 0.5 * zi * m[:, None, :, i, i])
+            for j in range(i):
+                out -= zi * z[..., j, None] * m[:, None, :, i, j]
+        return out
 
     def parts(self):
         """``M_k = (I - R_k)^{-1} R_k``, ``(I - R_k)^{-1} zeta_k``, the constant of ``l_k``, Cholesky."""
@@ -160,10 +267,16 @@ class WhitenedMixture:
     def eps_and_log_rho(self, z, parts):
         """``eps = rho - 1`` without cancellation near rho = 1, and ``log rho``, at z (N, Q, d)."""
         logs = self.log_ratios(z, parts)
-        log_rho = torch.logsumexp(self.log_weights[:, None, :] + logs, -1)
+        log_rho = _logsumexp(self.log_weights[:, None, :] + logs)
         direct = (torch.exp(self.log_weights)[:, None, :] * torch.expm1(logs)).sum(-1)
         eps = torch.where(log_rho.abs() < 0.5, direct, torch.expm1(log_rho))
         return eps, log_rho
+
+
+def _logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last (short) axis; torch's reduction is slow for a handful of terms."""
+    top = x.amax(-1, keepdim=True)
+    return top[..., 0] + torch.log(torch.exp(x - top).sum(-1))
 
 
 def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
@@ -203,7 +316,7 @@ def q_form_terms(mix: WhitenedMixture, xi: torch.Tensor, parts, chol) -> tuple[t
     r_eig = torch.linalg.eigvalsh(mix.r)
     kl_k = 0.5 * ((mix.zeta**2).sum(-1) + u_minus_log1p(-r_eig).sum(-1))
     closed = (torch.exp(mix.log_weights) * (mix.log_weights + kl_k)).sum(-1)
-    return closed, torch.logsumexp(joint, -1) - own
+    return closed, _logsumexp(joint) - own
 
 
 def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
@@ -236,8 +349,7 @@ def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int) -> torch.Ten
         batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * n**d * d))
         for start in range(0, idx.numel(), batch):
             sel = idx[start : start + batch]
-            sub = WhitenedMixture(mix.log_weights[sel], mix.zeta[sel], mix.r[sel])
-            out[sel] = whitened_kl(sub, nodes=n, form=form)
+            out[sel] = whitened_kl(_subset(mix, sel), nodes=n, form=form)
     return out
 
 
@@ -276,58 +388,113 @@ class _StepNodes:
     abar: torch.Tensor  # (S, 1)
 
 
-def _step_nodes(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> _StepNodes:
+def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
     abar, om = grid.abar[idx], grid.one_minus_abar[idx]
-    x, w = outer_nodes(reference, abar, om, quad.outer)
+    x, w = level_rule(reference, abar, om, h, quad)
     post = reference.posterior(x, abar[:, None], om[:, None])
     g = reference.excess(post, abar[:, None])
     c = reference.posterior_cov_dense(post, abar[:, None], om[:, None])
     return _StepNodes(idx, w, post, g, c, abar[:, None])
 
 
-def _chunks(reference, grid: Grid, quad: Quadrature):
-    per_step = reference.size * quad.outer**reference.dim * reference.size * reference.dim**2
-    size = max(1, _BATCH_ELEMENTS // per_step)
-    for start in range(1, grid.T + 1, size):
-        yield torch.arange(start, min(grid.T, start + size - 1) + 1)
-
-
 def _grid_key(grid: Grid, quad: Quadrature):
     return (grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes(), quad)
+
+
+def step_spacings(reference, grid: Grid, quad: Quadrature) -> torch.Tensor:
+    """The outer spacing h of steps t = 1..T, cached per grid: :func:`spacing` at every ``stride``-th
+    step (at most 257 levels), each step taking the smaller h of the two sampled levels around it."""
+    key = ("h",) + _grid_key(grid, quad)
+    if key not in reference._cache:
+        stride = -(-grid.T // 256)
+        sampled = torch.arange(1, grid.T + stride, stride).clamp(max=grid.T)
+        h = spacing(reference, grid.abar[sampled], grid.one_minus_abar[sampled], quad)
+        between = torch.minimum(h[:-1], h[1:]).repeat_interleave(stride) if h.numel() > 1 else h
+        reference._cache[key] = torch.cat([h[:1], between])[: grid.T] if stride > 1 else h
+    return reference._cache[key]
+
+
+def _rule_size(reference, h: float, quad: Quadrature) -> int:
+    return (quad.smooth**reference.dim if h == math.inf else _lattice(h, reference.dim)[1].numel())
+
+
+def _chunks(reference, grid: Grid, quad: Quadrature):
+    """Steps grouped by outer spacing, in chunks that fit the memory budget: (steps, h)."""
+    h = step_spacings(reference, grid, quad)
+    for value in torch.unique(h).tolist():
+        steps = torch.nonzero(h == value).flatten() + 1
+        per_step = reference.size**2 * _rule_size(reference, value, quad) * reference.dim**2
+        for chunk in torch.split(steps, max(1, _BATCH_ELEMENTS // per_step)):
+            yield chunk, value
 
 
 def expected_negentropies(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
     """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)), cached per (reference, grid, quadrature)."""
     _check_dim(reference)
-    quad = quad or default_quadrature(reference.dim)
+    quad = quad or quadrature_of(reference)
     key = ("J",) + _grid_key(grid, quad)
     if key not in reference._cache:
         out = torch.empty(grid.T, dtype=DTYPE)
-        for idx in _chunks(reference, grid, quad):
-            out[idx - 1] = expected_negentropy_at(reference, grid, idx, quad)
+        for idx, h in _chunks(reference, grid, quad):
+            out[idx - 1] = _expected_negentropy(reference, grid, idx, h, quad)
         reference._cache[key] = out
     return reference._cache[key]
 
 
-def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature = DEFAULT) -> torch.Tensor:
+def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature | None = None) -> torch.Tensor:
     """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t)."""
-    nodes = _step_nodes(reference, grid, idx, quad)
+    quad = quad or quadrature_of(reference)
+    h = spacing(reference, grid.abar[idx], grid.one_minus_abar[idx], quad)
+    out = torch.empty(idx.numel(), dtype=DTYPE)
+    for value in torch.unique(h).tolist():
+        sel = h == value
+        out[sel] = _expected_negentropy(reference, grid, idx[sel], value, quad)
+    return out
+
+
+def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> torch.Tensor:
+    """``E_{q_t} J_t`` on one lattice. Nodes whose certified bounds (:func:`_negentropy_bound`) add
+    up to < 1e-13 of all bounds are left out, and the sum of their bounds is checked afterwards to be
+    < 1e-12 of the result (else they are computed too): the low-noise steps' J lives on the thin
+    bands where the posterior weights switch, so most lattice nodes are left out."""
+    nodes = _step_nodes(reference, grid, idx, h, quad)
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
-    j = negentropy(mix, nodes=quad.inner, separated=quad.separated).reshape(idx.numel(), -1)
-    return (j * nodes.weights).sum(-1)
+    bound = _negentropy_bound(mix).reshape(idx.numel(), -1) * nodes.weights
+    keep = _above_negligible(bound)
+    j = torch.zeros_like(bound)
+    j[keep] = negentropy(_subset(mix, keep.flatten()), nodes=quad.inner, separated=quad.separated)
+    out = (j * nodes.weights).sum(-1)
+    unsure = (torch.where(keep, 0.0, bound).sum(-1) > 1e-12 * out)[:, None] & ~keep
+    if unsure.any():
+        j[unsure] = negentropy(_subset(mix, unsure.flatten()), nodes=quad.inner, separated=quad.separated)
+        out = (j * nodes.weights).sum(-1)
+    return out
+
+
+def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
+    """Mask (S, P) of the entries outside the smallest set whose sum is <= 1e-13 of its row's sum."""
+    ordered, _ = torch.sort(bound, -1)
+    small = torch.cumsum(ordered, -1) <= 1e-13 * bound.sum(-1, keepdim=True)
+    count = small.sum(-1, keepdim=True)
+    threshold = torch.where(count > 0, ordered.gather(-1, (count - 1).clamp_min(0)), -1.0)
+    return bound > threshold
+
+
+def _subset(mix: WhitenedMixture, mask: torch.Tensor) -> WhitenedMixture:
+    return WhitenedMixture(mix.log_weights[mask], mix.zeta[mask], mix.r[mask])
 
 
 def step_kls(reference, grid: Grid, family, quad: Quadrature | None = None, *,
              mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
     """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: E J plus the family's Gaussian part.
     ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product (``analytic``)."""
-    quad = quad or default_quadrature(reference.dim)
+    quad = quad or quadrature_of(reference)
     out = expected_negentropies(reference, grid, quad).clone()
     if family.name == "full":
         return out, None
-    for idx in _chunks(reference, grid, quad):
-        nodes = _step_nodes(reference, grid, idx, quad)
+    for idx, h in _chunks(reference, grid, quad):
+        nodes = _step_nodes(reference, grid, idx, h, quad)
         if mean_g is None:
             own = _mean_trace(nodes.g, nodes.weights)[:, None, None]
         else:
@@ -345,18 +512,19 @@ def _mean_trace(g: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def expected_trace_excess(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> torch.Tensor:
     """``E_{q_t} tr G`` at levels of any shape (...) (batched over the levels), shape (...)."""
     _check_dim(reference)
-    quad = quad or default_quadrature(reference.dim)
+    quad = quad or quadrature_of(reference)
     abar = torch.as_tensor(lv.abar, dtype=DTYPE)
-    om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
     flat = abar.reshape(-1)
+    om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
+    h = spacing(reference, flat, om, quad)
     out = torch.empty_like(flat)
-    per_level = reference.size**2 * quad.outer**reference.dim * reference.dim**2
-    size = max(1, _BATCH_ELEMENTS // per_level)
-    for start in range(0, flat.numel(), size):
-        a, o = flat[start : start + size], om[start : start + size]
-        x, w = outer_nodes(reference, a, o, quad.outer)
-        g = reference.excess(reference.posterior(x, a[:, None], o[:, None]), a[:, None])
-        out[start : start + size] = reference.dim * _mean_trace(g, w)
+    for value in torch.unique(h).tolist():
+        levels = torch.nonzero(h == value).flatten()
+        per_level = reference.size**2 * _rule_size(reference, value, quad) * reference.dim**2
+        for sel in torch.split(levels, max(1, _BATCH_ELEMENTS // per_level)):
+            x, w = level_rule(reference, flat[sel], om[sel], value, quad)
+            g = reference.excess(reference.posterior(x, flat[sel, None], om[sel, None]), flat[sel, None])
+            out[sel] = reference.dim * _mean_trace(g, w)
     return out.reshape(abar.shape)
 
 
@@ -367,7 +535,7 @@ def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> fl
     """``KL(q_T || N(0, I))``: q_T is the whitened mixture with ``zeta_k = sqrt(abar) m_k`` and
     ``I - R_k = V_k``, i.e. ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T``."""
     _check_dim(reference)
-    quad = quad or default_quadrature(reference.dim)
+    quad = quad or quadrature_of(reference)
     mix = WhitenedMixture(
         torch.log(reference.weights)[None],
         (lv.abar.sqrt() * reference.means)[None],
@@ -379,7 +547,8 @@ def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> fl
 
 
 def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
-    x, w = outer_nodes(reference, lv.abar, lv.one_minus_abar, quad.outer)
+    h = float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0])
+    x, w = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
     return reference.posterior(x, lv.abar, lv.one_minus_abar), w
 
 
@@ -387,7 +556,7 @@ def expected_excess_functional(reference, fn, lv: NoiseLevel, quad: Quadrature |
     """``E_{q_t} fn(G(x_t), E tr G / d)`` with G as a dense operator; ``mean_g`` overrides ``E tr G / d``
     (one block of a product)."""
     _check_dim(reference)
-    quad = quad or default_quadrature(reference.dim)
+    quad = quad or quadrature_of(reference)
     post, w = _level_nodes(reference, lv, quad)
     g = reference.excess(post, lv.abar)
     mean_g = _mean_trace(g, w) if mean_g is None else torch.as_tensor(mean_g, dtype=DTYPE)
@@ -397,7 +566,7 @@ def expected_excess_functional(reference, fn, lv: NoiseLevel, quad: Quadrature |
 def expected_third_derivative_sq_norm(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> float:
     """``E_{q_t} ||grad^3 log q_t||_F^2`` by the outer quadrature."""
     _check_dim(reference)
-    quad = quad or default_quadrature(reference.dim)
+    quad = quad or quadrature_of(reference)
     post, w = _level_nodes(reference, lv, quad)
     return float((third_derivative_sq_norm(reference, post) * w).sum())
 
@@ -420,9 +589,10 @@ def third_derivative_sq_norm(reference, post) -> torch.Tensor:
     return (t3**2).sum((-1, -2, -3))
 
 
-def negentropy_chain_rule(reference, grid: Grid, t: int, quad: Quadrature = DEFAULT) -> float:
+def negentropy_chain_rule(reference, grid: Grid, t: int, quad: Quadrature | None = None) -> float:
     """Route (b): ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})`` (chain rule of
     entropy, DESIGN.md section 3; ``k = beta_t / alpha_t``). Cancels at large T: a check for small T."""
+    quad = quad or quadrature_of(reference)
     lv, prev = grid.level(t), grid.level(t - 1)
     post, w = _level_nodes(reference, lv, quad)
     kappa = grid.beta[t - 1] / grid.alpha[t - 1]

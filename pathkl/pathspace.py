@@ -17,7 +17,6 @@ from .covariances import Family
 from .errors import InputError
 from .schedules import Grid
 
-
 #: Two-sided 95% normal quantile.
 _Z95 = 1.959963984540054
 

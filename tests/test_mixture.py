@@ -132,7 +132,7 @@ def test_single_component_mixture_equals_the_gaussian_reference():
     mixture = MixtureReference.from_components([1.0], [[0.5, -1.0]], covs=cov[None])
     gaussian = GaussianReference.from_covariance(cov, mean=[0.5, -1.0])
     grid = VPLinear().grid(12)
-    quad = mk.Quadrature(outer=8, inner=4, separated=4)
+    quad = mk.Quadrature.hermite(8, inner=4, separated=4)
     for family in FAMILIES.values():
         got, _ = mk.step_kls(mixture, grid, family, quad)
         expected, _ = gaussian.step_kls(grid, family)
@@ -213,7 +213,7 @@ def test_routes_agree_at_small_T():
     grid = VPLinear().grid(8)
     # Converged settings at this T: route (b) moves 2e-11 from 24 to 48 outer nodes, route (a)
     # needs 24 inner nodes (16 leaves 1.2e-8; 24 -> 64 outer/inner changes it by < 1e-12).
-    quad = mk.Quadrature(outer=32, inner=24, separated=24)
+    quad = mk.Quadrature.hermite(32, inner=24, separated=24)
     route_a = mk.expected_negentropy_at(reference, grid, torch.tensor([4]), quad)
     route_b = mk.negentropy_chain_rule(reference, grid, 4, quad)
     assert float(route_a[0]) == pytest.approx(route_b, rel=1e-9)

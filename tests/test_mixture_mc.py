@@ -49,10 +49,10 @@ def _total(reference, grid, family, mc):
 
 
 @pytest.mark.parametrize("reference, steps, quad", [
-    (rotated_mixture(), 12, mk.DEFAULT),
+    (rotated_mixture(), 12, mk.FAST),
     # d = 3 at a coarse rule (the default takes 80 s): it moves the totals by < 7e-4 relative against
     # (12, 8, 12), i.e. < 0.02 of the Monte Carlo SE.
-    (_mixture_3d(), 8, mk.Quadrature(outer=8, inner=6, separated=8)),
+    (_mixture_3d(), 8, mk.Quadrature.hermite(8, inner=6, separated=8)),
 ], ids=["d2", "d3"])
 def test_matches_quadrature_in_low_dimension(reference, steps, quad):
     """d = 2, 3: the quadrature engine is the truth here (accurate far below the Monte Carlo SE);

@@ -31,7 +31,7 @@ def _ladder(reference, family, ladder, quad):
 def test_kl_is_never_negative_and_beta_tilde_is_infinite():
     reference = _broad_mixture()
     grid = VPLinear().grid(6)
-    quad = mk.Quadrature(outer=12, inner=8, separated=12)
+    quad = mk.Quadrature.hermite(12, inner=8, separated=12)
     for family in FAMILIES.values():
         per_step, _ = mk.step_kls(reference, grid, family, quad)
         assert (per_step >= 0).all(), family.name
@@ -46,7 +46,7 @@ def test_separation_on_a_short_ladder():
     (measured: beta -1.002, analytic -1.002, diag -1.009, full -1.993); the issue's band of 0.05."""
     reference = _broad_mixture()
     ladder = [32, 64, 128, 256]
-    quad = mk.Quadrature(outer=12, inner=6, separated=12)
+    quad = mk.Quadrature.hermite(12, inner=6, separated=12)
     for name in ORDER_ONE:
         fit = fit_order(ladder, _ladder(reference, FAMILIES[name], ladder, quad), tail=4)
         assert abs(fit.slope + 1.0) < 0.05, (name, fit)
@@ -59,7 +59,7 @@ def test_ocm_grid_diag_equals_full():
     diag family's Gaussian part vanishes and diag = full step by step."""
     reference = ocm_grid_2d()
     grid = VPLinear().grid(16)
-    quad = mk.Quadrature(outer=8, inner=6, separated=8)
+    quad = mk.Quadrature.hermite(8, inner=6, separated=8)
     diag, _ = mk.step_kls(reference, grid, FAMILIES["diag"], quad)
     full, _ = mk.step_kls(reference, grid, FAMILIES["full"], quad)
     # Rounding in Cov_w(s)'s off-diagonal is ~1e-16 |G| ~ 1e-14; its KL is its square: << 1e-20.
@@ -76,7 +76,7 @@ DEEP = [256, 512, 1024, 2048, 4096]
 def test_rotated_mixture_rates_and_constants(name):
     reference = rotated_mixture()
     family = FAMILIES[name]
-    quad = mk.Quadrature(outer=24, inner=10, separated=16)
+    quad = mk.Quadrature.hermite(24, inner=10, separated=16)
     kls = _ladder(reference, family, DEEP, quad)
     fit = fit_order(DEEP, kls, tail=5)
     assert abs(fit.slope + family.order) < 0.05, fit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..covariances import FAMILIES, get_family
+from ..mixture_kl import QUADRATURES, with_quadrature
 from ..mixture_mc import MonteCarlo, uses_monte_carlo, with_monte_carlo
 from ..pathspace import path_kl
 from .common import (
@@ -34,6 +35,7 @@ examples:
   pathkl kl --ref gaussian-2d --cov beta --taus 0,0.1,0.3,0.6,1
   pathkl kl --ref gaussian-5d --schedule ddpm-linear --cov beta --indices 0,100,250,500,1000
   pathkl kl --ref gaussian-5d --cov beta_tilde --steps 100 --first-step 2
+  pathkl kl --ref mog-rotated --cov full --steps 16 --quadrature fine
   pathkl kl --ref mog-5d.json --cov diag --steps 100 --seed 1 --mc-samples 512
 """
 
@@ -50,6 +52,10 @@ def register(subparsers) -> None:
     grid.add_argument("--taus", help="explicit grid: comma-separated taus from 0 to 1, or @FILE")
     grid.add_argument("--indices", help="ddpm-linear only: chain indices 0 = i_0 < ... < i_T = N, or @FILE")
     p.add_argument("--first-step", type=positive_int, default=1, help="sum steps from this t (default: 1)")
+    p.add_argument("--quadrature", choices=tuple(QUADRATURES), default=None,
+                   help="rule for mixtures in d = 2, 3: fast (Gauss-Hermite, ~1e-4 relative) or fine (lattice "
+                        "where the posterior weights switch, ~1e-8, much slower); 1-D mixtures always use "
+                        "their accurate rule (default: fast)")
     p.add_argument("--seed", type=int, default=0, help="Monte Carlo seed, mixtures in d > 3 (default: 0)")
     p.add_argument("--mc-samples", type=positive_int, default=MonteCarlo.outer,
                    help=f"Monte Carlo points per mixture component of q_t (default: {MonteCarlo.outer})")
@@ -63,12 +69,14 @@ def run(args: argparse.Namespace) -> int:
     family = get_family(args.cov)
     grid = make_grid(args.schedule, steps=args.steps, taus=args.taus, indices=args.indices)
     mc = MonteCarlo(outer=args.mc_samples, inner=args.mc_inner, seed=args.seed)
-    reference = reference_from(args)
+    reference = with_quadrature(reference_from(args), QUADRATURES.get(args.quadrature))
     monte_carlo = uses_monte_carlo(reference)
     result = path_kl(with_monte_carlo(reference, mc), grid, family, first_step=args.first_step)
     summary = {"ref": args.ref, "schedule": args.schedule, "T": grid.T, "cov": family.name, **result.as_dict()}
     if monte_carlo:
         summary.update(seed=mc.seed, mc_samples=mc.outer, mc_inner=mc.inner)
+    if args.quadrature:
+        summary.update(quadrature=args.quadrature)
     if args.json:
         print_json(summary)
         return 0

@@ -144,6 +144,8 @@ class MixtureReference:
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
     #: Monte Carlo settings (pathkl.mixture_mc.MonteCarlo) for d > 3; None: the defaults.
     monte_carlo: object = field(default=None, compare=False)
+    #: Quadrature rule (pathkl.mixture_kl.Quadrature) for d <= 3; None: the default for the dimension.
+    quadrature: object = field(default=None, compare=False)
 
     def __post_init__(self):
         _weights_checked(self.weights)
