@@ -104,8 +104,8 @@ FINE = Quadrature()
 #: the rotated mixture's path KLs are off by up to 0.5% (its T^p steps against FINE's predicted
 #: constants): enough for the slopes, not for digits.
 FAST = Quadrature.hermite(14, inner=6, separated=12)
-#: One dimension: the accurate rule is cheap (1e-10 relative at T = 8 to 1000, bench_mixture.py refine-ocm).
-FINE_1D = Quadrature(resolution=0.5, coarse=0.1, smooth=160, inner=48, separated=160)
+#: One dimension: the accurate rule is cheap (< 1e-10 relative at T = 8 to 1000, tests/test_mixture_accuracy.py).
+FINE_1D = Quadrature(resolution=0.7, coarse=0.15, smooth=96, inner=48, separated=160)
 QUADRATURES = {"fast": FAST, "fine": FINE}
 
 
