@@ -59,6 +59,8 @@ _SKIP_BELOW = 1e-24
 _BATCH_ELEMENTS = 1 << 22
 # Outer ball radius: the standard normal density there is exp(-R^2 / 2) = 1e-18 of its peak.
 _RADIUS = math.sqrt(2.0 * math.log(1e18))
+# Largest lattice (nodes per component) the fine rule may build: ~1 GB of work arrays per step.
+_MAX_LATTICE = 4e5
 # Posterior log-odds beyond this are not a switch worth resolving (weight ratio e^-40).
 _LOG_ODDS_SEEN = 40.0
 
@@ -96,8 +98,9 @@ class Quadrature:
 
 
 #: The accurate rule: lattice where the posterior weights switch sharply, Gauss-Hermite elsewhere.
-#: 1e-8 relative per step or better on the rotated mixture (benchmarks/bench_mixture.py refine), at
-#: ~1e2-1e3 times the cost of FAST at the low-noise steps.
+#: On the rotated mixture at T = 1024, 1e-10 relative per step against a finer rule (benchmarks/
+#: bench_mixture.py refine), at ~1e2-1e3 times the cost of FAST at the low-noise steps. At small T
+#: (strongly non-Gaussian kernels: T = 16, steps 4-6) inner and outer nodes both still move it by ~1e-5.
 FINE = Quadrature()
 #: Gauss-Hermite everywhere (14 outer, 6 inner, 12 separated nodes): the default in d = 2, 3 and for
 #: ``pathkl rates``. Its per-step errors reach 1e-2 where the posterior weights switch sharply, and
@@ -157,6 +160,10 @@ def _hermite(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.lru_cache(maxsize=64)
 def _lattice(h: float, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Trapezoid rule for E_{N(0, I_d)} on ``h Z^d`` inside the ball of radius 9.1: nodes, weights."""
+    size = math.pi ** (d / 2) / math.gamma(d / 2 + 1) * (_RADIUS / h) ** d
+    if size > _MAX_LATTICE:
+        raise InputError(f"the fine quadrature needs {size:.1e} lattice nodes per component here (d = {d}, "
+                         f"spacing {h:.3g}); use the fast rule")
     m = int(_RADIUS / h)
     axis = np.arange(-m, m + 1) * h
     nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*([axis] * d), indexing="ij")], axis=1)

@@ -10,7 +10,9 @@ import torch
 
 from pathkl import mixture_kl as mk
 from pathkl.covariances import FAMILIES
+from pathkl.errors import InputError
 from pathkl.presets import ocm_line, rotated_mixture
+from pathkl.references import MixtureReference
 from pathkl.schedules import VPLinear
 
 # A finer 1-D rule than the default on every axis: lattice everywhere at 0.7 x the spacing, more
@@ -67,3 +69,12 @@ def test_spacing_follows_the_sharpness():
     assert len(set(finite.tolist())) == torch.unique(finite).numel()
     assert (finite[1:] >= finite[:-1]).sum() >= 0.95 * (finite.numel() - 1)  # coarser as tau grows
     assert (mk.step_spacings(reference, grid, mk.FAST) == math.inf).all()
+
+
+def test_fine_rule_refuses_a_lattice_too_large_for_memory():
+    """In 3-D a sharp level would need millions of lattice nodes per component: one-line InputError."""
+    reference = MixtureReference.from_components([0.5, 0.5], [[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]], stds=[0.05, 0.6])
+    grid = VPLinear().grid(64)
+    with pytest.raises(InputError, match="fast rule") as err:
+        mk.expected_negentropy_at(reference, grid, torch.tensor([1]), mk.FINE)
+    assert "\n" not in str(err.value)

@@ -110,12 +110,25 @@ def ocm_ladder():
                                                                       separated=64))
     reference = ProductReference((line, line))
     schedule = VPLinear()
-    return {name: [float(reference.step_kls(schedule.grid(t), FAMILIES[name])[0].sum()) for t in DEEP]
-            for name in ("analytic", "diag", "full")}
+    kls = {name: [float(reference.step_kls(schedule.grid(t), FAMILIES[name])[0].sum()) for t in DEEP]
+           for name in ("analytic", "diag", "full")}
+    return reference, kls
 
 
 @pytest.mark.parametrize("name", ("analytic", "diag", "full"))
 def test_ocm_grid_rates(ocm_ladder, name):
     """diag = full at 1/T^2 on the product-form OCM toy, analytic at 1/T."""
-    fit = fit_order(DEEP, ocm_ladder[name], tail=5)
+    fit = fit_order(DEEP, ocm_ladder[1][name], tail=5)
     assert abs(fit.slope + (1 if name == "analytic" else 2)) < 0.05, fit
+
+
+def test_ocm_grid_constants(ocm_ladder):
+    """analytic: T steps at T = 4096 within 1% of the prediction (measured 5e-4). full: T^2 steps at
+    4096 is still 1.3% low (the slow approach to 1/T^2 of DESIGN.md), so the 1% band is checked on
+    the Richardson-extrapolated constant (measured 6e-4 off, with an error estimate of 0.2%)."""
+    reference, kls = ocm_ladder
+    analytic = measured_constant(DEEP, kls["analytic"], 1)
+    assert analytic.at_largest == pytest.approx(predicted_constant(FAMILIES["analytic"], reference, VPLinear()).value,
+                                                rel=0.01)
+    full = measured_constant(DEEP, kls["full"], 2)
+    assert full.value == pytest.approx(predicted_constant(FAMILIES["full"], reference, VPLinear()).value, rel=0.01)
