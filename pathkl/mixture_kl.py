@@ -429,14 +429,19 @@ def _rule_size(reference, h: float, quad: Quadrature) -> int:
     return (quad.smooth**reference.dim if h == math.inf else _lattice(h, reference.dim)[1].numel())
 
 
-def _chunks(reference, grid: Grid, quad: Quadrature):
-    """Steps grouped by outer spacing, in chunks that fit the memory budget: (steps, h)."""
-    h = step_spacings(reference, grid, quad)
+def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
+    """Positions in h grouped by equal spacing, in chunks that fit the memory budget: (positions, h)."""
     for value in torch.unique(h).tolist():
-        steps = torch.nonzero(h == value).flatten() + 1
-        per_step = reference.size**2 * _rule_size(reference, value, quad) * reference.dim**2
-        for chunk in torch.split(steps, max(1, _BATCH_ELEMENTS // per_step)):
+        members = torch.nonzero(h == value).flatten()
+        per_level = reference.size**2 * _rule_size(reference, value, quad) * reference.dim**2
+        for chunk in torch.split(members, max(1, _BATCH_ELEMENTS // per_level)):
             yield chunk, value
+
+
+def _chunks(reference, grid: Grid, quad: Quadrature):
+    """Steps t grouped by outer spacing, in chunks that fit the memory budget: (steps, h)."""
+    for chunk, value in _by_spacing(reference, step_spacings(reference, grid, quad), quad):
+        yield chunk + 1, value
 
 
 def expected_negentropies(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
@@ -457,8 +462,7 @@ def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadr
     quad = quad or quadrature_of(reference)
     h = spacing(reference, grid.abar[idx], grid.one_minus_abar[idx], quad)
     out = torch.empty(idx.numel(), dtype=DTYPE)
-    for value in torch.unique(h).tolist():
-        sel = h == value
+    for sel, value in _by_spacing(reference, h, quad):
         out[sel] = _expected_negentropy(reference, grid, idx[sel], value, quad)
     return out
 
@@ -527,15 +531,11 @@ def expected_trace_excess(reference, lv: NoiseLevel, quad: Quadrature | None = N
     abar = torch.as_tensor(lv.abar, dtype=DTYPE)
     flat = abar.reshape(-1)
     om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
-    h = spacing(reference, flat, om, quad)
     out = torch.empty_like(flat)
-    for value in torch.unique(h).tolist():
-        levels = torch.nonzero(h == value).flatten()
-        per_level = reference.size**2 * _rule_size(reference, value, quad) * reference.dim**2
-        for sel in torch.split(levels, max(1, _BATCH_ELEMENTS // per_level)):
-            x, w = level_rule(reference, flat[sel], om[sel], value, quad)
-            g = reference.excess(reference.posterior(x, flat[sel, None], om[sel, None]), flat[sel, None])
-            out[sel] = reference.dim * _mean_trace(g, w)
+    for sel, value in _by_spacing(reference, spacing(reference, flat, om, quad), quad):
+        x, w = level_rule(reference, flat[sel], om[sel], value, quad)
+        g = reference.excess(reference.posterior(x, flat[sel, None], om[sel, None]), flat[sel, None])
+        out[sel] = reference.dim * _mean_trace(g, w)
     return out.reshape(abar.shape)
 
 
