@@ -100,8 +100,10 @@ def test_killed_or_interrupted_run_leaves_a_readable_file_and_resume_completes(t
     bytes of an uninterrupted run."""
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_toy_cli(str(ref), 0.0, 1)
+    # 0.2 s a point: after the 3 points awaited below, >= 1 s of the run is left for the signal to land
+    # (at 0.05 s a loaded machine once let a 2-job run finish first).
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import test_studies as t; "
-            "t.run_toy_cli(sys.argv[3], 0.05, int(sys.argv[4]))")
+            "t.run_toy_cli(sys.argv[3], 0.2, int(sys.argv[4]))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out),
                              str(jobs)], start_new_session=True, stderr=subprocess.DEVNULL)
     csv = out / "results.csv"
@@ -115,7 +117,7 @@ def test_killed_or_interrupted_run_leaves_a_readable_file_and_resume_completes(t
         os.killpg(proc.pid, 0)
     partial = load(out)
     assert 6 <= len(partial.rows) < 30 and len(partial.rows) % 2 == 0
-    run_toy_cli(str(out), 0.05, 1)
+    run_toy_cli(str(out), 0.2, 1)
     assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
 
