@@ -130,6 +130,15 @@ def leading_quadrature(reference) -> Quadrature:
     return getattr(reference, "quadrature", None) or (FINE_1D if reference.dim == 1 else FINE)
 
 
+def has_rule_choice(reference) -> bool:
+    """Whether ``reference`` has a mixture block of dimension 2 or 3 (where fast and fine differ)."""
+    from .references import MixtureReference, ProductReference
+
+    if isinstance(reference, ProductReference):
+        return any(has_rule_choice(f) for f in reference.factors)
+    return isinstance(reference, MixtureReference) and 2 <= reference.dim <= MAX_QUADRATURE_DIM
+
+
 def with_quadrature(reference, quad: Quadrature | None):
     """``reference`` with every mixture block of dimension >= 2 set to ``quad`` (None: unchanged)."""
     from .references import MixtureReference, ProductReference

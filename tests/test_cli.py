@@ -10,12 +10,13 @@ import math
 
 import pytest
 
+from pathkl import mixture_kl as mk
 from pathkl.cli import COMMANDS, main
-from pathkl.covariances import get_family
+from pathkl.covariances import FAMILIES, get_family
 from pathkl.pathspace import path_kl
-from pathkl.presets import PRESETS
+from pathkl.presets import PRESETS, rotated_mixture
 from pathkl.rates import fit_order, predicted_constant
-from pathkl.schedules import get_schedule, grid_from_chain, grid_from_taus
+from pathkl.schedules import VPLinear, get_schedule, grid_from_chain, grid_from_taus
 
 # The text output prints 12 significant digits: relative rounding error <= 5e-12.
 PRINTED_REL = 1e-11
@@ -220,3 +221,18 @@ def test_help_exits_0_and_shows_an_example(argv, capsys):
     code, out, err = run(argv + ["--help"], capsys)
     assert (code, err) == (0, "")
     assert "example" in out.lower() and "pathkl " in out
+
+
+def test_kl_names_the_quadrature_rule_for_two_dimensional_mixtures(capsys):
+    """A 2-D mixture's digits depend on the rule: the text header and the JSON name it (and the fine
+    rule gives what the library gives with it); Gaussians and 1-D products have no such choice."""
+    code, out, _ = run(["kl", "--ref", "mog-rotated", "--cov", "diag", "--steps", "4"], capsys)
+    assert code == 0 and "(fast quadrature:" in out.splitlines()[0]
+    code, out, _ = run(["kl", "--ref", "mog-rotated", "--cov", "diag", "--steps", "4", "--quadrature", "fine",
+                        "--json"], capsys)
+    doc = json.loads(out)
+    expected = path_kl(mk.with_quadrature(rotated_mixture(), mk.FINE), VPLinear().grid(4), FAMILIES["diag"])
+    assert doc["quadrature"] == "fine" and doc["steps"] == expected.steps
+    for ref in ("gaussian-2d", "mog-ocm-grid"):
+        code, out, _ = run(["kl", "--ref", ref, "--steps", "4", "--json"], capsys)
+        assert "quadrature" not in json.loads(out)
