@@ -46,6 +46,7 @@ import torch
 from .covariances import ReverseStep
 from .errors import InputError
 from .operators import Dense
+from .references.product import blocks, map_blocks
 from .schedules import DTYPE, Grid, NoiseLevel
 from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 
@@ -130,26 +131,22 @@ def leading_quadrature(reference) -> Quadrature:
     return getattr(reference, "quadrature", None) or (FINE_1D if reference.dim == 1 else FINE)
 
 
+def _has_rule_choice(block) -> bool:
+    from .references import MixtureReference
+
+    return isinstance(block, MixtureReference) and 2 <= block.dim <= MAX_QUADRATURE_DIM
+
+
 def has_rule_choice(reference) -> bool:
     """Whether ``reference`` has a mixture block of dimension 2 or 3 (where fast and fine differ)."""
-    from .references import MixtureReference, ProductReference
-
-    if isinstance(reference, ProductReference):
-        return any(has_rule_choice(f) for f in reference.factors)
-    return isinstance(reference, MixtureReference) and 2 <= reference.dim <= MAX_QUADRATURE_DIM
+    return any(_has_rule_choice(b) for b in blocks(reference))
 
 
 def with_quadrature(reference, quad: Quadrature | None):
-    """``reference`` with every mixture block of dimension >= 2 set to ``quad`` (None: unchanged)."""
-    from .references import MixtureReference, ProductReference
-
+    """``reference`` with every mixture block of dimension 2 or 3 set to ``quad`` (None: unchanged)."""
     if quad is None:
         return reference
-    if isinstance(reference, ProductReference):
-        return ProductReference(tuple(with_quadrature(f, quad) for f in reference.factors))
-    if isinstance(reference, MixtureReference) and reference.dim >= 2:
-        return dataclasses.replace(reference, quadrature=quad)
-    return reference
+    return map_blocks(reference, lambda b: dataclasses.replace(b, quadrature=quad) if _has_rule_choice(b) else b)
 
 
 @functools.lru_cache(maxsize=32)

@@ -53,6 +53,7 @@ from .covariances import ReverseStep
 from .errors import InputError
 from .operators import Dense
 from .pathspace import Estimate
+from .references.product import blocks, map_blocks
 from .schedules import DTYPE, Grid, NoiseLevel
 
 # N-form where E eps^2 is at most this (and E rho^4 is finite): see _n_form_usable.
@@ -83,24 +84,22 @@ class MonteCarlo:
             raise InputError(f"the seed must be >= 0, got {self.seed}")
 
 
+def _beyond_quadrature(block) -> bool:
+    from .references import MixtureReference
+
+    return isinstance(block, MixtureReference) and block.dim > mk.MAX_QUADRATURE_DIM
+
+
 def uses_monte_carlo(reference) -> bool:
     """Whether any block of ``reference`` is a mixture beyond the quadrature's reach (d > 3)."""
-    from .references import MixtureReference, ProductReference
-
-    if isinstance(reference, ProductReference):
-        return any(uses_monte_carlo(f) for f in reference.factors)
-    return isinstance(reference, MixtureReference) and reference.dim > mk.MAX_QUADRATURE_DIM
+    return any(_beyond_quadrature(b) for b in blocks(reference))
 
 
 def with_monte_carlo(reference, mc: MonteCarlo):
     """``reference`` with the Monte Carlo settings ``mc`` on each mixture block (others unchanged)."""
-    from .references import MixtureReference, ProductReference
+    from .references import MixtureReference
 
-    if isinstance(reference, ProductReference):
-        return ProductReference(tuple(with_monte_carlo(f, mc) for f in reference.factors))
-    if isinstance(reference, MixtureReference):
-        return dataclasses.replace(reference, monte_carlo=mc)
-    return reference
+    return map_blocks(reference, lambda b: dataclasses.replace(b, monte_carlo=mc) if isinstance(b, MixtureReference) else b)
 
 
 def _generator(mc: MonteCarlo, purpose: int, t: int = 0) -> torch.Generator:

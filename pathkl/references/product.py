@@ -29,6 +29,20 @@ from ..errors import InputError
 from ..schedules import DTYPE, Grid, NoiseLevel
 
 
+def blocks(reference) -> tuple:
+    """The leaf references of ``reference``: its factors, recursively, or itself."""
+    if isinstance(reference, ProductReference):
+        return tuple(b for f in reference.factors for b in blocks(f))
+    return (reference,)
+
+
+def map_blocks(reference, fn):
+    """``reference`` with every leaf block b replaced by ``fn(b)`` (products rebuilt around them)."""
+    if isinstance(reference, ProductReference):
+        return ProductReference(tuple(map_blocks(f, fn) for f in reference.factors))
+    return fn(reference)
+
+
 @dataclass(frozen=True)
 class ProductReference:
     """``q_0 = prod_b factors[b]`` over consecutive coordinate blocks of sizes ``factors[b].dim``."""
