@@ -13,7 +13,8 @@ the accuracy statement for ``ocm``.
 ``empirical``: the full-family leading-constant integrand E||grad^3 log q_t||^2 for N random points
 in d dimensions by Monte Carlo over x_t (Gram form), with its standard error, at three noise levels.
 ``refine``: E J_t at chosen steps under the fast (Gauss-Hermite) rule, Gauss-Hermite at 32 and 64
-nodes, the fine (lattice) rule and a finer one: the accuracy statement for d = 2.
+nodes, the fine (paired lattice) rule with its a-posteriori estimates, a finer one (finer outer
+and inner rules, tighter tolerance) and, at small T, route (b): the accuracy statement for d = 2.
 ``mc``: Monte Carlo path KL (pathkl.mixture_mc) of a rotated d-dimensional K-component mixture at
 T = 100 and 1000: time, value, SE, and the variance-reduction factor of the control variates (the same
 seed without them).
@@ -22,6 +23,7 @@ seed without them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -77,16 +79,22 @@ def refine(args) -> None:
     idx = torch.tensor([int(t) for t in args.at.split(",")])
     rules = {"fast": mk.FAST, "hermite-32": mk.Quadrature.hermite(32, inner=12, separated=48),
              "hermite-64": mk.Quadrature.hermite(64, inner=12, separated=48), "fine": mk.FINE,
-             "finer": mk.Quadrature(resolution=1.5, inner=16, separated=64)}
-    values = {}
+             "finer": dataclasses.replace(mk.FINE, resolution=1.4, coarse=0.2, inner=32, separated=128,
+                                          near_gaussian=0.35, tolerance=1e-11)}
+    values, estimates = {}, {}
     for name, quad in rules.items():
         start = time.perf_counter()
-        values[name] = mk.expected_negentropy_at(reference, grid, idx, quad)
+        values[name], estimates[name] = mk.expected_negentropy_at(reference, grid, idx, quad)
         print(f"{args.ref} T={args.T} {name:10s} ({time.perf_counter() - start:6.1f} s)", flush=True)
+    if args.T <= 16:
+        values["route (b)"] = torch.tensor([mk.negentropy_chain_rule(reference, grid, t, mk.FINE) for t in idx.tolist()])
     best = values["finer"]
     print("E J_t at t = " + ", ".join(map(str, idx.tolist())) + "; relative difference from 'finer':")
     for name, v in values.items():
         print(f"  {name:10s} " + "  ".join(f"{float(e):+.1e}" for e in (v - best) / best))
+    print("a-posteriori estimates, relative:")
+    for name in ("fine", "finer"):
+        print(f"  {name:10s} " + "  ".join(f"{float(e):.1e}" for e in estimates[name] / values[name]))
 
 
 def _rotated(d: int, k: int) -> MixtureReference:

@@ -52,8 +52,6 @@ from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 
 #: Largest dimension handled by quadrature.
 MAX_QUADRATURE_DIM = 3
-# A kernel is "nearly Gaussian" (N-form) when every |zeta_k| and ||R_k||_F is below this.
-_NEAR_GAUSSIAN = 1.0
 # Points whose negentropy is certified below this (absolute) are skipped: see _negentropy_bound.
 _SKIP_BELOW = 1e-24
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
@@ -82,7 +80,22 @@ class Quadrature:
     mixture it moved by 1e-2 between 32 and 64 nodes, where the lattice converges geometrically.
 
     Inner, J: Gauss-Hermite with ``inner`` nodes per dimension where the kernel is nearly Gaussian
-    (N-form) and ``separated`` where it is not (q-form), module docstring.
+    (N-form: every ``|zeta_k|`` and ``||R_k||_F`` at most ``near_gaussian``) and ``separated`` where
+    it is not (q-form), module docstring. The N-form's integrand has a spike of width
+    ``sqrt(1 - r)`` for each eigenvalue r of ``R_k``: at T = 16 (rotated mixture, step 4) the
+    N-form up to size 1 moved by 2e-7 from 24 to 48 nodes, up to size 0.5 by < 1e-13.
+
+    A-posteriori control (``tolerance > 0``): every outer rule is a pair, the lattice with its copy
+    shifted by ``h/2`` in every coordinate (Gauss-Hermite: ``smooth`` with ``3 smooth / 2`` nodes).
+    The value is the pair's mean and the estimate half their difference: the shift flips the sign of
+    the lattice's odd aliasing terms, the leading error of either rule, which cancel in the mean.
+    Steps whose estimate exceeds ``tolerance`` times their value are refined by half-octaves
+    (``h -> h / sqrt 2``; Gauss-Hermite -> lattice at ``coarse``) until it does, two refinements in a
+    row fail to halve it (the inner rule's error, which outer nodes cannot remove: T = 4, step 1 of
+    the rotated mixture stalls at 7e-6) or the lattice would not fit in memory; the value with the
+    best estimate is kept and the estimate reported as it stands. The a-priori spacing misses
+    what the kernel adds at large ``beta_t / alpha_t``: at T = 16, step 4 of the rotated mixture needs
+    ``h ~ 0.1`` where the switching sharpness alone allows 0.3.
     """
 
     resolution: float = 2.0
@@ -91,6 +104,13 @@ class Quadrature:
     smooth: int = 24
     inner: int = 12
     separated: int = 48
+    near_gaussian: float = 1.0
+    tolerance: float = 0.0
+
+    @property
+    def paired(self) -> bool:
+        """Whether rules come in pairs with an a-posteriori error estimate (``tolerance > 0``)."""
+        return self.tolerance > 0
 
     @staticmethod
     def hermite(outer: int, *, inner: int, separated: int) -> Quadrature:
@@ -98,11 +118,11 @@ class Quadrature:
         return Quadrature(smooth_below=math.inf, smooth=outer, inner=inner, separated=separated)
 
 
-#: The accurate rule: lattice where the posterior weights switch sharply, Gauss-Hermite elsewhere.
-#: On the rotated mixture at T = 1024, 1e-10 relative per step against a finer rule (benchmarks/
-#: bench_mixture.py refine), at ~1e2-1e3 times the cost of FAST at the low-noise steps. At small T
-#: (strongly non-Gaussian kernels: T = 16, steps 4-6) inner and outer nodes both still move it by ~1e-5.
-FINE = Quadrature()
+#: The accurate rule: lattice where the posterior weights switch sharply, Gauss-Hermite elsewhere,
+#: paired, each step refined to an a-posteriori estimate of 1e-9 relative; inner rules converged
+#: to ~1e-13 on the rotated mixture from T = 16 (doubling inner, separated and near_gaussian moved no
+#: step by more than 1e-13). ~1e2-1e3 times the cost of FAST at the low-noise steps.
+FINE = Quadrature(inner=24, separated=96, near_gaussian=0.5, tolerance=1e-9)
 #: Gauss-Hermite everywhere (14 outer, 6 inner, 12 separated nodes): the default in d = 2, 3 and for
 #: ``pathkl rates``. Its per-step errors reach 1e-2 where the posterior weights switch sharply, and
 #: the rotated mixture's path KLs are off by up to 0.5% (its T^p steps against FINE's predicted
@@ -163,15 +183,21 @@ def _hermite(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights).to(DTYPE)
 
 
+def _lattice_size(h: float, d: int) -> float:
+    """About how many nodes ``h Z^d`` has inside the ball of radius 9.1."""
+    return math.pi ** (d / 2) / math.gamma(d / 2 + 1) * (_RADIUS / h) ** d
+
+
 @functools.lru_cache(maxsize=64)
-def _lattice(h: float, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trapezoid rule for E_{N(0, I_d)} on ``h Z^d`` inside the ball of radius 9.1: nodes, weights."""
-    size = math.pi ** (d / 2) / math.gamma(d / 2 + 1) * (_RADIUS / h) ** d
+def _lattice(h: float, d: int, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trapezoid rule for E_{N(0, I_d)} on ``h Z^d`` (``shifted``: ``h (Z + 1/2)^d``) inside the ball
+    of radius 9.1: nodes, weights."""
+    size = _lattice_size(h, d)
     if size > _MAX_LATTICE:
         raise InputError(f"the fine quadrature needs {size:.1e} lattice nodes per component here (d = {d}, "
                          f"spacing {h:.3g}); use the fast rule")
     m = int(_RADIUS / h)
-    axis = np.arange(-m, m + 1) * h
+    axis = (np.arange(-m - 1, m + 1) + 0.5) * h if shifted else np.arange(-m, m + 1) * h
     nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*([axis] * d), indexing="ij")], axis=1)
     nodes = nodes[(nodes**2).sum(1) <= _RADIUS**2]
     weights = np.exp(-0.5 * (nodes**2).sum(1))
@@ -247,11 +273,24 @@ def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
     return torch.where(seen[..., j] & seen[..., l], sq, 0.0).flatten(1).amax(1).sqrt()
 
 
+def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The rule for E_{N(0, I_d)} at spacing h (Gauss-Hermite where ``h = inf``): nodes, weights and,
+    for a paired rule (:class:`Quadrature`), signs: +1 on the first rule's nodes, -1 on the second's,
+    so that ``sum(w f)`` is the pair's mean and ``|sum(w s f)|`` half their difference."""
+    if not quad.paired:
+        return *(_hermite(quad.smooth, d) if h == math.inf else _lattice(h, d)), None
+    pair = ((_hermite(quad.smooth, d), _hermite(3 * quad.smooth // 2, d)) if h == math.inf
+            else (_lattice(h, d), _lattice(h, d, True)))
+    signs = torch.cat([torch.ones(pair[0][1].numel(), dtype=DTYPE), -torch.ones(pair[1][1].numel(), dtype=DTYPE)])
+    return torch.cat([pair[0][0], pair[1][0]]), 0.5 * torch.cat([pair[0][1], pair[1][1]]), signs
+
+
 def level_rule(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, h: float, quad: Quadrature):
-    """``outer_nodes`` for spacing h: Gauss-Hermite (``smooth`` nodes) where ``h = inf``, else the lattice."""
-    if h == math.inf:
-        return outer_nodes(reference, abar, one_minus_abar, _hermite(quad.smooth, reference.dim))
-    return outer_nodes(reference, abar, one_minus_abar, _lattice(h, reference.dim))
+    """``outer_nodes`` for spacing h (:func:`standard_rule`) and the signs of a paired rule (or None),
+    repeated over components like the weights."""
+    xi, wq, signs = standard_rule(h, reference.dim, quad)
+    x, w = outer_nodes(reference, abar, one_minus_abar, (xi, wq))
+    return x, w, None if signs is None else signs.repeat_interleave(reference.size)
 
 
 # ---- J: KL of a whitened mixture against N(0, I) ------------------------------------------------
@@ -353,13 +392,13 @@ def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
     return torch.where(ratio <= 0.5, bound, torch.full_like(bound, math.inf))
 
 
-def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int) -> torch.Tensor:
+def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int, near_gaussian: float = 1.0) -> torch.Tensor:
     """J per batch entry: skipped (0) where certified below 1e-24, N-form with ``nodes`` where nearly
-    Gaussian, q-form with ``separated`` nodes elsewhere."""
+    Gaussian (size at most ``near_gaussian``, :class:`Quadrature`), q-form with ``separated`` nodes elsewhere."""
     out = torch.zeros(mix.log_weights.shape[0], dtype=DTYPE)
     active = _negentropy_bound(mix) > _SKIP_BELOW
     size = (mix.zeta.norm(dim=-1).amax(-1)).maximum(torch.linalg.matrix_norm(mix.r).amax(-1))
-    near = size <= _NEAR_GAUSSIAN
+    near = size <= near_gaussian
     k, d = mix.zeta.shape[-2:]
     for form, mask, n in (("N", active & near, nodes), ("q", active & ~near, separated)):
         idx = torch.nonzero(mask).flatten()
@@ -368,6 +407,10 @@ def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int) -> torch.Ten
             sel = idx[start : start + batch]
             out[sel] = whitened_kl(_subset(mix, sel), nodes=n, form=form)
     return out
+
+
+def _negentropy_by(quad: Quadrature, mix: WhitenedMixture) -> torch.Tensor:
+    return negentropy(mix, nodes=quad.inner, separated=quad.separated, near_gaussian=quad.near_gaussian)
 
 
 def reverse_kernel_whitened(reference, post, abar, kappa, g) -> WhitenedMixture:
@@ -399,19 +442,27 @@ class _StepNodes:
 
     idx: torch.Tensor  # (S,) steps t
     weights: torch.Tensor  # (P,)
+    signs: torch.Tensor | None  # (P,): a paired rule's signs (standard_rule)
     post: object
     g: torch.Tensor
     c: torch.Tensor
     abar: torch.Tensor  # (S, 1)
 
+    def integrate(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_{q_t}`` of values (S, P) and its a-posteriori error estimate (NaN for a single rule)."""
+        value = (values * self.weights).sum(-1)
+        if self.signs is None:
+            return value, torch.full_like(value, math.nan)
+        return value, (values * (self.weights * self.signs)).sum(-1).abs()
+
 
 def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
     abar, om = grid.abar[idx], grid.one_minus_abar[idx]
-    x, w = level_rule(reference, abar, om, h, quad)
+    x, w, signs = level_rule(reference, abar, om, h, quad)
     post = reference.posterior(x, abar[:, None], om[:, None])
     g = reference.excess(post, abar[:, None])
     c = reference.posterior_cov_dense(post, abar[:, None], om[:, None])
-    return _StepNodes(idx, w, post, g, c, abar[:, None])
+    return _StepNodes(idx, w, signs, post, g, c, abar[:, None])
 
 
 def _grid_key(grid: Grid, quad: Quadrature):
@@ -419,8 +470,9 @@ def _grid_key(grid: Grid, quad: Quadrature):
 
 
 def step_spacings(reference, grid: Grid, quad: Quadrature) -> torch.Tensor:
-    """The outer spacing h of steps t = 1..T, cached per grid: :func:`spacing` at every ``stride``-th
-    step (at most 257 levels), each step taking the smaller h of the two sampled levels around it."""
+    """The a-priori outer spacing h of steps t = 1..T, cached per grid: :func:`spacing` at every
+    ``stride``-th step (at most 257 levels), each step taking the smaller h of the two sampled levels
+    around it."""
     key = ("h",) + _grid_key(grid, quad)
     if key not in reference._cache:
         stride = -(-grid.T // 256)
@@ -431,66 +483,100 @@ def step_spacings(reference, grid: Grid, quad: Quadrature) -> torch.Tensor:
     return reference._cache[key]
 
 
-def _rule_size(reference, h: float, quad: Quadrature) -> int:
-    return (quad.smooth**reference.dim if h == math.inf else _lattice(h, reference.dim)[1].numel())
-
-
 def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
     """Positions in h grouped by equal spacing, in chunks that fit the memory budget: (positions, h)."""
     for value in torch.unique(h).tolist():
         members = torch.nonzero(h == value).flatten()
-        per_level = reference.size**2 * _rule_size(reference, value, quad) * reference.dim**2
+        per_level = reference.size**2 * standard_rule(value, reference.dim, quad)[1].numel() * reference.dim**2
         for chunk in torch.split(members, max(1, _BATCH_ELEMENTS // per_level)):
             yield chunk, value
 
 
-def _chunks(reference, grid: Grid, quad: Quadrature):
-    """Steps t grouped by outer spacing, in chunks that fit the memory budget: (steps, h)."""
-    for chunk, value in _by_spacing(reference, step_spacings(reference, grid, quad), quad):
-        yield chunk + 1, value
+def _finer(h: float, quad: Quadrature) -> float:
+    """The next spacing when refining: the coarse lattice after Gauss-Hermite, else half an octave
+    finer (kept on the quarter-octaves of ``coarse``, so refined steps share lattices)."""
+    if h == math.inf:
+        return quad.coarse
+    return quad.coarse * 2.0 ** (-(round(4.0 * math.log2(quad.coarse / h)) + 2) / 4)
+
+
+def _refined_negentropies(reference, grid: Grid, steps: torch.Tensor, h: torch.Tensor, quad: Quadrature):
+    """``E_{q_t} J_t`` at ``steps`` from spacings h, refined while a step's best estimate exceeds
+    ``quad.tolerance`` of its value, until two refinements in a row fail to halve it (:class:`Quadrature`):
+    values, estimates and the spacings they came from. Coarse lattices' estimates are erratic (at h = 0.85
+    one came out 5x below the error, the next one 5x above), hence two; a stall that lasts is the inner
+    rule's error, which finer outer nodes cannot remove."""
+    h, trial = h.clone(), h.clone()
+    values = torch.empty(steps.numel(), dtype=DTYPE)
+    errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE)
+    stalls = torch.zeros(steps.numel(), dtype=torch.long)
+    pending = torch.arange(steps.numel())
+    while pending.numel():
+        new_values, new_errors = torch.empty(pending.numel(), dtype=DTYPE), torch.empty(pending.numel(), dtype=DTYPE)
+        for sel, value in _by_spacing(reference, trial[pending], quad):
+            new_values[sel], new_errors[sel] = _expected_negentropy(reference, grid, steps[pending[sel]], value, quad)
+        improved = ~(new_errors >= 0.5 * errors[pending])  # NaN (a single rule) counts as improved
+        at = pending[improved]
+        values[at], errors[at], h[at] = new_values[improved], new_errors[improved], trial[at]
+        stalls[at] = 0
+        stalls[pending[~improved]] += 1
+        if not quad.paired:
+            break
+        pending = pending[(stalls[pending] < 2) & (errors[pending] > quad.tolerance * values[pending])]
+        finer = torch.tensor([_finer(v, quad) for v in trial[pending].tolist()], dtype=DTYPE)
+        fits = torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in finer.tolist()], dtype=torch.bool)
+        pending = pending[fits]
+        trial[pending] = finer[fits]
+    return values, errors, h
 
 
 def expected_negentropies(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
     """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)), cached per (reference, grid, quadrature)."""
+    return _negentropies(reference, grid, quad)[0]
+
+
+def expected_negentropy_errors(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
+    """A-posteriori error estimates of :func:`expected_negentropies` (NaN unless the rule is paired)."""
+    return _negentropies(reference, grid, quad)[1]
+
+
+def _negentropies(reference, grid: Grid, quad: Quadrature | None):
+    """(values, estimates, refined spacings) for t = 1..T, cached."""
     _check_dim(reference)
     quad = quad or quadrature_of(reference)
     key = ("J",) + _grid_key(grid, quad)
     if key not in reference._cache:
-        out = torch.empty(grid.T, dtype=DTYPE)
-        for idx, h in _chunks(reference, grid, quad):
-            out[idx - 1] = _expected_negentropy(reference, grid, idx, h, quad)
-        reference._cache[key] = out
+        steps = torch.arange(1, grid.T + 1)
+        reference._cache[key] = _refined_negentropies(reference, grid, steps, step_spacings(reference, grid, quad), quad)
     return reference._cache[key]
 
 
-def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature | None = None) -> torch.Tensor:
-    """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t)."""
+def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor,
+                           quad: Quadrature | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t) and its a-posteriori estimates."""
     quad = quad or quadrature_of(reference)
     h = spacing(reference, grid.abar[idx], grid.one_minus_abar[idx], quad)
-    out = torch.empty(idx.numel(), dtype=DTYPE)
-    for sel, value in _by_spacing(reference, h, quad):
-        out[sel] = _expected_negentropy(reference, grid, idx[sel], value, quad)
-    return out
+    return _refined_negentropies(reference, grid, idx, h, quad)[:2]
 
 
-def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> torch.Tensor:
-    """``E_{q_t} J_t`` on one lattice. Nodes whose certified bounds (:func:`_negentropy_bound`) add
-    up to < 1e-13 of all bounds are left out, and the sum of their bounds is checked afterwards to be
-    < 1e-12 of the result (else they are computed too): the low-noise steps' J lives on the thin
-    bands where the posterior weights switch, so most lattice nodes are left out."""
+def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
+    """``E_{q_t} J_t`` on one lattice and its estimate. Nodes whose certified bounds
+    (:func:`_negentropy_bound`) add up to < 1e-13 of all bounds are left out, and the sum of their
+    bounds is checked afterwards to be < 1e-12 of the result (else they are computed too): the
+    low-noise steps' J lives on the thin bands where the posterior weights switch, so most lattice
+    nodes are left out."""
     nodes = _step_nodes(reference, grid, idx, h, quad)
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
     bound = _negentropy_bound(mix).reshape(idx.numel(), -1) * nodes.weights
     keep = _above_negligible(bound)
     j = torch.zeros_like(bound)
-    j[keep] = negentropy(_subset(mix, keep.flatten()), nodes=quad.inner, separated=quad.separated)
+    j[keep] = _negentropy_by(quad, _subset(mix, keep.flatten()))
     out = (j * nodes.weights).sum(-1)
     unsure = (torch.where(keep, 0.0, bound).sum(-1) > 1e-12 * out)[:, None] & ~keep
     if unsure.any():
-        j[unsure] = negentropy(_subset(mix, unsure.flatten()), nodes=quad.inner, separated=quad.separated)
-        out = (j * nodes.weights).sum(-1)
-    return out
+        j[unsure] = _negentropy_by(quad, _subset(mix, unsure.flatten()))
+    return nodes.integrate(j)
 
 
 def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
@@ -510,19 +596,37 @@ def step_kls(reference, grid: Grid, family, quad: Quadrature | None = None, *,
              mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
     """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: E J plus the family's Gaussian part.
     ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product (``analytic``)."""
+    return step_kls_and_errors(reference, grid, family, quad, mean_g=mean_g)[0], None
+
+
+def step_kls_and_errors(reference, grid: Grid, family, quad: Quadrature | None = None, *,
+                        mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`step_kls` and the per-step a-posteriori error estimates (NaN unless the rule is paired),
+    cached per family when ``mean_g`` is None. The Gaussian parts use the steps' refined spacings."""
     quad = quad or quadrature_of(reference)
-    out = expected_negentropies(reference, grid, quad).clone()
-    if family.name == "full":
-        return out, None
-    for idx, h in _chunks(reference, grid, quad):
-        nodes = _step_nodes(reference, grid, idx, h, quad)
-        if mean_g is None:
-            own = _mean_trace(nodes.g, nodes.weights)[:, None, None]
-        else:
-            own = mean_g[idx - 1][:, None, None]
-        step = ReverseStep.at(grid, idx[:, None, None], g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=own)
-        out[idx - 1] += (family.gaussian_step_kl(step) * nodes.weights).sum(-1)
-    return out, None
+    key = ("steps", family) + _grid_key(grid, quad)
+    if mean_g is None and key in reference._cache:
+        return reference._cache[key]
+    values, errors, h = (part.clone() for part in _negentropies(reference, grid, quad))
+    if family.name != "full":
+        for idx, value in _by_spacing(reference, h, quad):
+            nodes = _step_nodes(reference, grid, idx + 1, value, quad)
+            own = _mean_trace(nodes.g, nodes.weights)[:, None, None] if mean_g is None else mean_g[idx][:, None, None]
+            step = ReverseStep.at(grid, idx[:, None, None] + 1, g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=own)
+            part, error = nodes.integrate(family.gaussian_step_kl(step))
+            values[idx] += part
+            errors[idx] += error
+    if mean_g is None:
+        reference._cache[key] = values, errors
+    return values, errors
+
+
+def steps_quadrature_error(reference, grid: Grid, family, *, first_step: int = 1) -> float | None:
+    """The sum of the a-posteriori estimates of steps ``first_step..T`` when ``reference`` is a 2-D or
+    3-D mixture on a paired rule (:class:`Quadrature`), else None. Reuses :func:`step_kls_and_errors`'s cache."""
+    if not (_has_rule_choice(reference) and reference._monte_carlo() is None and quadrature_of(reference).paired):
+        return None
+    return math.fsum(step_kls_and_errors(reference, grid, family)[1][first_step - 1 :].tolist())
 
 
 def _mean_trace(g: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -539,7 +643,7 @@ def expected_trace_excess(reference, lv: NoiseLevel, quad: Quadrature | None = N
     om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
     out = torch.empty_like(flat)
     for sel, value in _by_spacing(reference, spacing(reference, flat, om, quad), quad):
-        x, w = level_rule(reference, flat[sel], om[sel], value, quad)
+        x, w, _ = level_rule(reference, flat[sel], om[sel], value, quad)
         g = reference.excess(reference.posterior(x, flat[sel, None], om[sel, None]), flat[sel, None])
         out[sel] = reference.dim * _mean_trace(g, w)
     return out.reshape(abar.shape)
@@ -559,13 +663,13 @@ def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> fl
         reference.covs.dense(lv.abar * (1.0 - reference.eigenvalues))[None],
     )
     size = float(mix.zeta.norm(dim=-1).max().maximum(torch.linalg.matrix_norm(mix.r).max()))
-    near = size <= _NEAR_GAUSSIAN
+    near = size <= quad.near_gaussian
     return float(whitened_kl(mix, nodes=quad.inner if near else quad.separated, form="N" if near else "q")[0])
 
 
 def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
     h = float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0])
-    x, w = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
+    x, w, _ = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
     return reference.posterior(x, lv.abar, lv.one_minus_abar), w
 
 

@@ -14,8 +14,9 @@ from pathkl import mixture_kl as mk
 from pathkl.cli import COMMANDS, main
 from pathkl.covariances import FAMILIES, get_family
 from pathkl.pathspace import path_kl
-from pathkl.presets import PRESETS, rotated_mixture
+from pathkl.presets import PRESETS
 from pathkl.rates import fit_order, predicted_constant
+from pathkl.refspec import load_reference
 from pathkl.schedules import VPLinear, get_schedule, grid_from_chain, grid_from_taus
 
 # The text output prints 12 significant digits: relative rounding error <= 5e-12.
@@ -223,16 +224,24 @@ def test_help_exits_0_and_shows_an_example(argv, capsys):
     assert "example" in out.lower() and "pathkl " in out
 
 
-def test_kl_names_the_quadrature_rule_for_two_dimensional_mixtures(capsys):
-    """A 2-D mixture's digits depend on the rule: the text header and the JSON name it (and the fine
-    rule gives what the library gives with it); Gaussians and 1-D products have no such choice."""
+def test_kl_names_the_quadrature_rule_for_two_dimensional_mixtures(capsys, tmp_path):
+    """A 2-D mixture's digits depend on the rule: the text header and the JSON name it; the fine
+    rule gives what the library gives with it and prints its a-posteriori error estimate (a mild
+    mixture: the rotated one at T = 4 costs minutes on the fine rule); Gaussians and 1-D products
+    have no such choice."""
     code, out, _ = run(["kl", "--ref", "mog-rotated", "--cov", "diag", "--steps", "4"], capsys)
-    assert code == 0 and "(fast quadrature:" in out.splitlines()[0]
-    code, out, _ = run(["kl", "--ref", "mog-rotated", "--cov", "diag", "--steps", "4", "--quadrature", "fine",
-                        "--json"], capsys)
+    assert code == 0 and "(fast quadrature:" in out.splitlines()[0] and "quadrature error" not in out
+    spec = {"kind": "mog", "weights": [0.5, 0.5], "means": [[-0.4, 0.0], [0.4, 0.2]], "stds": [0.8, 0.7]}
+    path = tmp_path / "mild.json"
+    path.write_text(json.dumps(spec))
+    fine = ["kl", "--ref", str(path), "--cov", "diag", "--steps", "4", "--quadrature", "fine"]
+    code, out, _ = run(fine + ["--json"], capsys)
     doc = json.loads(out)
-    expected = path_kl(mk.with_quadrature(rotated_mixture(), mk.FINE), VPLinear().grid(4), FAMILIES["diag"])
+    expected = path_kl(mk.with_quadrature(load_reference(str(path)), mk.FINE), VPLinear().grid(4), FAMILIES["diag"])
     assert doc["quadrature"] == "fine" and doc["steps"] == expected.steps
+    assert 0 < doc["quadrature_error"] <= 1e-9 * doc["steps"]
+    code, out, _ = run(fine, capsys)
+    assert code == 0 and "estimated quadrature error" in out
     for ref in ("gaussian-2d", "mog-ocm-grid"):
         code, out, _ = run(["kl", "--ref", ref, "--steps", "4", "--json"], capsys)
         assert "quadrature" not in json.loads(out)

@@ -3,6 +3,7 @@ by the two routes): the lattice outer rule converges where Gauss-Hermite does no
 is accurate to 1e-8 at every T, and route (a) (whitened negentropy) meets route (b) (entropy chain rule).
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -49,10 +50,10 @@ def test_lattice_converges_where_gauss_hermite_does_not():
     fraction of a component's width). Gauss-Hermite at 16, 32, 48 nodes scatters by > 1e-5; the FINE
     lattice rule agrees with a finer one (resolution 1.5) to 1e-8 (measured: 8e-9 at 2.0)."""
     reference, grid, idx = rotated_mixture(), VPLinear().grid(1024), torch.tensor([150])
-    hermite = [float(mk.expected_negentropy_at(reference, grid, idx, mk.Quadrature.hermite(n, inner=12, separated=48))[0])
+    hermite = [float(mk.expected_negentropy_at(reference, grid, idx, mk.Quadrature.hermite(n, inner=12, separated=48))[0][0])
                for n in (16, 32, 48)]
-    fine = float(mk.expected_negentropy_at(reference, grid, idx, mk.FINE)[0])
-    finer = float(mk.expected_negentropy_at(reference, grid, idx, mk.Quadrature(resolution=1.5))[0])
+    fine = float(mk.expected_negentropy_at(reference, grid, idx, mk.FINE)[0][0])
+    finer = float(mk.expected_negentropy_at(reference, grid, idx, mk.Quadrature(resolution=1.5))[0][0])
     assert fine == pytest.approx(finer, rel=1e-8)
     assert max(abs(h - finer) for h in hermite) > 1e-5 * finer
 
@@ -78,3 +79,34 @@ def test_fine_rule_refuses_a_lattice_too_large_for_memory():
     with pytest.raises(InputError, match="fast rule") as err:
         mk.expected_negentropy_at(reference, grid, torch.tensor([1]), mk.FINE)
     assert "\n" not in str(err.value)
+
+
+def test_paired_rule_estimate_covers_its_error():
+    """E cos(w . xi) = exp(-|w|^2 / 2) exactly. The lattice's error is its aliasing at 2 pi / h - |w|:
+    the shifted copy flips the odd terms, so half the pair's difference is about the single rule's
+    error and the pair's mean is far better than either."""
+    omega = torch.tensor([3.0, 2.0], dtype=torch.float64)
+    exact = math.exp(-0.5 * float(omega @ omega))
+    h = 0.9
+    nodes, weights, signs = mk.standard_rule(h, 2, mk.FINE)
+    values = torch.cos(nodes @ omega)
+    mean, estimate = float((weights * values).sum()), float((weights * signs * values).sum().abs())
+    single_nodes, single_weights, none = mk.standard_rule(h, 2, mk.FAST.__class__(coarse=h))
+    single_error = abs(float((single_weights * torch.cos(single_nodes @ omega)).sum()) - exact)
+    assert none is None and single_error > 1e-6 * exact  # a rule coarse enough for the check to bite
+    assert abs(mean - exact) <= 1e-3 * estimate
+    assert 0.5 * single_error <= estimate <= 2.0 * single_error
+
+
+def test_refinement_meets_the_tolerance_from_too_coarse_a_start():
+    """A rule whose a-priori spacing is far too coarse (h = 1.2 at step 6 of T = 16): the estimate
+    sends it down by half-octaves until the estimate is 1e-9 of the value, and the result then
+    meets route (b), which the single coarse rule misses by > 1e-6."""
+    reference, grid, idx = rotated_mixture(), VPLinear().grid(16), torch.tensor([6])
+    coarse = dataclasses.replace(mk.FINE, coarse=1.2, resolution=100.0)
+    value, estimate = (float(v[0]) for v in mk.expected_negentropy_at(reference, grid, idx, coarse))
+    single = float(mk.expected_negentropy_at(reference, grid, idx, dataclasses.replace(coarse, tolerance=0.0))[0][0])
+    route_b = mk.negentropy_chain_rule(reference, grid, 6, mk.FINE)
+    assert estimate <= 1e-9 * value
+    assert value == pytest.approx(route_b, rel=1e-9, abs=0)
+    assert abs(single - route_b) > 1e-6 * route_b
