@@ -28,9 +28,12 @@ the rule only sees the switching between modes; the earlier ``phi(1/rho - 1)`` i
 Gaussian (eps nearly polynomial: Gauss-Hermite is all but exact), the q-form where it is not (its
 nodes follow each component, so separated modes are integrated where their mass is).
 
-The outer expectation over ``x_t ~ q_t = sum_j pi_j N(sqrt(abar) m_j, V_j)`` is a Gauss-Hermite tensor
-rule in each component's own coordinates. Accuracy is shown by node refinement and by the entropy
-chain rule (:func:`negentropy_chain_rule`), an independent route (tests/test_mixture.py).
+The outer expectation over ``x_t ~ q_t = sum_j pi_j N(sqrt(abar) m_j, V_j)`` is taken in each
+component's own coordinates, by Gauss-Hermite or, where the posterior weights switch sharply, by a
+lattice (:class:`Quadrature`); the fine rule pairs each lattice with a shifted copy for an
+a-posteriori error estimate and refines to it. Accuracy is shown by those estimates, by node
+refinement and by the entropy chain rule (:func:`negentropy_chain_rule`), an independent route
+(tests/test_mixture.py, tests/test_mixture_accuracy.py).
 """
 
 from __future__ import annotations
