@@ -82,11 +82,12 @@ class Quadrature:
     ``S <= smooth_below``. Gauss-Hermite has no such control: at the low-noise steps of the rotated
     mixture it moved by 1e-2 between 32 and 64 nodes, where the lattice converges geometrically.
 
-    Inner, J: Gauss-Hermite with ``inner`` nodes per dimension where the kernel is nearly Gaussian
-    (N-form: every ``|zeta_k|`` and ``||R_k||_F`` at most ``near_gaussian``) and ``separated`` where
-    it is not (q-form), module docstring. The N-form's integrand has a spike of width
-    ``sqrt(1 - r)`` for each eigenvalue r of ``R_k``: at T = 16 (rotated mixture, step 4) the
-    N-form up to size 1 moved by 2e-7 from 24 to 48 nodes, up to size 0.5 by < 1e-13.
+    Inner, J: Gauss-Hermite where the kernel is nearly Gaussian (N-form: every ``|zeta_k| <= 1`` and
+    ``||R_k||_F <= near_gaussian``), with ``inner`` nodes per dimension where both are at most
+    ``near_gaussian / 2`` and ``inner_wide`` (None: ``inner``) above; ``separated`` nodes where it is not (q-form),
+    module docstring. The N-form's integrand narrows to width ``sqrt(1 - r)`` for each eigenvalue r
+    of ``R_k``: at T = 16 (rotated mixture, step 4) the N-form up to ``||R_k||_F = 1`` with 12 nodes
+    was off by 2e-5, with 48 by 2e-7.
 
     A-posteriori control (``tolerance > 0``): every outer rule is a pair, the lattice with its copy
     shifted by ``h/2`` in every coordinate (Gauss-Hermite: ``smooth`` with ``3 smooth / 2`` nodes).
@@ -95,7 +96,7 @@ class Quadrature:
     Steps whose estimate exceeds ``tolerance`` times their value are refined by half-octaves
     (``h -> h / sqrt 2``; Gauss-Hermite -> lattice at ``coarse``) until it does, two refinements in a
     row fail to halve it (the inner rule's error, which outer nodes cannot remove: T = 4, step 1 of
-    the rotated mixture stalls at 7e-6) or the lattice would not fit in memory; the value with the
+    the rotated mixture stalls near 1e-5) or the lattice would not fit in memory; the value with the
     best estimate is kept and the estimate reported as it stands. The a-priori spacing misses
     what the kernel adds at large ``beta_t / alpha_t``: at T = 16, step 4 of the rotated mixture needs
     ``h ~ 0.1`` where the switching sharpness alone allows 0.3.
@@ -106,6 +107,7 @@ class Quadrature:
     smooth_below: float = 1.0
     smooth: int = 24
     inner: int = 12
+    inner_wide: int | None = None
     separated: int = 48
     near_gaussian: float = 1.0
     tolerance: float = 0.0
@@ -122,10 +124,11 @@ class Quadrature:
 
 
 #: The accurate rule: lattice where the posterior weights switch sharply, Gauss-Hermite elsewhere,
-#: paired, each step refined to an a-posteriori estimate of 1e-9 relative; inner rules converged
-#: to ~1e-13 on the rotated mixture from T = 16 (doubling inner, separated and near_gaussian moved no
-#: step by more than 1e-13). ~1e2-1e3 times the cost of FAST at the low-noise steps.
-FINE = Quadrature(inner=24, separated=96, near_gaussian=0.5, tolerance=1e-9)
+#: paired, each step refined to an a-posteriori estimate of 1e-9 relative. Inner rules converged on
+#: the rotated mixture from T = 16 on: against inner 48, separated 128 and a smaller near_gaussian,
+#: no step of T = 16 moves by more than 4e-11 (T = 1024: 1e-11). ~1e3 times the cost of FAST at the
+#: low-noise steps.
+FINE = Quadrature(inner_wide=36, separated=96, near_gaussian=0.5, tolerance=1e-9)
 #: Gauss-Hermite everywhere (14 outer, 6 inner, 12 separated nodes): the default in d = 2, 3 and for
 #: ``pathkl rates``. Its per-step errors reach 1e-2 where the posterior weights switch sharply, and
 #: the rotated mixture's path KLs are off by up to 0.5% (its T^p steps against FINE's predicted
@@ -395,16 +398,20 @@ def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
     return torch.where(ratio <= 0.5, bound, torch.full_like(bound, math.inf))
 
 
-def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int, near_gaussian: float = 1.0) -> torch.Tensor:
-    """J per batch entry: skipped (0) where certified below 1e-24, N-form with ``nodes`` where nearly
-    Gaussian (size at most ``near_gaussian``, :class:`Quadrature`), q-form with ``separated`` nodes elsewhere."""
+def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int, near_gaussian: float = 1.0,
+               wide: int | None = None) -> torch.Tensor:
+    """J per batch entry: skipped (0) where certified below 1e-24; N-form where nearly Gaussian
+    (every ``|zeta_k| <= 1`` and ``||R_k||_F <= near_gaussian``, :class:`Quadrature`) with ``nodes``
+    where both are at most ``near_gaussian / 2`` and ``wide`` (default ``nodes``) above; q-form with
+    ``separated`` nodes elsewhere."""
     out = torch.zeros(mix.log_weights.shape[0], dtype=DTYPE)
     active = _negentropy_bound(mix) > _SKIP_BELOW
-    size = (mix.zeta.norm(dim=-1).amax(-1)).maximum(torch.linalg.matrix_norm(mix.r).amax(-1))
-    near = size <= near_gaussian
+    zeta, r = mix.zeta.norm(dim=-1).amax(-1), torch.linalg.matrix_norm(mix.r).amax(-1)
+    small, near = zeta.maximum(r) <= 0.5 * near_gaussian, (zeta <= 1.0) & (r <= near_gaussian)
     k, d = mix.zeta.shape[-2:]
-    for form, mask, n in (("N", active & near, nodes), ("q", active & ~near, separated)):
-        idx = torch.nonzero(mask).flatten()
+    rules = (("N", small, nodes), ("N", near & ~small, wide or nodes), ("q", ~near, separated))
+    for form, mask, n in rules:
+        idx = torch.nonzero(active & mask).flatten()
         batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * n**d * d))
         for start in range(0, idx.numel(), batch):
             sel = idx[start : start + batch]
@@ -413,7 +420,8 @@ def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int, near_gaussia
 
 
 def _negentropy_by(quad: Quadrature, mix: WhitenedMixture) -> torch.Tensor:
-    return negentropy(mix, nodes=quad.inner, separated=quad.separated, near_gaussian=quad.near_gaussian)
+    return negentropy(mix, nodes=quad.inner, separated=quad.separated, near_gaussian=quad.near_gaussian,
+                      wide=quad.inner_wide)
 
 
 def reverse_kernel_whitened(reference, post, abar, kappa, g) -> WhitenedMixture:
