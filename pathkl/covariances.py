@@ -27,7 +27,7 @@ import torch
 
 from .errors import InputError
 from .operators import SymmetricOperator
-from .schedules import Grid, NoiseLevel
+from .schedules import Grid
 from .stable import u_minus_log1p
 
 
@@ -87,14 +87,6 @@ class Family:
         if self._defect_sq_norm is None:
             raise InputError(f"family {self.name!r} has no order-1 defect")
         return self._defect_sq_norm(g, mean_g)
-
-    def leading_integrand(self, reference, lv: NoiseLevel) -> float:
-        """``E_{q_tau} ||D||_F^2`` at one noise level (the integrand of the leading constant)."""
-        if self.order == 1:
-            return reference.expected_excess_functional(self.defect_sq_norm, lv)
-        if self.order == 2:
-            return reference.expected_third_derivative_sq_norm(lv)
-        raise InputError(f"family {self.name!r} claims no vanishing rate, so it has no leading constant")
 
 
 def _beta(step):

@@ -15,24 +15,12 @@ the MMD is degenerate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .errors import InputError
+from .estimate import Estimate
 
 OCM_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A Monte Carlo estimate and its standard error."""
-
-    value: float
-    stderr: float
-
-    def as_dict(self) -> dict:
-        return {"value": self.value, "stderr": self.stderr}
 
 
 def _blocks(x: torch.Tensor, y: torch.Tensor, blocks: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -45,7 +33,7 @@ def _blocks(x: torch.Tensor, y: torch.Tensor, blocks: int) -> tuple[tuple[torch.
 
 
 def _mean_and_stderr(values: torch.Tensor) -> Estimate:
-    return Estimate(float(values.mean()), float(values.std(unbiased=True) / values.numel() ** 0.5))
+    return Estimate(float(values.mean()), stderr=float(values.std(unbiased=True) / values.numel() ** 0.5))
 
 
 def _kernel(a: torch.Tensor, b: torch.Tensor, bandwidths) -> torch.Tensor:

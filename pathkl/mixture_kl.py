@@ -38,18 +38,18 @@ refinement and by the entropy chain rule (:func:`negentropy_chain_rule`), an ind
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.special
 import torch
 
 from .covariances import ReverseStep
 from .errors import InputError
+from .estimate import Estimate
 from .operators import Dense
-from .references.product import blocks, map_blocks
 from .schedules import DTYPE, Grid, NoiseLevel
 from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 
@@ -65,6 +65,9 @@ _RADIUS = math.sqrt(2.0 * math.log(1e18))
 _MAX_LATTICE = 4e5
 # Posterior log-odds beyond this are not a switch worth resolving (weight ratio e^-40).
 _LOG_ODDS_SEEN = 40.0
+# Rounding allowance, relative, added to every error: the terms of a step are positive (psi >= 0,
+# phi >= 0) or cancel to within this in the q-form's closed part.
+_ROUNDING = 1e-13
 
 
 @dataclass(frozen=True)
@@ -89,17 +92,13 @@ class Quadrature:
     of ``R_k``: at T = 16 (rotated mixture, step 4) the N-form up to ``||R_k||_F = 1`` with 12 nodes
     was off by 2e-5, with 48 by 2e-7.
 
-    A-posteriori control (``tolerance > 0``): every outer rule is a pair, the lattice with its copy
-    shifted by ``h/2`` in every coordinate (Gauss-Hermite: ``smooth`` with ``3 smooth / 2`` nodes).
-    The value is the pair's mean and the estimate half their difference: the shift flips the sign of
-    the lattice's odd aliasing terms, the leading error of either rule, which cancel in the mean.
-    Steps whose estimate exceeds ``tolerance`` times their value are refined by half-octaves
-    (``h -> h / sqrt 2``; Gauss-Hermite -> lattice at ``coarse``) until it does, two refinements in a
-    row fail to halve it (the inner rule's error, which outer nodes cannot remove: T = 4, step 1 of
-    the rotated mixture stalls near 1e-5) or the lattice would not fit in memory; the value with the
-    best estimate is kept and the estimate reported as it stands. At T = 16 (rotated mixture) the
-    a-priori spacings already meet 1e-9 (estimates <= 2e-11); what the estimates caught there was an
-    inner rule too coarse for the N-form, whose error made J(x) rough in x.
+    Every rule is a pair, so that each number comes with an a-posteriori error estimate. Outer: the
+    lattice with its copy shifted by ``h/2`` in every coordinate (the shift flips the sign of the
+    lattice's odd aliasing terms, so the pair's mean is the value and half their difference the
+    estimate); Gauss-Hermite ``smooth`` with ``smooth + smooth // 2`` nodes (value the larger rule,
+    estimate their whole difference). Inner: each Gauss-Hermite rule of n nodes with its companion of
+    ``n + n // 2`` (:func:`negentropy`). A step's error is the outer estimate plus the outer expectation
+    of the inner estimates plus the certified bounds of the points it skipped (docs/errors.md).
     """
 
     resolution: float = 2.0
@@ -110,12 +109,6 @@ class Quadrature:
     inner_wide: int | None = None
     separated: int = 48
     near_gaussian: float = 1.0
-    tolerance: float = 0.0
-
-    @property
-    def paired(self) -> bool:
-        """Whether rules come in pairs with an a-posteriori error estimate (``tolerance > 0``)."""
-        return self.tolerance > 0
 
     @staticmethod
     def hermite(outer: int, *, inner: int, separated: int) -> Quadrature:
@@ -123,62 +116,35 @@ class Quadrature:
         return Quadrature(smooth_below=math.inf, smooth=outer, inner=inner, separated=separated)
 
 
-#: The accurate rule: lattice where the posterior weights switch sharply, Gauss-Hermite elsewhere,
-#: paired, each step refined to an a-posteriori estimate of 1e-9 relative. Inner rules converged on
-#: the rotated mixture from T = 16 on: against inner 48, separated 128 and a smaller near_gaussian,
-#: no step of T = 16 moves by more than 4e-11 (T = 1024: 1e-11). ~1e3 times the cost of FAST at the
-#: low-noise steps.
-FINE = Quadrature(inner_wide=36, separated=96, near_gaussian=0.5, tolerance=1e-9)
-#: Gauss-Hermite everywhere (14 outer, 6 inner, 12 separated nodes): the default in d = 2, 3 and for
-#: ``pathkl rates``. Its per-step errors reach 1e-2 where the posterior weights switch sharply, and
-#: the rotated mixture's path KLs are off by up to 0.5% (its T^p steps against FINE's predicted
-#: constants): enough for the slopes, not for digits.
-FAST = Quadrature.hermite(14, inner=6, separated=12)
-#: One dimension: the accurate rule is cheap (< 1e-10 relative at T = 8 to 1000, tests/test_mixture_accuracy.py).
-FINE_1D = Quadrature(resolution=0.7, coarse=0.15, smooth=96, inner=48, separated=160)
-QUADRATURES = {"fast": FAST, "fine": FINE}
+#: The rules a step climbs, cheap to fine, until its error estimate meets the requested tolerance
+#: (d = 2, 3). The first is Gauss-Hermite everywhere (14 outer nodes); the others put a lattice where
+#: the posterior weights switch sharply and refine the inner rules. Measured on the rotated mixture
+#: (benchmarks/bench_mixture.py): the first meets 1e-6 at the high-noise steps, the lattices are
+#: needed at the low-noise steps of every T and for every step of T <= 16.
+LADDER = (
+    Quadrature.hermite(14, inner=6, separated=12),
+    Quadrature(smooth=24, inner=12, inner_wide=24, separated=48, near_gaussian=0.5),
+    Quadrature(inner_wide=36, separated=96, near_gaussian=0.5),
+    Quadrature(resolution=1.4, coarse=0.2, inner=24, inner_wide=48, separated=128, near_gaussian=0.35),
+)
+#: The ladder in one dimension, where fine rules are cheap.
+LADDER_1D = (
+    Quadrature(resolution=1.0, coarse=0.2, smooth=48, inner=24, inner_wide=48, separated=80, near_gaussian=0.5),
+    Quadrature(resolution=0.7, coarse=0.15, smooth=96, inner=48, inner_wide=96, separated=160, near_gaussian=0.5),
+    Quadrature(resolution=0.5, coarse=0.1, smooth=128, inner=64, inner_wide=128, separated=256, near_gaussian=0.35),
+    Quadrature(resolution=0.35, coarse=0.07, smooth=160, inner=96, inner_wide=192, separated=384, near_gaussian=0.25),
+)
 
 
-def default_quadrature(d: int) -> Quadrature:
-    """The default rule for dimension d: :data:`FINE_1D` in one dimension, :data:`FAST` above."""
-    return FINE_1D if d == 1 else FAST
-
-
-def quadrature_of(reference) -> Quadrature:
-    """The rule a mixture reference asks for (its ``quadrature`` field), else the default."""
-    return getattr(reference, "quadrature", None) or default_quadrature(reference.dim)
-
-
-def leading_quadrature(reference) -> Quadrature:
-    """The rule for the leading-constant integrands (no inner integral, so the accurate rule is
-    cheap): the reference's own if set, else :data:`FINE` (:data:`FINE_1D` in one dimension). With
-    :data:`FAST` the rotated mixture's predicted constants move by 0.3% (full) and 0.4% (diag), a
-    bias the measured constants of a FAST ladder share."""
-    return getattr(reference, "quadrature", None) or (FINE_1D if reference.dim == 1 else FINE)
-
-
-def _has_rule_choice(block) -> bool:
-    from .references import MixtureReference
-
-    return isinstance(block, MixtureReference) and 2 <= block.dim <= MAX_QUADRATURE_DIM
-
-
-def has_rule_choice(reference) -> bool:
-    """Whether ``reference`` has a mixture block of dimension 2 or 3 (where fast and fine differ)."""
-    return any(_has_rule_choice(b) for b in blocks(reference))
-
-
-def with_quadrature(reference, quad: Quadrature | None):
-    """``reference`` with every mixture block of dimension 2 or 3 set to ``quad`` (None: unchanged)."""
-    if quad is None:
-        return reference
-    return map_blocks(reference, lambda b: dataclasses.replace(b, quadrature=quad) if _has_rule_choice(b) else b)
+def ladder_for(d: int) -> tuple[Quadrature, ...]:
+    """The ladder of rules for dimension d."""
+    return LADDER_1D if d == 1 else LADDER
 
 
 @functools.lru_cache(maxsize=32)
 def _hermite(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor Gauss-Hermite rule for E_{N(0, I_d)}: nodes (n^d, d), weights (n^d,) summing to 1."""
-    x, w = np.polynomial.hermite_e.hermegauss(n)
+    x, w = scipy.special.roots_hermitenorm(n)  # numpy's hermegauss overflows beyond ~150 nodes
     w = w / w.sum()
     grids = np.meshgrid(*([x] * d), indexing="ij")
     weights = functools.reduce(np.multiply.outer, [w] * d).reshape(-1)
@@ -279,24 +245,29 @@ def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
     return torch.where(seen[..., j] & seen[..., l], sq, 0.0).flatten(1).amax(1).sqrt()
 
 
-def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The rule for E_{N(0, I_d)} at spacing h (Gauss-Hermite where ``h = inf``): nodes, weights and,
-    for a paired rule (:class:`Quadrature`), signs: +1 on the first rule's nodes, -1 on the second's,
-    so that ``sum(w f)`` is the pair's mean and ``|sum(w s f)|`` half their difference."""
-    if not quad.paired:
-        return *(_hermite(quad.smooth, d) if h == math.inf else _lattice(h, d)), None
-    pair = ((_hermite(quad.smooth, d), _hermite(3 * quad.smooth // 2, d)) if h == math.inf
-            else (_lattice(h, d), _lattice(h, d, True)))
-    signs = torch.cat([torch.ones(pair[0][1].numel(), dtype=DTYPE), -torch.ones(pair[1][1].numel(), dtype=DTYPE)])
-    return torch.cat([pair[0][0], pair[1][0]]), 0.5 * torch.cat([pair[0][1], pair[1][1]]), signs
+def companion(n: int) -> int:
+    """The node count paired with an n-node Gauss-Hermite rule for its error estimate."""
+    return n + max(2, n // 2)
+
+
+def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The paired rule for ``E_{N(0, I_d)}`` at spacing h (Gauss-Hermite where ``h = inf``): nodes and
+    two weight vectors, so that ``sum(w f)`` is the value and ``|sum(e f)|`` its error estimate
+    (:class:`Quadrature`): lattice pair ``w = (w1, w2) / 2``, ``e = (w1, -w2) / 2``; Gauss-Hermite
+    ``w = (0, w2)``, ``e = (w1, -w2)``."""
+    if h == math.inf:
+        (x1, w1), (x2, w2) = _hermite(quad.smooth, d), _hermite(companion(quad.smooth), d)
+        return torch.cat([x1, x2]), torch.cat([torch.zeros_like(w1), w2]), torch.cat([w1, -w2])
+    (x1, w1), (x2, w2) = _lattice(h, d), _lattice(h, d, True)
+    return torch.cat([x1, x2]), 0.5 * torch.cat([w1, w2]), 0.5 * torch.cat([w1, -w2])
 
 
 def level_rule(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, h: float, quad: Quadrature):
-    """``outer_nodes`` for spacing h (:func:`standard_rule`) and the signs of a paired rule (or None),
-    repeated over components like the weights."""
-    xi, wq, signs = standard_rule(h, reference.dim, quad)
+    """``outer_nodes`` for spacing h (:func:`standard_rule`): nodes, value weights and error weights,
+    both repeated over components like the weights."""
+    xi, wq, eq = standard_rule(h, reference.dim, quad)
     x, w = outer_nodes(reference, abar, one_minus_abar, (xi, wq))
-    return x, w, None if signs is None else signs.repeat_interleave(reference.size)
+    return x, w, (eq[:, None] * reference.weights).reshape(-1)
 
 
 # ---- J: KL of a whitened mixture against N(0, I) ------------------------------------------------
@@ -381,11 +352,12 @@ def q_form_terms(mix: WhitenedMixture, xi: torch.Tensor, parts, chol) -> tuple[t
     return closed, torch.logsumexp(joint, -1) - own
 
 
-def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
+def negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
     """Upper bound on J: moment matching minimises KL(q || Gaussian), and KL is convex, so
     ``J <= sum_k w_k KL(N_k || N_j)`` for the heaviest component j; each term is bounded by
     ``|zeta_k - zeta_j|^2 / (1 - rho) + d (2 rho / (1 - rho))^2`` with ``rho = max ||R||_F``
-    (valid while ``2 rho / (1 - rho) <= 1/2``; otherwise +inf)."""
+    (valid while ``0 <= rho < 1`` and ``2 rho / (1 - rho) <= 1/2``, i.e. ``rho <= 1/5``; otherwise +inf:
+    for ``rho >= 1`` the ratio turns negative, and the bound with it)."""
     j = mix.log_weights.argmax(-1)
     rows = torch.arange(j.numel())
     rho = torch.linalg.matrix_norm(mix.r).amax(-1)
@@ -395,33 +367,35 @@ def _negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
     w = torch.exp(mix.log_weights).clone()
     w[rows, j] = 0.0
     bound = (w * term).sum(-1)
-    return torch.where(ratio <= 0.5, bound, torch.full_like(bound, math.inf))
+    return torch.where(rho <= 0.2, bound, torch.full_like(bound, math.inf))
 
 
-def negentropy(mix: WhitenedMixture, *, nodes: int, separated: int, near_gaussian: float = 1.0,
-               wide: int | None = None) -> torch.Tensor:
-    """J per batch entry: skipped (0) where certified below 1e-24; N-form where nearly Gaussian
-    (every ``|zeta_k| <= 1`` and ``||R_k||_F <= near_gaussian``, :class:`Quadrature`) with ``nodes``
-    where both are at most ``near_gaussian / 2`` and ``wide`` (default ``nodes``) above; q-form with
-    ``separated`` nodes elsewhere."""
-    out = torch.zeros(mix.log_weights.shape[0], dtype=DTYPE)
-    active = _negentropy_bound(mix) > _SKIP_BELOW
+def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
+    """J per batch entry and an estimate of the inner rule's error.
+
+    Skipped (0, with its certified bound as the error) where :func:`negentropy_bound` is below 1e-24;
+    N-form where nearly Gaussian (every ``|zeta_k| <= 1`` and ``||R_k||_F <= near_gaussian``,
+    :class:`Quadrature`), with ``inner`` nodes where both are at most ``near_gaussian / 2`` and
+    ``inner_wide`` above; q-form with ``separated`` nodes elsewhere. Each rule of n nodes runs with its
+    companion of ``n + n // 2``: the value is the companion's, the error their difference."""
+    n_batch = mix.log_weights.shape[0]
+    out, err = torch.zeros(n_batch, dtype=DTYPE), torch.zeros(n_batch, dtype=DTYPE)
+    bound = negentropy_bound(mix)
+    active = bound > _SKIP_BELOW
+    err[~active] = bound[~active]
     zeta, r = mix.zeta.norm(dim=-1).amax(-1), torch.linalg.matrix_norm(mix.r).amax(-1)
-    small, near = zeta.maximum(r) <= 0.5 * near_gaussian, (zeta <= 1.0) & (r <= near_gaussian)
+    small, near = zeta.maximum(r) <= 0.5 * quad.near_gaussian, (zeta <= 1.0) & (r <= quad.near_gaussian)
     k, d = mix.zeta.shape[-2:]
-    rules = (("N", small, nodes), ("N", near & ~small, wide or nodes), ("q", ~near, separated))
+    rules = (("N", small, quad.inner), ("N", near & ~small, quad.inner_wide or quad.inner), ("q", ~near, quad.separated))
     for form, mask, n in rules:
         idx = torch.nonzero(active & mask).flatten()
-        batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * n**d * d))
+        batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * companion(n) ** d * d))
         for start in range(0, idx.numel(), batch):
             sel = idx[start : start + batch]
-            out[sel] = whitened_kl(_subset(mix, sel), nodes=n, form=form)
-    return out
-
-
-def _negentropy_by(quad: Quadrature, mix: WhitenedMixture) -> torch.Tensor:
-    return negentropy(mix, nodes=quad.inner, separated=quad.separated, near_gaussian=quad.near_gaussian,
-                      wide=quad.inner_wide)
+            sub = _subset(mix, sel)
+            out[sel] = whitened_kl(sub, nodes=companion(n), form=form)
+            err[sel] = (out[sel] - whitened_kl(sub, nodes=n, form=form)).abs()
+    return out, err
 
 
 def reverse_kernel_whitened(reference, post, abar, kappa, g) -> WhitenedMixture:
@@ -451,47 +425,47 @@ def reverse_kernel_whitened(reference, post, abar, kappa, g) -> WhitenedMixture:
 class _StepNodes:
     """Outer nodes of a chunk of steps with everything at them: shapes (S, P, ...)."""
 
-    idx: torch.Tensor  # (S,) steps t
-    weights: torch.Tensor  # (P,)
-    signs: torch.Tensor | None  # (P,): a paired rule's signs (standard_rule)
+    weights: torch.Tensor  # (P,) value weights of the paired rule (standard_rule)
+    error_weights: torch.Tensor  # (P,) its error weights
     post: object
     g: torch.Tensor
     c: torch.Tensor
     abar: torch.Tensor  # (S, 1)
 
     def integrate(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E_{q_t}`` of values (S, P) and its a-posteriori error estimate (NaN for a single rule)."""
-        value = (values * self.weights).sum(-1)
-        if self.signs is None:
-            return value, torch.full_like(value, math.nan)
-        return value, (values * (self.weights * self.signs)).sum(-1).abs()
+        """``E_{q_t}`` of values (S, P) and the paired rule's error estimate."""
+        return (values * self.weights).sum(-1), (values * self.error_weights).sum(-1).abs()
+
+    def integrate_error(self, errors: torch.Tensor) -> torch.Tensor:
+        """What pointwise errors (S, P) of the integrand can move the value and its estimate by."""
+        return (errors * (self.weights.abs() + self.error_weights.abs())).sum(-1)
 
 
 def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
     abar, om = grid.abar[idx], grid.one_minus_abar[idx]
-    x, w, signs = level_rule(reference, abar, om, h, quad)
+    x, w, e = level_rule(reference, abar, om, h, quad)
     post = reference.posterior(x, abar[:, None], om[:, None])
     g = reference.excess(post, abar[:, None])
     c = reference.posterior_cov_dense(post, abar[:, None], om[:, None])
-    return _StepNodes(idx, w, signs, post, g, c, abar[:, None])
+    return _StepNodes(w, e, post, g, c, abar[:, None])
 
 
-def _grid_key(grid: Grid, quad: Quadrature):
-    return (grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes(), quad)
+def _grid_key(grid: Grid):
+    return (grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes())
 
 
-def step_spacings(reference, grid: Grid, quad: Quadrature) -> torch.Tensor:
-    """The a-priori outer spacing h of steps t = 1..T, cached per grid: :func:`spacing` at every
-    ``stride``-th step (at most 257 levels), each step taking the smaller h of the two sampled levels
-    around it."""
-    key = ("h",) + _grid_key(grid, quad)
-    if key not in reference._cache:
-        stride = -(-grid.T // 256)
-        sampled = torch.arange(1, grid.T + stride, stride).clamp(max=grid.T)
-        h = spacing(reference, grid.abar[sampled], grid.one_minus_abar[sampled], quad)
-        between = torch.minimum(h[:-1], h[1:]).repeat_interleave(stride) if h.numel() > 1 else h
-        reference._cache[key] = torch.cat([h[:1], between])[: grid.T] if stride > 1 else h
-    return reference._cache[key]
+def _sampled_spacings(reference, grid: Grid, steps: torch.Tensor, quad: Quadrature) -> torch.Tensor:
+    """The a-priori outer spacing h of the (increasing) ``steps``: :func:`spacing` at every
+    ``stride``-th of them (at most 257 levels), each step taking the smaller h of the two sampled
+    levels around it."""
+    n = steps.numel()
+    stride = -(-n // 256)
+    sampled = steps[torch.arange(0, n + stride - 1, stride).clamp(max=n - 1)]
+    h = spacing(reference, grid.abar[sampled], grid.one_minus_abar[sampled], quad)
+    if stride == 1:
+        return h
+    between = torch.minimum(h[:-1], h[1:]).repeat_interleave(stride)
+    return torch.cat([h[:1], between])[:n]
 
 
 def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
@@ -503,91 +477,74 @@ def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
             yield chunk, value
 
 
-def _finer(h: float, quad: Quadrature) -> float:
-    """The next spacing when refining: the coarse lattice after Gauss-Hermite, else half an octave
-    finer (kept on the quarter-octaves of ``coarse``, so refined steps share lattices)."""
-    if h == math.inf:
-        return quad.coarse
-    return quad.coarse * 2.0 ** (-(round(4.0 * math.log2(quad.coarse / h)) + 2) / 4)
+def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
+    """``E_{q_t} J_t`` at ``steps``, each step climbing the ladder (:data:`LADDER`) until its error
+    estimate is at most ``rtol`` times its value, the ladder ends, or the next lattice would not fit in
+    memory. Returns values, errors, and the ladder level and spacing each value came from (the one with
+    the smallest error)."""
+    ladder = ladder_for(reference.dim)
+    n = steps.numel()
+    values, errors = torch.zeros(n, dtype=DTYPE), torch.full((n,), math.inf, dtype=DTYPE)
+    levels, spacings = torch.zeros(n, dtype=torch.long), torch.full((n,), math.inf, dtype=DTYPE)
+    pending = torch.arange(n)
+    for level, quad in enumerate(ladder):
+        trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
+        fits = torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in trial.tolist()], dtype=torch.bool)
+        pending, trial = pending[fits], trial[fits]
+        for sel, h in _by_spacing(reference, trial, quad):
+            at = pending[sel]
+            value, error = _expected_negentropy(reference, grid, steps[at], h, quad)
+            better = error < errors[at]
+            at = at[better]
+            values[at], errors[at], levels[at], spacings[at] = value[better], error[better], level, h
+        pending = pending[~(errors[pending] <= rtol * values[pending])]
+    return values, errors, levels, spacings
 
 
-def _refined_negentropies(reference, grid: Grid, steps: torch.Tensor, h: torch.Tensor, quad: Quadrature):
-    """``E_{q_t} J_t`` at ``steps`` from spacings h, refined while a step's best estimate exceeds
-    ``quad.tolerance`` of its value, until two refinements in a row fail to halve it (:class:`Quadrature`):
-    values, estimates and the spacings they came from. Coarse lattices' estimates are erratic (at h = 0.85
-    one came out 5x below the error, the next one 5x above), hence two; a stall that lasts is the inner
-    rule's error, which finer outer nodes cannot remove."""
-    h, trial = h.clone(), h.clone()
-    values = torch.empty(steps.numel(), dtype=DTYPE)
-    errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE)
-    stalls = torch.zeros(steps.numel(), dtype=torch.long)
-    pending = torch.arange(steps.numel())
-    while pending.numel():
-        new_values, new_errors = torch.empty(pending.numel(), dtype=DTYPE), torch.empty(pending.numel(), dtype=DTYPE)
-        for sel, value in _by_spacing(reference, trial[pending], quad):
-            new_values[sel], new_errors[sel] = _expected_negentropy(reference, grid, steps[pending[sel]], value, quad)
-        improved = ~(new_errors >= 0.5 * errors[pending])  # NaN (a single rule) counts as improved
-        at = pending[improved]
-        values[at], errors[at], h[at] = new_values[improved], new_errors[improved], trial[at]
-        stalls[at] = 0
-        stalls[pending[~improved]] += 1
-        if not quad.paired:
-            break
-        pending = pending[(stalls[pending] < 2) & (errors[pending] > quad.tolerance * values[pending])]
-        finer = torch.tensor([_finer(v, quad) for v in trial[pending].tolist()], dtype=DTYPE)
-        fits = torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in finer.tolist()], dtype=torch.bool)
-        pending = pending[fits]
-        trial[pending] = finer[fits]
-    return values, errors, h
-
-
-def expected_negentropies(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
-    """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)), cached per (reference, grid, quadrature)."""
-    return _negentropies(reference, grid, quad)[0]
-
-
-def expected_negentropy_errors(reference, grid: Grid, quad: Quadrature | None = None) -> torch.Tensor:
-    """A-posteriori error estimates of :func:`expected_negentropies` (NaN unless the rule is paired)."""
-    return _negentropies(reference, grid, quad)[1]
-
-
-def _negentropies(reference, grid: Grid, quad: Quadrature | None):
-    """(values, estimates, refined spacings) for t = 1..T, cached."""
+def _negentropies(reference, grid: Grid, rtol: float):
+    """:func:`_climb` for t = 1..T, cached per (reference, grid, rtol)."""
     _check_dim(reference)
-    quad = quad or quadrature_of(reference)
-    key = ("J",) + _grid_key(grid, quad)
+    key = ("J", rtol) + _grid_key(grid)
     if key not in reference._cache:
-        steps = torch.arange(1, grid.T + 1)
-        reference._cache[key] = _refined_negentropies(reference, grid, steps, step_spacings(reference, grid, quad), quad)
+        reference._cache[key] = _climb(reference, grid, torch.arange(1, grid.T + 1), rtol)
     return reference._cache[key]
 
 
-def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor,
-                           quad: Quadrature | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t) and its a-posteriori estimates."""
-    quad = quad or quadrature_of(reference)
+def expected_negentropies(reference, grid: Grid, *, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)) and their errors."""
+    return _negentropies(reference, grid, rtol)[:2]
+
+
+def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{q_t} J_t`` for the steps ``idx`` (a 1-D tensor of t) by the one rule ``quad``, and its errors."""
+    values, errors = torch.empty(idx.numel(), dtype=DTYPE), torch.empty(idx.numel(), dtype=DTYPE)
     h = spacing(reference, grid.abar[idx], grid.one_minus_abar[idx], quad)
-    return _refined_negentropies(reference, grid, idx, h, quad)[:2]
+    for sel, value in _by_spacing(reference, h, quad):
+        values[sel], errors[sel] = _expected_negentropy(reference, grid, idx[sel], value, quad)
+    return values, errors
 
 
 def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
-    """``E_{q_t} J_t`` on one lattice and its estimate. Nodes whose certified bounds
-    (:func:`_negentropy_bound`) add up to < 1e-13 of all bounds are left out, and the sum of their
+    """``E_{q_t} J_t`` on one paired rule and its error: the outer estimate plus what the inner
+    estimates and skipped points can move it by. Points whose certified bounds
+    (:func:`negentropy_bound`) add up to < 1e-13 of all bounds are left out, and the sum of their
     bounds is checked afterwards to be < 1e-12 of the result (else they are computed too): the
     low-noise steps' J lives on the thin bands where the posterior weights switch, so most lattice
     nodes are left out."""
     nodes = _step_nodes(reference, grid, idx, h, quad)
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
-    bound = _negentropy_bound(mix).reshape(idx.numel(), -1) * nodes.weights
-    keep = _above_negligible(bound)
-    j = torch.zeros_like(bound)
-    j[keep] = _negentropy_by(quad, _subset(mix, keep.flatten()))
-    out = (j * nodes.weights).sum(-1)
-    unsure = (torch.where(keep, 0.0, bound).sum(-1) > 1e-12 * out)[:, None] & ~keep
+    bound = negentropy_bound(mix).reshape(idx.numel(), -1)
+    keep = _above_negligible(bound * (nodes.weights.abs() + nodes.error_weights.abs()))
+    j, inner = torch.zeros_like(bound), torch.zeros_like(bound)
+    j[keep], inner[keep] = negentropy(_subset(mix, keep.flatten()), quad)
+    value, _ = nodes.integrate(j)
+    unsure = (nodes.integrate_error(torch.where(keep, 0.0, bound)) > 1e-12 * value)[:, None] & ~keep
     if unsure.any():
-        j[unsure] = _negentropy_by(quad, _subset(mix, unsure.flatten()))
-    return nodes.integrate(j)
+        j[unsure], inner[unsure] = negentropy(_subset(mix, unsure.flatten()), quad)
+    skipped = torch.where(keep | unsure, 0.0, bound)
+    value, outer = nodes.integrate(j)
+    return value, outer + nodes.integrate_error(inner + skipped) + _ROUNDING * value
 
 
 def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
@@ -603,41 +560,27 @@ def _subset(mix: WhitenedMixture, mask: torch.Tensor) -> WhitenedMixture:
     return WhitenedMixture(mix.log_weights[mask], mix.zeta[mask], mix.r[mask])
 
 
-def step_kls(reference, grid: Grid, family, quad: Quadrature | None = None, *,
-             mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: E J plus the family's Gaussian part.
-    ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product (``analytic``)."""
-    return step_kls_and_errors(reference, grid, family, quad, mean_g=mean_g)[0], None
-
-
-def step_kls_and_errors(reference, grid: Grid, family, quad: Quadrature | None = None, *,
-                        mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`step_kls` and the per-step a-posteriori error estimates (NaN unless the rule is paired),
-    cached per family when ``mean_g`` is None. The Gaussian parts use the steps' refined spacings."""
-    quad = quad or quadrature_of(reference)
-    key = ("steps", family) + _grid_key(grid, quad)
-    if mean_g is None and key in reference._cache:
-        return reference._cache[key]
-    values, errors, h = (part.clone() for part in _negentropies(reference, grid, quad))
-    if family.name != "full":
-        for idx, value in _by_spacing(reference, h, quad):
-            nodes = _step_nodes(reference, grid, idx + 1, value, quad)
+def step_kls(reference, grid: Grid, family, *, rtol: float,
+             mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T, and their errors: E J plus the family's
+    Gaussian part, the latter on the rule and spacing each step's E J settled on. ``mean_g`` (T,)
+    replaces ``E tr G / d`` when this is one block of a product (``analytic``)."""
+    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol))
+    if family.name == "full":
+        return values, errors
+    ladder = ladder_for(reference.dim)
+    for level in torch.unique(levels).tolist():
+        members = torch.nonzero(levels == level).flatten()
+        for sel, value in _by_spacing(reference, h[members], ladder[level]):
+            idx = members[sel]
+            nodes = _step_nodes(reference, grid, idx + 1, value, ladder[level])
             own = _mean_trace(nodes.g, nodes.weights)[:, None, None] if mean_g is None else mean_g[idx][:, None, None]
             step = ReverseStep.at(grid, idx[:, None, None] + 1, g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=own)
             part, error = nodes.integrate(family.gaussian_step_kl(step))
             values[idx] += part
-            errors[idx] += error
-    if mean_g is None:
-        reference._cache[key] = values, errors
-    return values, errors
-
-
-def steps_quadrature_error(reference, grid: Grid, family, *, first_step: int = 1) -> float | None:
-    """The sum of the a-posteriori estimates of steps ``first_step..T`` when ``reference`` is a 2-D or
-    3-D mixture on a paired rule (:class:`Quadrature`), else None. Reuses :func:`step_kls_and_errors`'s cache."""
-    if not (_has_rule_choice(reference) and reference._monte_carlo() is None and quadrature_of(reference).paired):
-        return None
-    return math.fsum(step_kls_and_errors(reference, grid, family)[1][first_step - 1 :].tolist())
+            errors[idx] += error + _ROUNDING * part.abs()
+    # beta_tilde's first step is +inf exactly (beta~_1 = 0).
+    return values, torch.where(torch.isinf(values), 0.0, errors)
 
 
 def _mean_trace(g: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -645,10 +588,16 @@ def _mean_trace(g: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) * weights).sum(-1) / g.shape[-1]
 
 
-def expected_trace_excess(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> torch.Tensor:
+def leading_rule(d: int) -> Quadrature:
+    """The rule for outer expectations with no inner integral (leading-constant integrands, E tr G):
+    the third rung of the ladder, whose lattices resolve the switching of the posterior weights."""
+    return ladder_for(d)[2]
+
+
+def expected_trace_excess(reference, lv: NoiseLevel) -> torch.Tensor:
     """``E_{q_t} tr G`` at levels of any shape (...) (batched over the levels), shape (...)."""
     _check_dim(reference)
-    quad = quad or quadrature_of(reference)
+    quad = leading_rule(reference.dim)
     abar = torch.as_tensor(lv.abar, dtype=DTYPE)
     flat = abar.reshape(-1)
     om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
@@ -663,45 +612,57 @@ def expected_trace_excess(reference, lv: NoiseLevel, quad: Quadrature | None = N
 # ---- terminal KL, leading-constant integrands, the chain-rule route ----------------------------
 
 
-def terminal_kl(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> float:
+def terminal_kl(reference, lv: NoiseLevel, *, rtol: float) -> Estimate:
     """``KL(q_T || N(0, I))``: q_T is the whitened mixture with ``zeta_k = sqrt(abar) m_k`` and
-    ``I - R_k = V_k``, i.e. ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T``."""
+    ``I - R_k = V_k``, i.e. ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T``. Each rule of the ladder's
+    inner rules with its companion, climbing until the difference meets ``rtol`` (not
+    :func:`negentropy`: its skip bound assumes a moment-matched N(0, I), which q_T is not)."""
     _check_dim(reference)
-    quad = quad or quadrature_of(reference)
     mix = WhitenedMixture(
         torch.log(reference.weights)[None],
         (lv.abar.sqrt() * reference.means)[None],
         reference.covs.dense(lv.abar * (1.0 - reference.eigenvalues))[None],
     )
-    # Not negentropy(): its skip bound assumes a moment-matched N(0, I), which q_T is not.
     size = float(mix.zeta.norm(dim=-1).max().maximum(torch.linalg.matrix_norm(mix.r).max()))
-    near = size <= quad.near_gaussian
-    return float(whitened_kl(mix, nodes=quad.inner if near else quad.separated, form="N" if near else "q")[0])
+    best = Estimate(math.nan, math.inf)
+    for quad in ladder_for(reference.dim):
+        near = size <= quad.near_gaussian
+        n, form = (quad.inner, "N") if near else (quad.separated, "q")
+        value = float(whitened_kl(mix, nodes=companion(n), form=form)[0])
+        error = abs(value - float(whitened_kl(mix, nodes=n, form=form)[0])) + _ROUNDING * value
+        if error < best.bound:
+            best = Estimate(value, error)
+        if best.bound <= rtol * best.value:
+            break
+    return best
 
 
 def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
     h = float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0])
-    x, w, _ = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
-    return reference.posterior(x, lv.abar, lv.one_minus_abar), w
+    x, w, e = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
+    return reference.posterior(x, lv.abar, lv.one_minus_abar), w, e
 
 
-def expected_excess_functional(reference, fn, lv: NoiseLevel, quad: Quadrature | None = None, *, mean_g=None) -> float:
+def _integrated(values: torch.Tensor, w: torch.Tensor, e: torch.Tensor) -> Estimate:
+    value = float((values * w).sum())
+    return Estimate(value, float((values * e).sum().abs()) + _ROUNDING * abs(value))
+
+
+def expected_excess_functional(reference, fn, lv: NoiseLevel, *, mean_g=None) -> Estimate:
     """``E_{q_t} fn(G(x_t), E tr G / d)`` with G as a dense operator; ``mean_g`` overrides ``E tr G / d``
     (one block of a product)."""
     _check_dim(reference)
-    quad = quad or leading_quadrature(reference)
-    post, w = _level_nodes(reference, lv, quad)
+    post, w, e = _level_nodes(reference, lv, leading_rule(reference.dim))
     g = reference.excess(post, lv.abar)
     mean_g = _mean_trace(g, w) if mean_g is None else torch.as_tensor(mean_g, dtype=DTYPE)
-    return float((fn(SmallDense(g), mean_g) * w).sum())
+    return _integrated(fn(SmallDense(g), mean_g), w, e)
 
 
-def expected_third_derivative_sq_norm(reference, lv: NoiseLevel, quad: Quadrature | None = None) -> float:
+def expected_third_derivative_sq_norm(reference, lv: NoiseLevel) -> Estimate:
     """``E_{q_t} ||grad^3 log q_t||_F^2`` by the outer quadrature."""
     _check_dim(reference)
-    quad = quad or leading_quadrature(reference)
-    post, w = _level_nodes(reference, lv, quad)
-    return float((third_derivative_sq_norm(reference, post) * w).sum())
+    post, w, e = _level_nodes(reference, lv, leading_rule(reference.dim))
+    return _integrated(third_derivative_sq_norm(reference, post), w, e)
 
 
 def third_derivative_sq_norm(reference, post) -> torch.Tensor:
@@ -720,21 +681,6 @@ def third_derivative_sq_norm(reference, post) -> torch.Tensor:
     x = torch.einsum("...k,...kab,...kc->...abc", w, a, c)
     t3 = kappa3 + x + x.transpose(-1, -2) + x.permute(*range(x.ndim - 3), -1, -3, -2)
     return (t3**2).sum((-1, -2, -3))
-
-
-def negentropy_chain_rule(reference, grid: Grid, t: int, quad: Quadrature | None = None) -> float:
-    """Route (b): ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})`` (chain rule of
-    entropy, DESIGN.md section 3; ``k = beta_t / alpha_t``). Cancels at large T: a check for small T."""
-    quad = quad or quadrature_of(reference)
-    lv, prev = grid.level(t), grid.level(t - 1)
-    post, w = _level_nodes(reference, lv, quad)
-    kappa = grid.beta[t - 1] / grid.alpha[t - 1]
-    g = reference.excess(post, lv.abar)
-    logdet = torch.linalg.slogdet(torch.eye(reference.dim, dtype=DTYPE) + kappa * g)[1]
-    post_prev, w_prev = _level_nodes(reference, prev, quad)
-    entropy_t = -(post.log_prob * w).sum()
-    entropy_prev = -(post_prev.log_prob * w_prev).sum()
-    return float(0.5 * (logdet * w).sum() + entropy_t - entropy_prev)
 
 
 # ---- image dimension: components sharing one isotropic covariance (empirical data) --------------

@@ -51,9 +51,8 @@ import torch
 from . import mixture_kl as mk
 from .covariances import ReverseStep
 from .errors import InputError
+from .estimate import Estimate
 from .operators import Dense
-from .pathspace import Estimate
-from .references.product import blocks, map_blocks
 from .schedules import DTYPE, Grid, NoiseLevel
 
 # N-form where E eps^2 is at most this (and E rho^4 is finite): see _n_form_usable.
@@ -82,24 +81,6 @@ class MonteCarlo:
                 raise InputError(f"Monte Carlo {name} sample size must be >= 4, got {getattr(self, name)}")
         if self.seed < 0:
             raise InputError(f"the seed must be >= 0, got {self.seed}")
-
-
-def _beyond_quadrature(block) -> bool:
-    from .references import MixtureReference
-
-    return isinstance(block, MixtureReference) and block.dim > mk.MAX_QUADRATURE_DIM
-
-
-def uses_monte_carlo(reference) -> bool:
-    """Whether any block of ``reference`` is a mixture beyond the quadrature's reach (d > 3)."""
-    return any(_beyond_quadrature(b) for b in blocks(reference))
-
-
-def with_monte_carlo(reference, mc: MonteCarlo):
-    """``reference`` with the Monte Carlo settings ``mc`` on each mixture block (others unchanged)."""
-    from .references import MixtureReference
-
-    return map_blocks(reference, lambda b: dataclasses.replace(b, monte_carlo=mc) if isinstance(b, MixtureReference) else b)
 
 
 def _generator(mc: MonteCarlo, purpose: int, t: int = 0) -> torch.Generator:
@@ -259,7 +240,7 @@ def negentropy(mixes, mc: MonteCarlo, gen: torch.Generator) -> torch.Tensor:
     for mix in mixes:
         n, k, d = mix.zeta.shape
         out = torch.zeros(n, dtype=DTYPE)
-        active = torch.nonzero(mk._negentropy_bound(mix) > mk._SKIP_BELOW).flatten()
+        active = torch.nonzero(mk.negentropy_bound(mix) > mk._SKIP_BELOW).flatten()
         mix_a = _select(mix, active)
         parts, _ = mix_a.parts()
         mu2 = chi_square(mix_a, parts)
@@ -377,7 +358,7 @@ def expected_trace_excess(reference, lv: NoiseLevel, mc: MonteCarlo) -> torch.Te
 
 
 def terminal_kl(reference, lv: NoiseLevel, mc: MonteCarlo) -> Estimate:
-    """``KL(q_T || N(0, I))`` with its variance: the whitened mixture ``zeta_k = sqrt(abar) m_k``,
+    """``KL(q_T || N(0, I))`` with its standard error: the whitened mixture ``zeta_k = sqrt(abar) m_k``,
     ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T`` (as mixture_kl.terminal_kl), N-form with CVs on
     ``terminal`` draws, or the q-form with ``terminal / K`` draws per component."""
     mix = mk.WhitenedMixture(
@@ -394,10 +375,10 @@ def terminal_kl(reference, lv: NoiseLevel, mc: MonteCarlo) -> Estimate:
         psi, eps = mk.n_form_terms(mix, z, parts)
         x = torch.stack([eps[0], eps[0] ** 2 - mu2[0]], -1)
         b, var = intercept(psi[0], x if mc.control_variates else x[:, :0])
-        return Estimate(float(b), float(var))
+        return Estimate(float(b), stderr=math.sqrt(max(float(var), 0.0)))
     m = max(2, mc.terminal // k)
     xi = torch.randn(1, k, m, d, generator=gen, dtype=DTYPE)
     closed, excess = mk.q_form_terms(mix, xi, parts, chol)
     w = torch.exp(mix.log_weights[0])
     value = closed[0] + (w * excess[0].mean(-1)).sum()
-    return Estimate(float(value), float((w**2 * excess[0].var(-1) / m).sum()))
+    return Estimate(float(value), stderr=math.sqrt(float((w**2 * excess[0].var(-1) / m).sum())))

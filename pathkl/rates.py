@@ -7,15 +7,18 @@ ways on a ladder of T:
   ``b / T`` term is the Richardson correction), with a 95% interval that is the larger of the
   t-interval of the fit and the change of ``s`` when the window slides to smaller T (model error);
 - the constant: ``T^p steps`` extrapolated in ``1/T`` from the two largest T (Richardson), with the
-  change against the previous pair as its error, compared with the closed-form integral
-  ``coefficient * int_0^1 beta(tau)^(p+1) E ||D||^2 dtau`` evaluated by adaptive quadrature.
+  change against the previous pair plus the propagated errors of the KLs as its error, compared with
+  the closed-form integral ``coefficient * int_0^1 beta(tau)^(p+1) E ||D||^2 dtau`` evaluated by
+  adaptive quadrature (its error: QUADPACK's plus the integrand's own quadrature error).
+
+:func:`family_rates` runs one family over a ladder of T and returns all of it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,7 @@ import torch
 
 from .covariances import Family
 from .errors import InputError
+from .pathspace import leading_integrand, path_kl
 from .schedules import DTYPE, Schedule
 
 
@@ -88,17 +92,22 @@ def fit_order(ts: Sequence[int], kls: Sequence[float], *, tail: int = 5) -> Orde
     return OrderFit(slope, (slope - half, slope + half), _ls_slope(t[-n:], k[-n:], corrected=False)[0])
 
 
-def measured_constant(ts: Sequence[int], kls: Sequence[float], order: int) -> ConstantEstimate:
+def measured_constant(ts: Sequence[int], kls: Sequence[float], order: int,
+                      errors: Sequence[float] | None = None) -> ConstantEstimate:
     """Richardson extrapolation of ``c(T) = T^order steps(T) = C + c_1 / T + ...`` from the two
-    largest T; the error is the change against the extrapolation from the previous pair."""
+    largest T. The error is the change against the extrapolation from the previous pair plus what the
+    KLs' own ``errors`` (absolute, one per T) can move the extrapolation by:
+    ``(T_n^(p+1) e_n + T_(n-1)^(p+1) e_(n-1)) / (T_n - T_(n-1))``."""
     t, k = _check_ladder(ts, kls, 3)
+    e = np.zeros_like(k) if errors is None else np.asarray(errors, dtype=float)
     c = t**order * k
 
     def extrapolate(i: int) -> float:
         return (t[i] * c[i] - t[i - 1] * c[i - 1]) / (t[i] - t[i - 1])
 
     best = extrapolate(-1)
-    return ConstantEstimate(best, abs(best - extrapolate(-2)), float(c[-1]))
+    propagated = (t[-1] ** (order + 1) * e[-1] + t[-2] ** (order + 1) * e[-2]) / (t[-1] - t[-2])
+    return ConstantEstimate(best, abs(best - extrapolate(-2)) + propagated, float(c[-1]))
 
 
 @dataclass(frozen=True)
@@ -111,20 +120,74 @@ def predicted_constant(family: Family, reference, schedule: Schedule) -> Predict
     """``coefficient * int_0^1 beta(tau)^(order+1) E_{q_tau} ||D||^2 dtau`` by adaptive quadrature
     (scipy QUADPACK, relative tolerance 1e-10), for a family with a vanishing rate.
 
-    For mixtures the integrand is itself a quadrature whose lattice changes in steps with tau, so it
-    is smooth only to that rule's accuracy (~1e-10 relative) and QUADPACK may report roundoff; the
-    warning is absorbed and the error is then floored at that accuracy."""
+    For mixtures the integrand is itself a quadrature with an error estimate; the largest relative
+    error seen over QUADPACK's nodes, times the value, is added to QUADPACK's own estimate. Such an
+    integrand changes rule in steps with tau, so it is smooth only to that rule's accuracy and QUADPACK
+    may report roundoff; the warning is absorbed and its error floored at 1e-10 relative."""
     if family.order is None:
         raise InputError(f"family {family.name!r} claims no vanishing rate, so it has no leading constant")
+    worst = [0.0]
 
     def integrand(tau: float) -> float:
         tau_t = torch.tensor(tau, dtype=DTYPE)
         rate = float(schedule.beta_rate(tau_t))
-        return rate ** (family.order + 1) * family.leading_integrand(reference, schedule.level(tau_t))
+        inner = leading_integrand(reference, family, schedule.level(tau_t))
+        if inner.value != 0:
+            worst[0] = max(worst[0], inner.error / abs(inner.value))
+        return rate ** (family.order + 1) * inner.value
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", scipy.integrate.IntegrationWarning)
         value, error = scipy.integrate.quad(integrand, 0.0, 1.0, epsabs=0.0, epsrel=1e-10, limit=200)
     if any(issubclass(w.category, scipy.integrate.IntegrationWarning) for w in caught):
         error = max(error, 1e-10 * abs(value))
+    error += worst[0] * abs(value)
     return PredictedConstant(family.coefficient * value, family.coefficient * error)
+
+
+@dataclass(frozen=True)
+class FamilyRates:
+    """One family over a ladder of T: the KLs (``steps`` of :func:`pathkl.pathspace.path_kl`, from
+    ``first_step``) with their errors, the fitted order (None when every KL is exactly 0) and, for a
+    family with a vanishing rate, the measured and predicted leading constants."""
+
+    family: Family
+    ladder: tuple[int, ...]
+    first_step: int
+    kl: tuple[float, ...]
+    kl_error: tuple[float, ...]
+    met_rtol: bool
+    fit: OrderFit | None
+    measured: ConstantEstimate | None
+    predicted: PredictedConstant | None
+
+    def as_dict(self) -> dict:
+        return {"cov": self.family.name, "order_declared": self.family.order, "first_step": self.first_step,
+                "T": list(self.ladder), "kl": list(self.kl), "kl_error": list(self.kl_error),
+                "met_rtol": self.met_rtol,
+                "slope": self.fit and self.fit.slope, "slope_ci": self.fit and list(self.fit.interval),
+                "constant": self.measured and self.measured.value,
+                "constant_error": self.measured and self.measured.error,
+                "constant_predicted": self.predicted and self.predicted.value,
+                "constant_predicted_error": self.predicted and self.predicted.error}
+
+
+def family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], *, rtol: float = 1e-6,
+                 progress: Callable[[int, int], None] | None = None) -> FamilyRates:
+    """``family`` on the uniform grids of ``ladder`` (``beta_tilde``, with no vanishing rate, summed
+    from t = 2). ``progress(i, n)`` is called before each T."""
+    first = 1 if family.order is not None else 2
+    kls, errors, met = [], [], True
+    for i, steps in enumerate(ladder):
+        if progress is not None:
+            progress(i, len(ladder))
+        result = path_kl(reference, schedule.grid(steps), family, rtol=rtol, first_step=first)
+        kls.append(result.steps)
+        errors.append(result.steps_error)
+        met = met and result.met_rtol
+    fit = fit_order(ladder, kls)
+    measured = predicted = None
+    if family.order is not None:
+        measured = measured_constant(ladder, kls, family.order, errors)
+        predicted = predicted_constant(family, reference, schedule)
+    return FamilyRates(family, tuple(ladder), first, tuple(kls), tuple(errors), met, fit, measured, predicted)

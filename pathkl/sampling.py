@@ -34,6 +34,7 @@ from .matvecs import (
     closed_form_cov_matvec,
     rademacher_diagonal,
 )
+from .pathspace import expected_trace_excess
 from .schedules import Grid
 
 ISOTROPIC = ("beta", "beta_tilde", "analytic")
@@ -93,7 +94,7 @@ def _expected_posterior_trace(reference, step: StepCoefficients) -> float:
     own = getattr(reference, "expected_posterior_trace", None)
     if own is not None:
         return own(step.level)
-    mean_g = float(reference.expected_excess_functional(lambda g, mean: mean, step.level))
+    mean_g = float(expected_trace_excess(reference, step.level)) / reference.dim
     abar, one_minus = float(step.level.abar), float(step.level.one_minus_abar)
     return one_minus * (1.0 + one_minus * mean_g / abar)
 

@@ -20,7 +20,7 @@ import torch
 from pathkl import plotting
 from pathkl.covariances import get_family
 from pathkl.errors import InputError
-from pathkl.pathspace import path_kl
+from pathkl.pathspace import leading_integrand, path_kl
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule
 
@@ -64,7 +64,7 @@ def run_point(config: CovarianceErrorConfig, point) -> list[dict]:
             tau_t = torch.tensor(tau, dtype=DTYPE)
             scaled = point["T"] ** (p + 1) * kl
             leading = (family.coefficient * float(schedule.beta_rate(tau_t)) ** (p + 1)
-                       * family.leading_integrand(reference, schedule.level(tau_t)))
+                       * leading_integrand(reference, family, schedule.level(tau_t)).value)
         rows.append({"t": t, "tau": tau, "kernel_kl": kl, "scaled": scaled, "leading": leading})
     return rows
 

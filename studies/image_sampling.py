@@ -49,7 +49,8 @@ import torch
 from pathkl.bases import FourierBasis
 from pathkl.covariances import FAMILIES
 from pathkl.errors import InputError
-from pathkl.metrics import Estimate, sliced_wasserstein
+from pathkl.estimate import Estimate
+from pathkl.metrics import sliced_wasserstein
 from pathkl.pathspace import path_kl
 from pathkl.references import EmpiricalReference, GaussianReference
 from pathkl.refspec import load_reference
@@ -149,7 +150,7 @@ def nearest_distance(x: torch.Tensor, points: torch.Tensor, *, radius: float) ->
     """Mean per-pixel RMS distance ``min_k |x_i - m_k| / sqrt(d)`` over the rows of x, with its standard
     error, and the fraction of rows within ``radius`` of a point (exact differences, no GEMM cancellation)."""
     dist = torch.cdist(x, points, compute_mode="donot_use_mm_for_euclid_dist").min(1).values / math.sqrt(x.shape[1])
-    return Estimate(float(dist.mean()), float(dist.std() / math.sqrt(len(dist)))), float((dist <= radius).double().mean())
+    return Estimate(float(dist.mean()), stderr=float(dist.std() / math.sqrt(len(dist)))), float((dist <= radius).double().mean())
 
 
 def run(config: ImageSamplingConfig) -> list[ImageSamplingRow]:

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def format_estimate(value: float, error: float) -> str:
+    """``value +- error`` with the digits the error leaves; exact values (error 0) say so."""
+    if not math.isfinite(value) or error == 0:
+        return f"{value:.12g} (exact)"
+    digits = max(1, min(15, math.floor(math.log10(abs(value) / error)) + 2)) if value != 0 and error > 0 else 3
+    return f"{value:.{digits}g} +- {error:.2g}"
+
+
+def warn(message: str) -> None:
+    """One line on stderr that the result is printed but falls short of what was asked."""
+    sys.stderr.write(f"pathkl: warning: {message}\n")
 
 
 def make_grid(schedule_name: str, *, steps: int | None, taus: str | None, indices: str | None) -> Grid:

@@ -7,9 +7,8 @@ import sys
 
 from ..covariances import FAMILIES, get_family
 from ..errors import InputError
-from ..mixture_mc import uses_monte_carlo
-from ..pathspace import path_kl
-from ..rates import fit_order, measured_constant, predicted_constant
+from ..pathspace import method
+from ..rates import family_rates
 from ..schedules import get_schedule
 from .common import (
     JSON_HELP,
@@ -17,8 +16,10 @@ from .common import (
     check_output_path,
     formatter,
     parse_number_list,
+    positive_float,
     print_json,
     reference_from,
+    warn,
     write_atomically,
 )
 
@@ -51,41 +52,25 @@ def register(subparsers) -> None:
                    help=f"comma-separated families from {', '.join(FAMILIES)} (default: {_DEFAULT_COVS})")
     p.add_argument("--steps", default=_DEFAULT_STEPS,
                    help=f"ladder of T, increasing, at least 4 values (default: {_DEFAULT_STEPS})")
+    p.add_argument("--rtol", type=positive_float, default=1e-6,
+                   help="relative error each KL's quadrature climbs to, mixtures in d <= 3 (default: 1e-6)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--plot", metavar="FILE", help="also write a log-log plot (.pdf, .png or .svg)")
     p.set_defaults(func=run)
 
 
-def family_rates(reference, schedule, family, ladder: list[int]) -> dict:
-    """The ladder of ``steps`` values with the fitted order and the constants, as one JSON object."""
-    first = 1 if family.order is not None else 2
-    kls, errs = [], []
-    for i, steps in enumerate(ladder):
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\r{family.name}: T = {steps} ({i + 1}/{len(ladder)})   ")
-        result = path_kl(reference, schedule.grid(steps), family, first_step=first)
-        kls.append(result.steps)
-        errs.append(result.steps_stderr)
-    fit = fit_order(ladder, kls)
-    row = {"cov": family.name, "order_declared": family.order, "first_step": first, "steps": ladder,
-           "kl": kls, "kl_stderr": errs, "slope": None, "slope_ci": None, "constant": None,
-           "constant_error": None, "constant_predicted": None, "constant_predicted_error": None}
-    if fit is not None:
-        row.update(slope=fit.slope, slope_ci=list(fit.interval))
-    if family.order is not None:
-        measured = measured_constant(ladder, kls, family.order)
-        predicted = predicted_constant(family, reference, schedule)
-        row.update(constant=measured.value, constant_error=measured.error,
-                   constant_predicted=predicted.value, constant_predicted_error=predicted.error)
-    return row
+def _progress(text: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{text:<60}\r" if not text else f"\r{text}   ")
 
 
 def _print_table(rows: list[dict], header: str) -> None:
     print(header)
-    ladder = rows[0]["steps"]
+    ladder = rows[0]["T"]
     print(f"{'family':<11}" + "".join(f"{'T=' + str(t):>12}" for t in ladder))
     for row in rows:
         print(f"{row['cov']:<11}" + "".join(f"{k:>12.4e}" for k in row["kl"]))
+        print(f"{'  +-':<11}" + "".join(f"{e:>12.1e}" for e in row["kl_error"]))
     print()
     print(f"{'family':<11}{'order':>6}  {'fitted slope [95% interval]':<31}{'T^p steps (extrap.)':>24}{'predicted':>14}")
     for row in rows:
@@ -106,12 +91,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--steps needs at least 4 strictly increasing integers >= 1")
     plot_path = check_output_path(args.plot, _PLOT_SUFFIXES) if args.plot else None
     reference, schedule = reference_from(args), get_schedule(args.schedule)
-    if uses_monte_carlo(reference):
+    if "monte carlo" in method(reference):
         raise InputError(f"{args.ref}: a mixture in d > 3 has Monte Carlo step KLs and no quadrature for the "
-                         "predicted constants; pathkl rates needs d <= 3 blocks (use pathkl kl per T, with its SE)")
-    rows = [family_rates(reference, schedule, family, ladder) for family in families]
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + " " * 60 + "\r")
+                         "predicted constants; pathkl rates needs d <= 3 blocks (use pathkl kl per T)")
+    rows = []
+    for family in families:
+        rates = family_rates(reference, schedule, family, ladder, rtol=args.rtol,
+                             progress=lambda i, n, name=family.name: _progress(f"{name}: T = {ladder[i]} ({i + 1}/{n})"))
+        rows.append(rates.as_dict())
+        if not rates.met_rtol:
+            warn(f"{family.name}: some KL errors are above rtol = {args.rtol:g} (kl_error in --json)")
+    _progress("")
     if plot_path is not None:
         from ..rateplot import plot_rates
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..metrics import Estimate
+from ..estimate import Estimate
 from ..schedules import DTYPE, NoiseLevel
 from .mixture import MixtureReference
 
@@ -119,7 +119,7 @@ class EmpiricalReference(MixtureReference):
         """Monte Carlo ``E_{q_t} tr C(x_t) / d`` over ``samples`` seeded draws, with its standard error."""
         draws = self.sample(samples, lv, generator=torch.Generator().manual_seed(seed))
         values = self.posterior_trace(draws.to(self.means.device), lv) / self.dim
-        return Estimate(float(values.mean()), float(values.std() / math.sqrt(samples)))
+        return Estimate(float(values.mean()), stderr=float(values.std() / math.sqrt(samples)))
 
     def expected_posterior_trace(self, lv: NoiseLevel) -> float:
         """``E_{q_t} tr C / d`` for the ``analytic`` family: :meth:`posterior_trace_estimate` with its

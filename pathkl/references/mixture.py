@@ -141,11 +141,8 @@ class MixtureReference:
     means: torch.Tensor
     eigenvalues: torch.Tensor
     covs: ComponentCovariances
+    #: Results the path-space engine caches per reference (pathkl.mixture_kl), not part of its value.
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
-    #: Monte Carlo settings (pathkl.mixture_mc.MonteCarlo) for d > 3; None: the defaults.
-    monte_carlo: object = field(default=None, compare=False)
-    #: Quadrature rule (pathkl.mixture_kl.Quadrature) for d <= 3; None: the default for the dimension.
-    quadrature: object = field(default=None, compare=False)
 
     def __post_init__(self):
         _weights_checked(self.weights)
@@ -322,42 +319,3 @@ class MixtureReference:
         nu_prev = self.marginal_eigenvalues(prev.abar, prev.one_minus_abar)
         means = (x[..., None, :] + beta * post.scores) / alpha.sqrt()
         return MixtureKernel(post.log_weights, means, beta * nu_prev / post.nu, self.covs)
-
-    # ---- what the path-space KL needs (pathkl.mixture_kl for d <= 3, pathkl.mixture_mc beyond) ----
-    def _monte_carlo(self):
-        """The Monte Carlo settings where quadrature does not reach (d > 3), else None."""
-        from ..mixture_kl import MAX_QUADRATURE_DIM
-        from ..mixture_mc import MonteCarlo
-
-        return None if self.dim <= MAX_QUADRATURE_DIM else (self.monte_carlo or MonteCarlo())
-
-    def terminal_kl(self, lv: NoiseLevel):
-        """A float (quadrature) or a :class:`~pathkl.pathspace.Estimate` (Monte Carlo, d > 3)."""
-        from .. import mixture_kl, mixture_mc
-
-        mc = self._monte_carlo()
-        return mixture_kl.terminal_kl(self, lv) if mc is None else mixture_mc.terminal_kl(self, lv, mc)
-
-    def step_kls(self, grid: Grid, family, *, mean_g: torch.Tensor | None = None):
-        from .. import mixture_kl, mixture_mc
-
-        mc = self._monte_carlo()
-        if mc is None:
-            return mixture_kl.step_kls(self, grid, family, mean_g=mean_g)
-        return mixture_mc.step_kls(self, grid, family, mc, mean_g=mean_g)
-
-    def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
-        from ..mixture_kl import expected_excess_functional
-
-        return expected_excess_functional(self, fn, lv, mean_g=mean_g)
-
-    def expected_trace_excess(self, lv: NoiseLevel) -> torch.Tensor:
-        from .. import mixture_kl, mixture_mc
-
-        mc = self._monte_carlo()
-        return mixture_kl.expected_trace_excess(self, lv) if mc is None else mixture_mc.expected_trace_excess(self, lv, mc)
-
-    def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
-        from ..mixture_kl import expected_third_derivative_sq_norm
-
-        return expected_third_derivative_sq_norm(self, lv)

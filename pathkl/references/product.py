@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..schedules import DTYPE, Grid, NoiseLevel
+from ..schedules import DTYPE, NoiseLevel
 
 
 def blocks(reference) -> tuple:
@@ -97,32 +97,3 @@ class ProductReference:
 
     def sample(self, n: int, lv: NoiseLevel | None = None, *, generator=None) -> torch.Tensor:
         return torch.cat([f.sample(n, lv, generator=generator) for f in self.factors], -1)
-
-    # ---- what the path-space KL needs ----------------------------------------------------------
-    def terminal_kl(self, lv: NoiseLevel) -> float:
-        return sum(f.terminal_kl(lv) for f in self.factors)
-
-    def expected_trace_excess(self, lv: NoiseLevel) -> torch.Tensor:
-        """``E_{q_t} tr G`` (levels of any shape): the sum of the blocks'."""
-        return sum(f.expected_trace_excess(lv) for f in self.factors)
-
-    def _global_mean_g(self, grid: Grid) -> torch.Tensor:
-        return self.expected_trace_excess(NoiseLevel(grid.abar[1:], grid.one_minus_abar[1:])) / self.dim
-
-    def step_kls(self, grid: Grid, family, *, mean_g: torch.Tensor | None = None):
-        """Per-step KLs: the sum of the blocks' (module docstring), each with the global ``E tr G / d``."""
-        if mean_g is None and family.name == "analytic":
-            mean_g = self._global_mean_g(grid)
-        parts = [f.step_kls(grid, family, mean_g=mean_g) for f in self.factors]
-        variances = [v for _, v in parts if v is not None]
-        return sum(p for p, _ in parts), (sum(variances) if variances else None)
-
-    def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
-        """``E fn(G, gbar)`` for the functionals of the order-1 families (sums over blocks of the block's
-        ``E fn(G^(b), gbar)``, all with the global gbar)."""
-        if mean_g is None:
-            mean_g = self.expected_trace_excess(lv) / self.dim
-        return sum(f.expected_excess_functional(fn, lv, mean_g=mean_g) for f in self.factors)
-
-    def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
-        return sum(f.expected_third_derivative_sq_norm(lv) for f in self.factors)

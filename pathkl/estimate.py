@@ -1,0 +1,52 @@
+"""One type for every number pathkl is not certain of: a value and the absolute error pathkl vouches for.
+
+An :class:`Estimate` carries two kinds of error, because they combine differently:
+
+- ``bound``: a deterministic bound (rounding of a closed form, a quadrature rule's error estimate);
+  bounds of a sum add.
+- ``stderr``: the standard error of a Monte Carlo mean; independent standard errors of a sum add in
+  quadrature.
+
+The error reported to users is ``error = bound + z95 * stderr``: the bound plus the half-width of the
+95% normal interval (docs/errors.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Two-sided 95% normal quantile.
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """``value`` with a deterministic error ``bound`` and a Monte Carlo standard error ``stderr``."""
+
+    value: float
+    bound: float = 0.0
+    stderr: float = 0.0
+
+    @property
+    def error(self) -> float:
+        """The absolute error vouched for: ``bound + z95 * stderr``."""
+        return self.bound + Z95 * self.stderr
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """``value -+ error``: a 95% interval for Monte Carlo, a certain one for bounds alone."""
+        return (self.value - self.error, self.value + self.error)
+
+    def __add__(self, other: Estimate | float) -> Estimate:
+        if isinstance(other, Estimate):
+            return Estimate(self.value + other.value, self.bound + other.bound, math.hypot(self.stderr, other.stderr))
+        return Estimate(self.value + float(other), self.bound, self.stderr)
+
+    __radd__ = __add__
+
+    def __float__(self) -> float:
+        return self.value
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "error": self.error, "stderr": self.stderr}
