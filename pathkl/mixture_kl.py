@@ -117,11 +117,12 @@ class Quadrature:
 
 
 #: The rules a step climbs, cheap to fine, until its error estimate meets the requested tolerance
-#: (d = 2, 3). The first is Gauss-Hermite everywhere (14 outer nodes); the others put a lattice where
+#: (d = 2, 3). The first two are Gauss-Hermite everywhere (8 and 14 outer nodes); the others put a lattice where
 #: the posterior weights switch sharply and refine the inner rules. Measured on the rotated mixture
 #: (benchmarks/bench_mixture.py): the first meets 1e-6 at the high-noise steps, the lattices are
 #: needed at the low-noise steps of every T and for every step of T <= 16.
 LADDER = (
+    Quadrature.hermite(8, inner=4, separated=8),
     Quadrature.hermite(14, inner=6, separated=12),
     Quadrature(smooth=24, inner=12, inner_wide=24, separated=48, near_gaussian=0.5),
     Quadrature(inner_wide=36, separated=96, near_gaussian=0.5),
@@ -129,6 +130,7 @@ LADDER = (
 )
 #: The ladder in one dimension, where fine rules are cheap.
 LADDER_1D = (
+    Quadrature.hermite(16, inner=8, separated=24),
     Quadrature(resolution=1.0, coarse=0.2, smooth=48, inner=24, inner_wide=48, separated=80, near_gaussian=0.5),
     Quadrature(resolution=0.7, coarse=0.15, smooth=96, inner=48, inner_wide=96, separated=160, near_gaussian=0.5),
     Quadrature(resolution=0.5, coarse=0.1, smooth=128, inner=64, inner_wide=128, separated=256, near_gaussian=0.35),
@@ -480,24 +482,29 @@ def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
 def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
     """``E_{q_t} J_t`` at ``steps``, each step climbing the ladder (:data:`LADDER`) until its error
     estimate is at most ``rtol`` times its value, the ladder ends, or the next lattice would not fit in
-    memory. Returns values, errors, and the ladder level and spacing each value came from (the one with
-    the smallest error)."""
+    memory. The cheap route (b) (:func:`_chain_rule_negentropy`) climbs first, route (a)
+    (:func:`_expected_negentropy`) only for the steps (b) leaves above the tolerance; a route stops
+    climbing for a step once its rounding floor alone exceeds the tolerance (route (b) at large T). Returns values,
+    errors, and the ladder level and spacing each value came from (the one with the smallest error)."""
     ladder = ladder_for(reference.dim)
     n = steps.numel()
     values, errors = torch.zeros(n, dtype=DTYPE), torch.full((n,), math.inf, dtype=DTYPE)
     levels, spacings = torch.zeros(n, dtype=torch.long), torch.full((n,), math.inf, dtype=DTYPE)
     pending = torch.arange(n)
-    for level, quad in enumerate(ladder):
-        trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
-        fits = torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in trial.tolist()], dtype=torch.bool)
-        pending, trial = pending[fits], trial[fits]
-        for sel, h in _by_spacing(reference, trial, quad):
-            at = pending[sel]
-            value, error = _expected_negentropy(reference, grid, steps[at], h, quad)
-            better = error < errors[at]
-            at = at[better]
-            values[at], errors[at], levels[at], spacings[at] = value[better], error[better], level, h
-        pending = pending[~(errors[pending] <= rtol * values[pending])]
+    for route in (_chain_rule_negentropy, _expected_negentropy):
+        hopeless = torch.zeros(n, dtype=torch.bool)  # the route's rounding floor is above the tolerance
+        for level, quad in enumerate(ladder):
+            trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
+            fits = torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in trial.tolist()], dtype=torch.bool)
+            for sel, h in _by_spacing(reference, trial[fits], quad):
+                at = pending[fits][sel]
+                value, error, floor = route(reference, grid, steps[at], h, quad)
+                better = error < errors[at]
+                hopeless[at] = floor > rtol * value.abs()
+                at = at[better]
+                values[at], errors[at], levels[at], spacings[at] = value[better], error[better], level, h
+            pending = pending[~(errors[pending] <= rtol * values[pending]) & ~hopeless[pending]]
+        pending = torch.nonzero(~(errors <= rtol * values)).flatten()
     return values, errors, levels, spacings
 
 
@@ -520,12 +527,44 @@ def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadr
     values, errors = torch.empty(idx.numel(), dtype=DTYPE), torch.empty(idx.numel(), dtype=DTYPE)
     h = spacing(reference, grid.abar[idx], grid.one_minus_abar[idx], quad)
     for sel, value in _by_spacing(reference, h, quad):
-        values[sel], errors[sel] = _expected_negentropy(reference, grid, idx[sel], value, quad)
+        values[sel], errors[sel], _ = _expected_negentropy(reference, grid, idx[sel], value, quad)
     return values, errors
 
 
+def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature,
+                       kappa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{q}[-log q + (1/2) log det(I + kappa G)]`` (the last term only where ``kappa`` is given) at
+    levels (L,), by the paired rule at each level's own spacing: values, the pair's error estimates
+    and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
+    values, errors, floors = torch.empty_like(abar), torch.empty_like(abar), torch.empty_like(abar)
+    for sel, h in _by_spacing(reference, spacing(reference, abar, one_minus_abar, quad), quad):
+        x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
+        post = reference.posterior(x, abar[sel, None], one_minus_abar[sel, None])
+        f = -post.log_prob
+        if kappa is not None:
+            g = reference.excess(post, abar[sel, None])
+            eye = torch.eye(reference.dim, dtype=DTYPE)
+            f = f + 0.5 * torch.linalg.slogdet(eye + kappa[sel, None, None, None] * g)[1]
+        values[sel], errors[sel], floors[sel] = (f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)
+    return values, errors, floors
+
+
+def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
+    """Route (b), the entropy chain rule (docs/errors.md):
+    ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})``, ``k = beta_t / alpha_t``. Only
+    outer integrals, so it is cheap where route (a) is dear (strongly non-Gaussian kernels, small T);
+    its terms are O(1) and cancel to E J_t, so its error is large where E J_t is tiny (large T), and
+    there route (a) wins. Not for t = 1 with point masses in the data (H(q_0) = -inf): NaN. The
+    spacing h of route (a) is not used: each level takes its own.""" 
+    kappa = grid.beta[idx - 1] / grid.alpha[idx - 1]
+    a, a_err, a_floor = _level_expectation(reference, grid.abar[idx], grid.one_minus_abar[idx], quad, kappa)
+    b, b_err, b_floor = _level_expectation(reference, grid.abar[idx - 1], grid.one_minus_abar[idx - 1], quad)
+    value, floor = a - b, a_floor + b_floor
+    return value, torch.where(torch.isfinite(value), a_err + b_err + floor, math.inf), floor
+
+
 def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
-    """``E_{q_t} J_t`` on one paired rule and its error: the outer estimate plus what the inner
+    """``E_{q_t} J_t`` on one paired rule, its error and its rounding floor: the outer estimate plus what the inner
     estimates and skipped points can move it by. Points whose certified bounds
     (:func:`negentropy_bound`) add up to < 1e-13 of all bounds are left out, and the sum of their
     bounds is checked afterwards to be < 1e-12 of the result (else they are computed too): the
@@ -544,7 +583,7 @@ def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qua
         j[unsure], inner[unsure] = negentropy(_subset(mix, unsure.flatten()), quad)
     skipped = torch.where(keep | unsure, 0.0, bound)
     value, outer = nodes.integrate(j)
-    return value, outer + nodes.integrate_error(inner + skipped) + _ROUNDING * value
+    return value, outer + nodes.integrate_error(inner + skipped) + _ROUNDING * value, _ROUNDING * value
 
 
 def _above_negligible(bound: torch.Tensor) -> torch.Tensor:

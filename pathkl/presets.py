@@ -64,6 +64,10 @@ def power_law_spectrum(shape, *, exponent: float = 2.0, floor: float = 1.0, vari
 
 
 PRESETS: dict[str, tuple[str, Callable[[], object]]] = {
+    "mog-1d": (
+        "two 1-D Gaussians, weights 0.3/0.7, means -1/1.5, stds 0.5/0.8 (the default of pathkl rates)",
+        lambda: MixtureReference.from_components([0.3, 0.7], [[-1.0], [1.5]], stds=[0.5, 0.8]),
+    ),
     "gaussian-5d": (
         "N(0, S), S with eigenvalues 0.05, 0.3, 1, 2.5, 6 in a fixed rotated basis (diag != full)",
         lambda: GaussianReference.from_eigenvalues([0.05, 0.3, 1.0, 2.5, 6.0], basis=fixed_rotation(5)),

@@ -18,10 +18,15 @@ def plot_rates(rows: Sequence[dict], path: Path, *, title: str) -> None:
         for row in drawn:
             colour, marker = plotting.family_style(row["cov"])
             label = plotting.slope_label(plotting.family_label(row["cov"]), row["slope"], *row["slope_ci"])
-            ax.loglog(row["steps"], row["kl"], marker=marker, color=colour, label=label)
+            ax.loglog(row["T"], row["kl"], marker=marker, color=colour, label=label)
+        for row in rows:
+            if row["slope"] is None and all(k == 0 for k in row["kl"]):
+                colour, marker = plotting.family_style(row["cov"])
+                ax.plot([], [], ls="none", marker=marker, color=colour,
+                        label=f"{plotting.family_label(row['cov'])}: KL $= 0$ at every $T$ (not drawn)")
         if drawn:
-            plotting.reference_slopes(ax, drawn[0]["steps"], anchor=drawn[0]["kl"][0])
-            plotting.integer_log_ticks(ax, drawn[0]["steps"])
+            plotting.reference_slopes(ax, drawn[0]["T"], anchor=drawn[0]["kl"][0])
+            plotting.integer_log_ticks(ax, drawn[0]["T"])
         ax.set_xlabel("number of steps $T$")
         ax.set_ylabel("path KL (sum of steps)")
         ax.set_title(title)

@@ -24,7 +24,8 @@ from .common import (
 )
 
 _DEFAULT_COVS = "beta,analytic,diag,full"
-_DEFAULT_STEPS = "64,128,256,512,1024,2048,4096"
+_DEFAULT_STEPS = "32,64,128,256,512"
+_DEFAULT_REF = "mog-1d"
 _PLOT_SUFFIXES = (".pdf", ".png", ".svg")
 
 _EXAMPLES = f"""
@@ -35,9 +36,9 @@ coefficient * int beta(tau)^(p+1) E||D||^2 dtau (p = 1 for beta, analytic, diag;
 beta_tilde is summed from t = 2 (its t = 1 step is infinite) and claims no vanishing rate.
 
 examples:
-  pathkl rates                                     # gaussian-5d, vp-linear, {_DEFAULT_COVS}
+  pathkl rates                                     # {_DEFAULT_REF}, vp-linear, {_DEFAULT_COVS}
   pathkl rates --ref image-3x64x64 --schedule cosine --cov beta,analytic --steps 100,200,400,800
-  pathkl rates --cov analytic,full --steps 64,128,256,512,1024 --json
+  pathkl rates --ref gaussian-5d --cov analytic,full --steps 64,128,256,512,1024 --json
   pathkl rates --plot rates.pdf
 """
 
@@ -47,7 +48,7 @@ def register(subparsers) -> None:
         "rates", help="fitted convergence orders and leading constants", description=__doc__,
         epilog=_EXAMPLES, formatter_class=formatter,
     )
-    add_reference_options(p, default_ref="gaussian-5d")
+    add_reference_options(p, default_ref=_DEFAULT_REF)
     p.add_argument("--cov", default=_DEFAULT_COVS,
                    help=f"comma-separated families from {', '.join(FAMILIES)} (default: {_DEFAULT_COVS})")
     p.add_argument("--steps", default=_DEFAULT_STEPS,
