@@ -52,6 +52,8 @@ class StandardBasis(Basis):
 
     def compress(self, eigenvalues):
         values, counts = torch.unique(eigenvalues, return_counts=True)
+        if values.numel() == eigenvalues.numel():
+            return eigenvalues, None, self
         return values, counts.to(eigenvalues.dtype), StandardBasis(values.numel())
 
     def diagonal(self, values):

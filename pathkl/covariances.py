@@ -36,31 +36,42 @@ class ReverseStep:
     """What a family needs about step(s) t: per-step scalars (broadcastable against eigenvalues of
     shape (..., d)) and the operators ``G = H + I`` and ``C = Cov[x_0|x_t]`` at ``x_t``.
 
-    ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by ``analytic``).
+    ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by ``analytic``). The Gaussian
+    closed form leaves out (None) what the family does not read (:attr:`Family.reads`).
     """
 
     beta: torch.Tensor
     alpha: torch.Tensor
     beta_tilde: torch.Tensor
     gamma2: torch.Tensor
-    g: SymmetricOperator
-    c: SymmetricOperator
-    mean_g: torch.Tensor
+    g: SymmetricOperator | None
+    c: SymmetricOperator | None
+    mean_g: torch.Tensor | None
 
     @staticmethod
     def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> ReverseStep:
         """Scalars of step(s) ``t`` (an int, or a 1-D tensor of steps, giving shape (n, 1))."""
+        return ReverseStep(*ReverseStep.scalars(grid, t), g, c, torch.as_tensor(mean_g))
+
+    @staticmethod
+    def scalars(grid: Grid, t) -> tuple[torch.Tensor, ...]:
+        """``(beta, alpha, beta_tilde, gamma2)`` of step(s) ``t`` as in :meth:`at`: computed once for
+        many steps, rows of them make each chunk's ReverseStep without touching the grid again."""
         t = torch.as_tensor(t)
         pick = (lambda a: a[t - 1, None]) if t.ndim == 1 else (lambda a: a[t - 1])
         one_minus = grid.one_minus_abar
         beta = pick(grid.beta)
         gamma2 = pick(grid.abar[:-1]) * beta**2 / pick(one_minus[1:]) ** 2
-        return ReverseStep(beta, pick(grid.alpha), pick(grid.beta_tilde), gamma2, g, c, torch.as_tensor(mean_g))
+        return beta, pick(grid.alpha), pick(grid.beta_tilde), gamma2
 
     @property
     def curvature_scale(self) -> torch.Tensor:
         """``beta^2 / alpha``: ``Sigma* = beta I + (beta^2 / alpha) G``."""
         return self.beta**2 / self.alpha
+
+    def spectral_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_i x_i`` over the eigenvalues of G or C (one basis, so the same multiplicities)."""
+        return (self.c if self.g is None else self.g).spectral_sum(x)
 
 
 @dataclass(frozen=True)
@@ -72,15 +83,17 @@ class Family:
     coefficient: float
     source: str
     _relative_eigvals: Callable[[ReverseStep], torch.Tensor]
+    reads: frozenset[str]  # what _relative_eigvals reads of ReverseStep's "g", "c", "mean_g"
     _defect_sq_norm: Callable[[SymmetricOperator, torch.Tensor], torch.Tensor] | None = None
 
     def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
         """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
         return self._relative_eigvals(step)
 
-    def gaussian_step_kl(self, step: ReverseStep) -> torch.Tensor:
-        """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...)."""
-        return 0.5 * step.g.spectral_sum(u_minus_log1p(self.relative_eigvals(step)))
+    def gaussian_step_kl(self, step: ReverseStep, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...); ``work``: three
+        tensors shaped like the eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
+        return 0.5 * step.spectral_sum(u_minus_log1p(self.relative_eigvals(step), work=work))
 
     def defect_sq_norm(self, g: SymmetricOperator, mean_g: torch.Tensor) -> torch.Tensor:
         """``||D||_F^2`` at each point for an order-1 family (D = its defect, see module doc)."""
@@ -100,13 +113,12 @@ def _beta_tilde(step):
 def _analytic(step):
     k = step.curvature_scale
     sigma2 = step.beta + k * step.mean_g
-    return k * (step.g.eigvals() - step.mean_g) / sigma2
+    return (step.g.eigvals() - step.mean_g).mul_(k / sigma2)
 
 
 def _diag(step):
-    k = step.curvature_scale
-    diagonal = step.beta + k * step.g.diagonal()
-    return step.g.scaled_offdiagonal_eigvals(diagonal / k)
+    # S = diag(Sigma*) / k = beta / k + diag(G), k = beta^2 / alpha
+    return step.g.scaled_offdiagonal_eigvals(step.g.diagonal() + step.beta / step.curvature_scale)
 
 
 def _full(step):
@@ -122,15 +134,16 @@ def _offdiagonal_sq_norm(g, mean_g):
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta,
+        Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta, frozenset({"g"}),
                lambda g, mean_g: g.spectral_sum(g.eigvals() ** 2)),
         Family("beta_tilde", None, 0.0, "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
-               _beta_tilde),
+               _beta_tilde, frozenset({"c"})),
         Family("analytic", 1, 0.25, "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
-               _analytic, lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2)),
+               _analytic, frozenset({"g", "mean_g"}), lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2)),
         Family("diag", 1, 0.25, "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", _diag,
-               _offdiagonal_sq_norm),
-        Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full),
+               frozenset({"g"}), _offdiagonal_sq_norm),
+        Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full,
+               frozenset({"g"})),
     )
 }
 

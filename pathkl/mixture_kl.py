@@ -536,8 +536,10 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
     """``E_{q}[-log q + (1/2) log det(I + kappa G)]`` (the last term only where ``kappa`` is given) at
     levels (L,), by the paired rule at each level's own spacing: values, the pair's error estimates
     and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
-    values, errors, floors = torch.empty_like(abar), torch.empty_like(abar), torch.empty_like(abar)
+    values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
     for sel, h in _by_spacing(reference, spacing(reference, abar, one_minus_abar, quad), quad):
+        if _lattice_size(h, reference.dim) > _MAX_LATTICE:
+            continue  # left at +inf: this rung cannot resolve the level
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
         post = reference.posterior(x, abar[sel, None], one_minus_abar[sel, None])
         f = -post.log_prob

@@ -59,6 +59,10 @@ class Spectral(SymmetricOperator):
     def spectral_sum(self, x):
         return x.sum(-1) if self.multiplicities is None else x @ self.multiplicities
 
+    def mean_trace(self):
+        count = self.values.shape[-1] if self.multiplicities is None else self.multiplicities.sum()
+        return self.spectral_sum(self.values) / count
+
     def diagonal(self):
         return self.basis.diagonal(self.values)
 

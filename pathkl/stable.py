@@ -21,29 +21,42 @@ def _series_terms(s2_max: float) -> int:
     return next((k for k in range(1, len(_ATANH_TAIL)) if s2_max**k < 2.0**-56), len(_ATANH_TAIL))
 
 
-def u_minus_log1p(u: torch.Tensor) -> torch.Tensor:
+def u_minus_log1p(u: torch.Tensor, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """phi(u) = u - log(1 + u) for u > -1, accurate to a few ulps for all u, including |u| << 1.
 
     With s = u / (2 + u) one has log1p(u) = 2 atanh(s), hence
-    phi(u) = u^2 / (2 + u) - 2 s^3 (1/3 + s^2/5 + s^4/7 + ...),
-    a sum of two terms that never cancel for |s| <= 1/4 (their ratio is below 1/6); the tail is cut
+    phi(u) = s (u - 2 s^2 (1/3 + s^2/5 + s^4/7 + ...)),
+    whose difference never cancels for |s| <= 1/4 (the subtracted term is below |u| / 9); the tail is cut
     where its remainder drops below rounding (3 terms when all |u| < 1e-3).
     Outside that range the direct formula loses at most one digit.  phi(-1) = phi(+inf) = +inf.
+    When every |s| <= 1/4 (the per-step KLs) no masks are formed: about ten passes over u in all.
+
+    ``work``: three tensors shaped like ``u`` to compute in (a loop reuses them rather than allocate;
+    the result is then the third, unless some |s| > 1/4).
     """
     u = torch.as_tensor(u, dtype=torch.float64)
-    s = u / (2.0 + u)
-    s2 = s * s
-    in_series = s.abs() <= _SERIES_LIMIT
-    s2_max = float(torch.where(in_series, s2, 0.0).max()) if u.numel() else 0.0
-    terms = _ATANH_TAIL[: _series_terms(s2_max)]
-    tail = torch.full_like(u, terms[-1])
-    for coefficient in reversed(terms[:-1]):
-        tail.mul_(s2).add_(coefficient)
-    series = u * u / (2.0 + u) - 2.0 * s * s2 * tail
-    if bool(in_series.all()):
-        return series
+    s, s2, out = work if work is not None else (torch.empty_like(u) for _ in range(3))
+    torch.div(u, torch.add(u, 2.0, out=s), out=s)
+    torch.mul(s, s, out=s2)
+    s2_max = float(s2.max()) if u.numel() else 0.0
+    if s2_max <= _SERIES_LIMIT**2:  # False for NaN
+        return _series(u, s, s2, s2_max, out)
+    in_series = s2 <= _SERIES_LIMIT**2
+    series = _series(u, s, s2, float(torch.where(in_series, s2, 0.0).max()), out)
     direct = torch.where(torch.isinf(u), u, u - torch.log1p(u))
     return torch.where(in_series, series, direct)
+
+
+def _series(u: torch.Tensor, s: torch.Tensor, s2: torch.Tensor, s2_max: float, out: torch.Tensor) -> torch.Tensor:
+    """``s (u - s^2 p(s^2))`` in ``out``, with ``p = 2 (1/3 + s^2/5 + ...)`` cut to the terms ``s2_max``
+    needs: Horner, one pass per term, each a fused multiply-add."""
+    *low, high = [2.0 * c for c in _ATANH_TAIL[: _series_terms(s2_max)]]
+    if not low:
+        return torch.add(u, s2, alpha=-high, out=out).mul_(s)
+    torch.add(u.new_tensor(low.pop()), s2, alpha=high, out=out)
+    for coefficient in reversed(low):
+        torch.addcmul(u.new_tensor(coefficient), out, s2, out=out)
+    return torch.addcmul(u, s2, out, value=-1.0, out=out).mul_(s)
 
 
 def one_plus_e_log_one_plus_e_minus_e(e: torch.Tensor) -> torch.Tensor:

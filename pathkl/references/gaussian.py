@@ -14,6 +14,8 @@ two Gaussians with the same mean, evaluated from the relative eigenvalues (pathk
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -26,9 +28,12 @@ from ..operators import Spectral
 from ..schedules import DTYPE, Grid, NoiseLevel
 from ..stable import u_minus_log1p
 
-# Elements per chunk of steps: (chunk, d) float64 temporaries of 2 MiB stay in cache and are reused by
-# malloc; 64 MiB ones were 3-4x slower (page faults on every fresh temporary).
-_CHUNK_ELEMENTS = 1 << 18
+# Elements per chunk of steps. Each (chunk, d) float64 temporary is 1 MiB: a handful stay in cache and
+# each torch call is amortised over many elements; far smaller chunks spend their time in per-call
+# overhead (1.5x slower at 2^15), far larger ones stream through memory. The temporaries are reused
+# from chunk to chunk (step_kls's workspace): fresh ones of this size were freed to the OS and
+# page-faulted back on every chunk (2-4x slower).
+_CHUNK_ELEMENTS = 1 << 17
 
 
 def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -194,16 +199,23 @@ class GaussianReference:
         Repeated eigenvalues are merged first (``Basis.compress``), so the cost per step is the number of
         distinct eigenvalues, not d."""
         values, multiplicities, structure = self.basis.compress(self.eigenvalues)
-        out = torch.empty(grid.T, dtype=DTYPE)
         chunk = max(1, _CHUNK_ELEMENTS // values.numel())
-        for start in range(0, grid.T, chunk):
-            steps = torch.arange(start + 1, min(grid.T, start + chunk) + 1)
-            lv = NoiseLevel(grid.abar[steps, None], grid.one_minus_abar[steps, None])
-            g, c = (Spectral(x, structure, multiplicities) for x in _excess_and_posterior(values, lv))
-            own = g.mean_trace() if mean_g is None else mean_g[steps - 1]
-            step = ReverseStep.at(grid, steps, g=g, c=c, mean_g=own[:, None])
-            out[start : start + steps.numel()] = family.gaussian_step_kl(step)
-        return out, None
+        columns = (grid.abar[1:, None], grid.one_minus_abar[1:, None],
+                   *ReverseStep.scalars(grid, torch.arange(1, grid.T + 1)))
+        given = itertools.repeat(None) if mean_g is None else mean_g[:, None].split(chunk)
+        workspace = torch.empty(6, chunk, values.numel(), dtype=DTYPE)
+        out = []
+        with _one_thread():
+            for (abar, one_minus_abar, *scalars), own in zip(zip(*(x.split(chunk) for x in columns)), given):
+                *operands, s, s2, phi = workspace[:, : abar.shape[0]]
+                lv = NoiseLevel(abar, one_minus_abar)
+                g, c = (None if x is None else Spectral(x, structure, multiplicities)
+                        for x in _excess_and_posterior(values, lv, family.reads, operands))
+                if own is None and "mean_g" in family.reads:
+                    own = g.mean_trace()[:, None]
+                step = ReverseStep(*scalars, g, c, own)
+                out.append(family.gaussian_step_kl(step, work=(s, s2, phi)))
+        return torch.cat(out), None
 
     def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
         """``E_{q_t} fn(G, E tr G / d)`` (``mean_g`` overrides ``E tr G / d``); G does not depend on x_t."""
@@ -221,8 +233,27 @@ class GaussianReference:
         return 0.0
 
 
-def _excess_and_posterior(eigenvalues: torch.Tensor, lv: NoiseLevel) -> tuple[torch.Tensor, torch.Tensor]:
+def _excess_and_posterior(eigenvalues: torch.Tensor, lv: NoiseLevel, reads=frozenset({"g", "c"}),
+                          out=(None, None, None)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``g = abar (lambda - 1) / nu`` (eigenvalues of G = H + I) and ``c = lambda (1 - abar) / nu``
-    (of Cov[x_0|x_t]), with ``nu = (1 - abar) + abar lambda``; one division shared."""
-    inv_nu = 1.0 / (lv.one_minus_abar + lv.abar * eigenvalues)
-    return lv.abar * (eigenvalues - 1.0) * inv_nu, eigenvalues * lv.one_minus_abar * inv_nu
+    (of Cov[x_0|x_t]), with ``nu = (1 - abar) + abar lambda``; each only if in ``reads`` (a family's
+    :attr:`~pathkl.covariances.Family.reads`; ``mean_g`` needs g), else None. ``out``: tensors of the
+    result's shape to write nu, g and c in (None: fresh ones). Two passes each."""
+    nu_out, g_out, c_out = out
+    nu = torch.mul(eigenvalues, lv.abar, out=nu_out).add_(lv.one_minus_abar)
+    g = torch.mul(eigenvalues - 1.0, lv.abar, out=g_out).div_(nu) if reads & {"g", "mean_g"} else None
+    c = torch.mul(eigenvalues, lv.one_minus_abar, out=c_out).div_(nu) if "c" in reads else None
+    return g, c
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on the calling thread only: per-step arithmetic on cache-sized chunks gains little from a
+    second thread, and on a shared machine each op's barrier waits for a descheduled worker (6x slower
+    at d = 12288 on two busy cores). Not thread-safe: torch's thread count is process-wide."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
