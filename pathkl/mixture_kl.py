@@ -643,7 +643,8 @@ def expected_trace_excess(reference, lv: NoiseLevel) -> torch.Tensor:
     flat = abar.reshape(-1)
     om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
     out = torch.empty_like(flat)
-    for sel, value in _by_spacing(reference, spacing(reference, flat, om, quad), quad):
+    h = torch.tensor([_finest_affordable(v, reference.dim) for v in spacing(reference, flat, om, quad).tolist()], dtype=DTYPE)
+    for sel, value in _by_spacing(reference, h, quad):
         x, w, _ = level_rule(reference, flat[sel], om[sel], value, quad)
         g = reference.excess(reference.posterior(x, flat[sel, None], om[sel, None]), flat[sel, None])
         out[sel] = reference.dim * _mean_trace(g, w)
@@ -678,8 +679,14 @@ def terminal_kl(reference, lv: NoiseLevel, *, rtol: float) -> Estimate:
     return best
 
 
+def _finest_affordable(h: float, d: int) -> float:
+    """h, or the finest spacing whose lattice fits in memory if h's does not (the paired rule's
+    estimate then reports the coarser lattice's error)."""
+    return h if _lattice_size(h, d) <= _MAX_LATTICE else _RADIUS * (math.pi ** (d / 2) / math.gamma(d / 2 + 1) / _MAX_LATTICE) ** (1 / d) * 1.001
+
+
 def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
-    h = float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0])
+    h = _finest_affordable(float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0]), reference.dim)
     x, w, e = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
     return reference.posterior(x, lv.abar, lv.one_minus_abar), w, e
 

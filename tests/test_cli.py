@@ -10,7 +10,6 @@ import math
 
 import pytest
 
-from pathkl import mixture_kl as mk
 from pathkl.cli import COMMANDS, main
 from pathkl.covariances import FAMILIES, get_family
 from pathkl.pathspace import path_kl
@@ -109,13 +108,14 @@ LADDER = [32, 64, 128, 256, 512]
 
 
 def test_rates_json_matches_the_library(capsys):
-    code, out, err = run(["rates", "--cov", "beta,full", "--steps", ",".join(map(str, LADDER)), "--json"], capsys)
+    code, out, err = run(["rates", "--ref", "gaussian-5d", "--cov", "beta,full", "--steps", ",".join(map(str, LADDER)),
+                          "--json"], capsys)
     assert (code, err) == (0, "")
     rows = {row["cov"]: row for row in json.loads(out)}
     reference, schedule = PRESETS["gaussian-5d"][1](), get_schedule("vp-linear")
     for name, row in rows.items():
-        assert {"cov", "steps", "kl", "slope", "slope_ci", "constant", "constant_predicted"} <= row.keys()
-        assert row["steps"] == LADDER
+        assert {"cov", "T", "kl", "kl_error", "slope", "slope_ci", "constant", "constant_predicted"} <= row.keys()
+        assert row["T"] == LADDER and row["met_rtol"] is True
         family = get_family(name)
         assert row["kl"] == [path_kl(reference, schedule.grid(t), family).steps for t in LADDER]
     beta = rows["beta"]
@@ -224,24 +224,33 @@ def test_help_exits_0_and_shows_an_example(argv, capsys):
     assert "example" in out.lower() and "pathkl " in out
 
 
-def test_kl_names_the_quadrature_rule_for_two_dimensional_mixtures(capsys, tmp_path):
-    """A 2-D mixture's digits depend on the rule: the text header and the JSON name it; the fine
-    rule gives what the library gives with it and prints its a-posteriori error estimate (a mild
-    mixture: the rotated one at T = 4 costs minutes on the fine rule); Gaussians and 1-D products
-    have no such choice."""
-    code, out, _ = run(["kl", "--ref", "mog-rotated", "--cov", "diag", "--steps", "4"], capsys)
-    assert code == 0 and "(fast quadrature:" in out.splitlines()[0] and "quadrature error" not in out
-    spec = {"kind": "mog", "weights": [0.5, 0.5], "means": [[-0.4, 0.0], [0.4, 0.2]], "stds": [0.8, 0.7]}
-    path = tmp_path / "mild.json"
+def test_kl_prints_every_part_with_its_error_and_method(capsys, tmp_path):
+    """The error contract at the surface: text prints value +- error (or exact) and the method; JSON
+    carries terminal_error, steps_error, total_error, method, rtol, met_rtol, equal to the library's."""
+    code, out, err = run(["kl", "--ref", "gaussian-2d", "--cov", "diag", "--steps", "20"], capsys)
+    assert (code, err) == (0, "") and "(closed form)" in out.splitlines()[0]
+    assert all("+-" in line or "exact" in line for line in out.splitlines()[1:4])
+    spec = {"kind": "mog", "weights": [0.5, 0.5], "means": [[-2], [2]], "stds": [0.1, 0.3]}
+    path = tmp_path / "mog1.json"
     path.write_text(json.dumps(spec))
-    fine = ["kl", "--ref", str(path), "--cov", "diag", "--steps", "4", "--quadrature", "fine"]
-    code, out, _ = run(fine + ["--json"], capsys)
+    code, out, err = run(["kl", "--ref", str(path), "--cov", "full", "--steps", "4", "--rtol", "1e-7", "--json"], capsys)
     doc = json.loads(out)
-    expected = path_kl(mk.with_quadrature(load_reference(str(path)), mk.FINE), VPLinear().grid(4), FAMILIES["diag"])
-    assert doc["quadrature"] == "fine" and doc["steps"] == expected.steps
-    assert 0 < doc["quadrature_error"] <= 1e-9 * doc["steps"]
-    code, out, _ = run(fine, capsys)
-    assert code == 0 and "estimated quadrature error" in out
-    for ref in ("gaussian-2d", "mog-ocm-grid"):
-        code, out, _ = run(["kl", "--ref", ref, "--steps", "4", "--json"], capsys)
-        assert "quadrature" not in json.loads(out)
+    expected = path_kl(load_reference(str(path)), VPLinear().grid(4), FAMILIES["full"], rtol=1e-7)
+    assert (code, err) == (0, "") and doc["method"] == "quadrature" and doc["met_rtol"] is True
+    for key in ("terminal", "steps", "total"):
+        assert (doc[key], doc[key + "_error"]) == (getattr(expected, key), getattr(expected, key + "_error"))
+    assert abs(doc["steps"] - 0.5403859580468613) <= doc["steps_error"] <= 1e-7 * doc["steps"]
+
+
+def test_kl_warns_on_stderr_when_rtol_is_not_met(capsys, tmp_path):
+    """Monte Carlo cannot reach 1e-6 with a few hundred samples: exit 0, one warning line, and the
+    JSON says met_rtol false with the interval's half-width as the error."""
+    spec = {"kind": "mog", "weights": [0.3, 0.7], "means": [[-1, 0, 0.5, 0, 0], [1, 0.5, 0, 0, -0.5]], "stds": [0.3, 0.5]}
+    path = tmp_path / "mog5.json"
+    path.write_text(json.dumps(spec))
+    code, out, err = run(["kl", "--ref", str(path), "--cov", "full", "--steps", "4", "--mc-samples", "32",
+                          "--mc-inner", "16", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["method"] == "monte carlo" and doc["met_rtol"] is False
+    assert len(err.splitlines()) == 1 and "warning" in err and "rtol" in err
+    assert doc["total_error"] == pytest.approx(doc["ci95"][1] - doc["total"], rel=1e-12)
