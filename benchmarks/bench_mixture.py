@@ -1,20 +1,19 @@
 """Mixture benchmarks: prints figures (wall time, values, refinement changes).
 
+    python3 benchmarks/bench_mixture.py contract [--rtol 1e-6]
     python3 benchmarks/bench_mixture.py ocm [--T 1000]
-    python3 benchmarks/bench_mixture.py refine-ocm [--T 1000]
     python3 benchmarks/bench_mixture.py empirical [--n 2000 --d 12288 --samples 32]
-    python3 benchmarks/bench_mixture.py refine [--ref mog-rotated --T 1024 --at 1,10,50,150,300,600]
     python3 benchmarks/bench_mixture.py mc [--d 8 --K 6 --samples 256 --inner 32]
+
+``contract``: the error contract's cost and honesty on the hard cases (the README's 1-D mixture with
+unequal widths at T = 4, the same times N(0, 1) in 2-D, the rotated 2-D mixture at T = 16, the rates
+default mog-1d at T = 32..512): wall time, steps +- its stated error, and, where the oracle
+(tests/oracle.py) reaches, the true error against the stated one.
 
 ``ocm``: all five families on the OCM 3x3 toy (product form, default 1-D rule) at one T (J is
 computed once and shared), wall time included.
-``refine-ocm``: node refinement of one 1-D factor of the OCM toy (sum of E J and of the beta steps):
-the accuracy statement for ``ocm``.
 ``empirical``: the full-family leading-constant integrand E||grad^3 log q_t||^2 for N random points
 in d dimensions by Monte Carlo over x_t (Gram form), with its standard error, at three noise levels.
-``refine``: E J_t at chosen steps under the fast (Gauss-Hermite) rule, Gauss-Hermite at 32 and 64
-nodes, the fine (paired lattice) rule with its a-posteriori estimates, a finer one (finer outer
-and inner rules, tighter tolerance) and, at small T, route (b): the accuracy statement for d = 2.
 ``mc``: Monte Carlo path KL (pathkl.mixture_mc) of a rotated d-dimensional K-component mixture at
 T = 100 and 1000: time, value, SE, and the variance-reduction factor of the control variates (the same
 seed without them).
@@ -23,7 +22,6 @@ seed without them).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import torch
@@ -32,7 +30,7 @@ from pathkl import mixture_kl as mk
 from pathkl import mixture_mc as mm
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl
-from pathkl.presets import ocm_grid, ocm_line
+from pathkl.presets import ocm_grid
 from pathkl.references import MixtureReference
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, VPLinear
@@ -49,16 +47,21 @@ def ocm(args) -> None:
     print(f"OCM 3x3 (product form), T={args.T}, all five families: {time.perf_counter() - start:.1f} s")
 
 
-def refine_ocm(args) -> None:
-    line = ocm_line()
-    grid = VPLinear().grid(args.T)
-    for quad in (mk.Quadrature(resolution=1.0, coarse=0.2, smooth=96, inner=24, separated=96), mk.FINE_1D,
-                 mk.Quadrature(resolution=0.35, coarse=0.07, smooth_below=0.0, smooth=160, inner=64, separated=192)):
+def contract(args) -> None:
+    one_d = MixtureReference.from_components([0.5, 0.5], [[-2.0], [2.0]], stds=[0.1, 0.3])
+    two_d = MixtureReference.from_components([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], variances=[[0.01, 1.0], [0.09, 1.0]])
+    truth = 0.5403859580468613  # tests/oracle.py, chain rule and nested routes agree to 1e-15
+    cases = [("1-D unequal widths, T=4", one_d, 4, truth), ("the same x N(0,1), 2-D, T=4", two_d, 4, truth),
+             ("mog-rotated, T=16", load_reference("mog-rotated"), 16, None)]
+    cases += [(f"mog-1d, T={t}", load_reference("mog-1d"), t, None) for t in (32, 64, 128, 256, 512)]
+    for name, reference, steps, exact in cases:
         start = time.perf_counter()
-        j = float(mk.expected_negentropies(line, grid, quad).sum())
-        beta = float(mk.step_kls(line, grid, FAMILIES["beta"], quad)[0].sum())
-        print(f"OCM factor T={args.T} {quad}: sum E J = {j:.15e}, beta steps = {beta:.15e} "
-              f"({time.perf_counter() - start:.1f} s)")
+        result = path_kl(reference, VPLinear().grid(steps), FAMILIES["full"], rtol=args.rtol)
+        seconds = time.perf_counter() - start
+        line = f"{name:30s} full steps = {result.steps:.12e} +- {result.steps_error:.1e} ({seconds:6.1f} s)"
+        if exact is not None:
+            line += f"  true error {abs(result.steps - exact):.1e}"
+        print(line, flush=True)
 
 
 def empirical(args) -> None:
@@ -71,30 +74,6 @@ def empirical(args) -> None:
         mean, stderr = mk.mc_third_derivative_sq_norm(reference, schedule.level(tau), samples=args.samples, generator=gen)
         print(f"N={args.n} d={args.d} tau={tau}: E||grad^3 log q||^2 = {mean:.6e} +- {stderr:.1e} "
               f"({args.samples} samples, {time.perf_counter() - start:.1f} s)")
-
-
-def refine(args) -> None:
-    reference = load_reference(args.ref)
-    grid = VPLinear().grid(args.T)
-    idx = torch.tensor([int(t) for t in args.at.split(",")])
-    rules = {"fast": mk.FAST, "hermite-32": mk.Quadrature.hermite(32, inner=12, separated=48),
-             "hermite-64": mk.Quadrature.hermite(64, inner=12, separated=48), "fine": mk.FINE,
-             "finer": dataclasses.replace(mk.FINE, resolution=1.4, coarse=0.2, inner=32, separated=128,
-                                          near_gaussian=0.35, tolerance=1e-11)}
-    values, estimates = {}, {}
-    for name, quad in rules.items():
-        start = time.perf_counter()
-        values[name], estimates[name] = mk.expected_negentropy_at(reference, grid, idx, quad)
-        print(f"{args.ref} T={args.T} {name:10s} ({time.perf_counter() - start:6.1f} s)", flush=True)
-    if args.T <= 16:
-        values["route (b)"] = torch.tensor([mk.negentropy_chain_rule(reference, grid, t, mk.FINE) for t in idx.tolist()])
-    best = values["finer"]
-    print("E J_t at t = " + ", ".join(map(str, idx.tolist())) + "; relative difference from 'finer':")
-    for name, v in values.items():
-        print(f"  {name:10s} " + "  ".join(f"{float(e):+.1e}" for e in (v - best) / best))
-    print("a-posteriori estimates, relative:")
-    for name in ("fine", "finer"):
-        print(f"  {name:10s} " + "  ".join(f"{float(e):.1e}" for e in estimates[name] / values[name]))
 
 
 def _rotated(d: int, k: int) -> MixtureReference:
@@ -122,16 +101,18 @@ def mc(args) -> None:
                   f"(CV variance reduction {plain_var / var:.1f}x; {seconds:.1f} s with CVs, J included)")
         lv = grid.level(steps)
         cv, plain = (mm.terminal_kl(reference, lv, mm.MonteCarlo(control_variates=c)) for c in (True, False))
-        print(f"  terminal = {cv.value:.6e} +- {cv.variance**0.5:.1e} (CV variance reduction {plain.variance / cv.variance:.3g}x)")
+        print(f"  terminal = {cv.value:.6e} +- {cv.stderr:.1e} (CV variance reduction {(plain.stderr / cv.stderr) ** 2:.3g}x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, func in (("ocm", ocm), ("refine-ocm", refine_ocm)):
-        p = sub.add_parser(name)
-        p.add_argument("--T", type=int, default=1000)
-        p.set_defaults(func=func)
+    p = sub.add_parser("ocm")
+    p.add_argument("--T", type=int, default=1000)
+    p.set_defaults(func=ocm)
+    p = sub.add_parser("contract")
+    p.add_argument("--rtol", type=float, default=1e-6)
+    p.set_defaults(func=contract)
     p = sub.add_parser("empirical")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--d", type=int, default=12288)
@@ -143,11 +124,6 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--inner", type=int, default=32)
     p.set_defaults(func=mc)
-    p = sub.add_parser("refine")
-    p.add_argument("--ref", default="mog-rotated")
-    p.add_argument("--T", type=int, default=1024)
-    p.add_argument("--at", default="1,10,50,150,300,600", help="steps t to compare")
-    p.set_defaults(func=refine)
     args = parser.parse_args()
     args.func(args)
 
