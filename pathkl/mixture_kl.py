@@ -537,9 +537,10 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
     levels (L,), by the paired rule at each level's own spacing: values, the pair's error estimates
     and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
     values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
-    for sel, h in _by_spacing(reference, spacing(reference, abar, one_minus_abar, quad), quad):
-        if _lattice_size(h, reference.dim) > _MAX_LATTICE:
-            continue  # left at +inf: this rung cannot resolve the level
+    h_all = spacing(reference, abar, one_minus_abar, quad)
+    fits = torch.nonzero(torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in h_all.tolist()])).flatten()
+    for chunk, h in _by_spacing(reference, h_all[fits], quad):  # levels that do not fit stay at +inf
+        sel = fits[chunk]
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
         post = reference.posterior(x, abar[sel, None], one_minus_abar[sel, None])
         f = -post.log_prob

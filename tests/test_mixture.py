@@ -233,6 +233,7 @@ def _oracle_steps(reference, grid, family, steps):
 FINE_RULE = mk.Quadrature(inner_wide=36, separated=96, near_gaussian=0.5)
 
 
+@pytest.mark.slow  # ~2.5 minutes: route (a) on fine lattices at T = 16
 def test_routes_agree_at_small_T():
     """Route (a) (whitened negentropy, one fixed paired lattice rule, no chain rule) against the
     independent oracle (tests/oracle.py: entropy chain rule by its own adaptive Gauss-Kronrod, numpy
