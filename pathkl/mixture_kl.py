@@ -495,7 +495,7 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
         hopeless = torch.zeros(n, dtype=torch.bool)  # the route's rounding floor is above the tolerance
         for level, quad in enumerate(ladder):
             trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
-            fits = torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in trial.tolist()], dtype=torch.bool)
+            fits = _affordable(trial, reference.dim)
             for sel, h in _by_spacing(reference, trial[fits], quad):
                 at = pending[fits][sel]
                 value, error, floor = route(reference, grid, steps[at], h, quad)
@@ -538,7 +538,7 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
     and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
     values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
     h_all = spacing(reference, abar, one_minus_abar, quad)
-    fits = torch.nonzero(torch.tensor([_lattice_size(v, reference.dim) <= _MAX_LATTICE for v in h_all.tolist()])).flatten()
+    fits = torch.nonzero(_affordable(h_all, reference.dim)).flatten()
     for chunk, h in _by_spacing(reference, h_all[fits], quad):  # levels that do not fit stay at +inf
         sel = fits[chunk]
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
@@ -678,6 +678,11 @@ def terminal_kl(reference, lv: NoiseLevel, *, rtol: float) -> Estimate:
         if best.bound <= rtol * best.value:
             break
     return best
+
+
+def _affordable(h: torch.Tensor, d: int) -> torch.Tensor:
+    """Which spacings (Gauss-Hermite where inf) have lattices that fit in memory."""
+    return torch.tensor([_lattice_size(v, d) <= _MAX_LATTICE for v in h.tolist()], dtype=torch.bool)
 
 
 def _finest_affordable(h: float, d: int) -> float:
