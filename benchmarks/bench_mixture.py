@@ -14,7 +14,7 @@ default mog-1d at T = 32..512): wall time, steps +- its stated error, and, where
 computed once and shared), wall time included.
 ``empirical``: the full-family leading-constant integrand E||grad^3 log q_t||^2 for N random points
 in d dimensions by Monte Carlo over x_t (Gram form), with its standard error, at three noise levels.
-``mc``: Monte Carlo path KL (pathkl.mixture_mc) of a rotated d-dimensional K-component mixture at
+``mc``: Monte Carlo path KL (pathkl.rules.montecarlo) of a rotated d-dimensional K-component mixture at
 T = 100 and 1000: time, value, SE, and the variance-reduction factor of the control variates (the same
 seed without them).
 """
@@ -26,13 +26,13 @@ import time
 
 import torch
 
-from pathkl import mixture_kl as mk
-from pathkl import mixture_mc as mm
+from pathkl import third_derivative as td
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import ocm_grid
 from pathkl.references import MixtureReference
 from pathkl.refspec import load_reference
+from pathkl.rules import montecarlo as mcr
 from pathkl.schedules import DTYPE, VPLinear
 
 
@@ -71,7 +71,7 @@ def empirical(args) -> None:
     schedule = VPLinear()
     for tau in (0.05, 0.3, 0.7):
         start = time.perf_counter()
-        mean, stderr = mk.mc_third_derivative_sq_norm(reference, schedule.level(tau), samples=args.samples, generator=gen)
+        mean, stderr = td.mc_third_derivative_sq_norm(reference, schedule.level(tau), samples=args.samples, generator=gen)
         print(f"N={args.n} d={args.d} tau={tau}: E||grad^3 log q||^2 = {mean:.6e} +- {stderr:.1e} "
               f"({args.samples} samples, {time.perf_counter() - start:.1f} s)")
 
@@ -92,15 +92,15 @@ def mc(args) -> None:
         for family in ("full", "diag"):
             runs = {}
             for cv in (True, False):
-                settings = mm.MonteCarlo(outer=args.samples, inner=args.inner, control_variates=cv)
+                settings = mcr.MonteCarlo(outer=args.samples, inner=args.inner, control_variates=cv)
                 start = time.perf_counter()
-                values, variances = mm.step_kls(reference, grid, FAMILIES[family], settings)
+                values, variances = mcr.step_kls(reference, grid, FAMILIES[family], settings)
                 runs[cv] = (float(values.sum()), float(variances.sum()), time.perf_counter() - start)
             (value, var, seconds), plain_var = runs[True], runs[False][1]
             print(f"d={args.d} K={args.K} T={steps} {family:5s} steps = {value:.6e} +- {var**0.5:.2e} "
                   f"(CV variance reduction {plain_var / var:.1f}x; {seconds:.1f} s with CVs, J included)")
         lv = grid.level(steps)
-        cv, plain = (mm.terminal_kl(reference, lv, mm.MonteCarlo(control_variates=c)) for c in (True, False))
+        cv, plain = (mcr.terminal_kl(reference, lv, mcr.MonteCarlo(control_variates=c)) for c in (True, False))
         print(f"  terminal = {cv.value:.6e} +- {cv.stderr:.1e} (CV variance reduction {(plain.stderr / cv.stderr) ** 2:.3g}x)")
 
 

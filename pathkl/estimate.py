@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 #: Two-sided 95% normal quantile.
 Z95 = 1.959963984540054
 
@@ -50,3 +52,35 @@ class Estimate:
 
     def as_dict(self) -> dict:
         return {"value": self.value, "error": self.error, "stderr": self.stderr}
+
+
+@dataclass(frozen=True)
+class StepKLs:
+    """Per-step values, t = 1..T, each with a deterministic error bound and a Monte Carlo standard
+    error (the per-step form of :class:`Estimate`)."""
+
+    values: torch.Tensor
+    bound: torch.Tensor
+    stderr: torch.Tensor
+
+    @staticmethod
+    def bounded(values: torch.Tensor, bound: torch.Tensor) -> StepKLs:
+        """Values with deterministic bounds only (no sampling)."""
+        return StepKLs(values, bound, torch.zeros_like(values))
+
+    @property
+    def errors(self) -> torch.Tensor:
+        """The absolute error of each step: ``bound + z95 * stderr``."""
+        return self.bound + Z95 * self.stderr
+
+    def __add__(self, other: StepKLs) -> StepKLs:
+        return StepKLs(self.values + other.values, self.bound + other.bound, torch.hypot(self.stderr, other.stderr))
+
+    def total(self, first_step: int = 1) -> Estimate:
+        """Sum of steps ``first_step..T`` (``math.fsum``; ``inf`` if any term is, exactly)."""
+        kept = slice(first_step - 1, None)
+        values = self.values[kept].tolist()
+        if math.inf in values:
+            return Estimate(math.inf)
+        return Estimate(math.fsum(values), math.fsum(self.bound[kept].tolist()),
+                        math.sqrt(math.fsum((self.stderr[kept] ** 2).tolist())))

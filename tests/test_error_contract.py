@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pathkl.testing  # noqa: F401  (registers the profiles)
-from pathkl import mixture_kl as mk
 from pathkl.covariances import FAMILIES
-from pathkl.mixture_mc import MonteCarlo
 from pathkl.pathspace import path_kl
 from pathkl.references import GaussianReference, MixtureReference, ProductReference
+from pathkl.rules import MonteCarlo
+from pathkl.rules import quadrature as qr
 from pathkl.schedules import VPLinear
 
 from . import oracle
@@ -70,7 +70,7 @@ def oracle_step(mix: oracle.Mixture, grid, t: int, family: str) -> tuple[float, 
 
 
 def engine_step(reference, grid, t: int, family: str) -> tuple[float, float]:
-    values, errors = mk.step_kls(reference, grid.window(t, t), FAMILIES[family], rtol=RTOL)
+    values, errors = qr.step_kls(reference, grid.window(t, t), FAMILIES[family], rtol=RTOL)
     return float(values[0]), float(errors[0])
 
 
@@ -114,7 +114,7 @@ def test_two_dimensional_steps_are_within_their_errors(mix, steps, family):
 @given(mix=hard_mixtures(dim=1, max_components=4), steps=st.sampled_from([2, 4, 16, 64]))
 def test_terminal_kl_is_within_its_error(mix, steps):
     level = VPLinear().grid(steps).level(steps)
-    got = mk.terminal_kl(as_reference(mix), level, rtol=RTOL)
+    got = qr.terminal_kl(as_reference(mix), level, rtol=RTOL)
     exact = oracle.terminal_kl(mix, float(level.abar), float(level.one_minus_abar))
     assert_within((got.value, got.error), exact, f"terminal, T = {steps}")
 
@@ -149,7 +149,7 @@ def test_monte_carlo_interval_covers_the_mixture_it_was_biased_on():
     grid = VPLinear().grid(4)
     covered = 0
     for seed in range(12):
-        result = path_kl(joint, grid, FAMILIES["full"], monte_carlo=MonteCarlo(seed=seed))
+        result = path_kl(joint, grid, FAMILIES["full"], rule=MonteCarlo(seed=seed))
         assert result.method == "monte carlo" and not result.met_rtol
         covered += abs(result.steps - 0.5403859580468613) <= result.steps_error
     assert covered >= 9, covered
@@ -168,7 +168,7 @@ def test_monte_carlo_agrees_with_quadrature_through_a_product(family):
               dtype=torch.float64))).tolist() for c in ([[0.2, 0.05], [0.05, 0.1]], [[0.3, -0.1], [-0.1, 0.4]])])
     grid = VPLinear().grid(8)
     product = path_kl(ProductReference((mixture, gauss)), grid, FAMILIES[family])
-    sampled = path_kl(joint, grid, FAMILIES[family], monte_carlo=MonteCarlo(seed=3))
+    sampled = path_kl(joint, grid, FAMILIES[family], rule=MonteCarlo(seed=3))
     assert product.method == "quadrature + closed form" and sampled.method == "monte carlo"
     assert abs(product.steps - sampled.steps) <= product.steps_error + sampled.steps_error
 
@@ -183,5 +183,5 @@ def test_gaussian_closed_form_is_within_its_rounding_bound():
     for family in ("beta", "analytic", "diag", "full"):
         exact = path_kl(gauss, grid, FAMILIES[family])
         assert exact.method == "closed form" and exact.steps_error <= 1e-13 * max(exact.steps, 1e-300)
-        sampled = path_kl(single, grid, FAMILIES[family], monte_carlo=MonteCarlo(seed=0))
+        sampled = path_kl(single, grid, FAMILIES[family], rule=MonteCarlo(seed=0))
         assert abs(exact.steps - sampled.steps) <= exact.steps_error + sampled.steps_error + 1e-15

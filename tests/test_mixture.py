@@ -9,12 +9,15 @@ import math
 import pytest
 import torch
 
-from pathkl import mixture_kl as mk
+from pathkl import negentropy as neg
+from pathkl import third_derivative as td
 from pathkl.covariances import FAMILIES
 from pathkl.errors import InputError
 from pathkl.presets import rotated_covariance, rotated_mixture
 from pathkl.references import GaussianReference, MixtureReference
 from pathkl.refspec import load_reference
+from pathkl.rules import nodes as rule_nodes
+from pathkl.rules import quadrature as qr
 from pathkl.schedules import VPLinear
 
 from . import oracle
@@ -124,7 +127,7 @@ def test_third_derivative_norm_matches_autodiff(reference):
     x = _points(reference, lv, n=2)
     third = torch.func.vmap(torch.func.jacfwd(torch.func.hessian(lambda y: reference.log_prob(y[None], lv)[0])))(x)
     expected = (third**2).sum((-1, -2, -3))
-    got = mk.third_derivative_sq_norm(reference, reference.posterior(x, lv.abar, lv.one_minus_abar))
+    got = td.third_derivative_sq_norm(reference, reference.posterior(x, lv.abar, lv.one_minus_abar))
     assert torch.allclose(got, expected, rtol=1e-9)
 
 
@@ -136,7 +139,7 @@ def test_single_component_mixture_equals_the_gaussian_reference():
     gaussian = GaussianReference.from_covariance(cov, mean=[0.5, -1.0])
     grid = VPLinear().grid(12)
     for family in FAMILIES.values():
-        got, errors = mk.step_kls(mixture, grid, family, rtol=1e-10)
+        got, errors = qr.step_kls(mixture, grid, family, rtol=1e-10)
         expected, _ = gaussian.step_kls(grid, family)
         finite = torch.isfinite(expected)
         assert torch.equal(finite, torch.isfinite(got))
@@ -145,7 +148,7 @@ def test_single_component_mixture_equals_the_gaussian_reference():
         # J = 0 is certified (skip bound 0), so the stated errors are rounding allowances only.
         assert (errors[finite] <= 1e-12 * got[finite].abs() + 1e-300).all(), family.name
     lv = grid.level(grid.T)
-    terminal = mk.terminal_kl(mixture, lv, rtol=1e-10)
+    terminal = qr.terminal_kl(mixture, lv, rtol=1e-10)
     assert terminal.value == pytest.approx(gaussian.terminal_kl(lv), rel=1e-10)
     assert terminal.error <= 1e-10 * terminal.value
 
@@ -156,12 +159,12 @@ def _random_whitened(seed, scale):
     logits = torch.randn(1, k, generator=gen, dtype=torch.float64)
     zeta = scale * torch.randn(1, k, d, generator=gen, dtype=torch.float64)
     a = 0.5 * scale * torch.randn(1, k, d, d, generator=gen, dtype=torch.float64)
-    return mk.WhitenedMixture(torch.log_softmax(logits, -1), zeta, 0.5 * (a + a.transpose(-1, -2)))
+    return neg.WhitenedMixture(torch.log_softmax(logits, -1), zeta, 0.5 * (a + a.transpose(-1, -2)))
 
 
 def _brute_kl(mix, nodes=60):
     """E_q[log q - log N(0, I)] by component-wise Gauss-Hermite with direct log-densities."""
-    xi, wq = mk._hermite(nodes, mix.zeta.shape[-1])
+    xi, wq = rule_nodes.hermite(nodes, mix.zeta.shape[-1])
     eye = torch.eye(mix.zeta.shape[-1], dtype=torch.float64)
     covs = eye - mix.r[0]
     comps = torch.distributions.MultivariateNormal(mix.zeta[0], covs)
@@ -179,8 +182,8 @@ def _brute_kl(mix, nodes=60):
 def test_whitened_kl_forms_agree_with_brute_force(seed, scale):
     mix = _random_whitened(seed, scale)
     brute = _brute_kl(mix, nodes=80)
-    n_form = float(mk.whitened_kl(mix, nodes=50, form="N")[0])
-    q_form = float(mk.whitened_kl(mix, nodes=50, form="q")[0])
+    n_form = float(qr.whitened_kl(mix, nodes=50, form="N")[0])
+    q_form = float(qr.whitened_kl(mix, nodes=50, form="q")[0])
     # At 50 nodes both forms have converged to ~1e-10 relative (seen against 80 nodes); the brute
     # force cancels, with absolute error ~1e-15 (sums of O(1) log densities).
     assert n_form == pytest.approx(brute, rel=1e-9, abs=2e-14)
@@ -201,13 +204,13 @@ def test_negentropy_matches_inner_quadrature_of_the_exact_kernel():
     # for 1e-9 (the N- and q-forms agree to 2e-10 there, and to 1e-8 at 60 nodes). The paired rule
     # runs 60 nodes with their companion of 90: the value is the 90-node one, the estimate their
     # difference (measured ~1e-11 relative).
-    quad = mk.Quadrature(inner=60, inner_wide=60, separated=60)
-    assert mk.companion(60) == 90
-    j, inner_error = mk.negentropy(mk.reverse_kernel_whitened(reference, post, lv.abar, kappa, g), quad)
+    quad = qr.Quadrature(inner=60, inner_wide=60, separated=60)
+    assert rule_nodes.companion(60) == 90
+    j, inner_error = qr.negentropy(neg.reverse_kernel_whitened(reference, post, lv.abar, kappa, g), quad)
     assert (inner_error <= 1e-10 * j).all()
     kernel = reference.reverse_kernel(x, grid, t)
     mean, cov = kernel.mean(), kernel.cov()
-    xi, wq = mk._hermite(90, 2)
+    xi, wq = rule_nodes.hermite(90, 2)
     brute = torch.zeros(5, dtype=torch.float64)
     chol_b = torch.linalg.cholesky(kernel.covs.dense(kernel.cov_values))
     for k in range(reference.size):
@@ -230,7 +233,7 @@ def _oracle_steps(reference, grid, family, steps):
 
 # A fixed lattice rule of route (a) (what the fine rule was: third rung of the ladder before the
 # 8-node rung was added); independent of the ladder's climb and of route (b).
-FINE_RULE = mk.Quadrature(inner_wide=36, separated=96, near_gaussian=0.5)
+FINE_RULE = qr.Quadrature(inner_wide=36, separated=96, near_gaussian=0.5)
 
 
 @pytest.mark.slow  # ~2.5 minutes: route (a) on fine lattices at T = 16
@@ -243,7 +246,7 @@ def test_routes_agree_at_small_T():
     reference = rotated_mixture()
     grid = VPLinear().grid(16)
     idx = torch.tensor([2, 4, 7])
-    route_a, estimate = mk.expected_negentropy_at(reference, grid, idx, FINE_RULE)
+    route_a, estimate = qr.expected_negentropy_at(reference, grid, idx, FINE_RULE)
     expected, expected_error = _oracle_steps(reference, grid, "full", idx.tolist())
     assert (estimate <= 1e-9 * route_a).all()
     assert ((route_a - expected).abs() <= estimate + expected_error).all(), (route_a, expected)
@@ -258,7 +261,7 @@ def test_engine_steps_agree_with_the_oracle_within_their_errors():
     grid = VPLinear().grid(16)
     steps = [1, 2, 4, 7, 16]
     for family in ("full", "diag"):
-        values, errors = mk.step_kls(reference, grid, FAMILIES[family], rtol=1e-9)
+        values, errors = qr.step_kls(reference, grid, FAMILIES[family], rtol=1e-9)
         got, err = values[[t - 1 for t in steps]], errors[[t - 1 for t in steps]]
         expected, expected_error = _oracle_steps(reference, grid, family, steps)
         assert (err <= 1e-9 * got).all(), (family, err / got)
@@ -304,7 +307,7 @@ def test_bad_json_is_input_error(tmp_path):
     with pytest.raises(InputError, match="points"):
         load_reference(_write(tmp_path, {"kind": "empirical", "points": []}))
     with pytest.raises(InputError, match="d <= 3"):
-        mk.step_kls(MixtureReference.empirical(torch.zeros(2, 4, dtype=torch.float64)), VPLinear().grid(4),
+        qr.step_kls(MixtureReference.empirical(torch.zeros(2, 4, dtype=torch.float64)), VPLinear().grid(4),
                     FAMILIES["full"], rtol=1e-6)
 
 
@@ -316,7 +319,7 @@ def test_gram_third_derivative_matches_dense(reference):
     """The image-dimension Gram form against the dense d^3 cumulant form (itself checked by autodiff)."""
     for lv in LEVELS:
         x = _points(reference, lv, n=3, seed=4)
-        dense = mk.third_derivative_sq_norm(reference, reference.posterior(x, lv.abar, lv.one_minus_abar))
-        assert torch.allclose(mk.gram_third_derivative_sq_norm(reference, x, lv), dense, rtol=1e-9)
-    mean, stderr = mk.mc_third_derivative_sq_norm(reference, LEVELS[1], samples=64, generator=torch.Generator().manual_seed(0))
+        dense = td.third_derivative_sq_norm(reference, reference.posterior(x, lv.abar, lv.one_minus_abar))
+        assert torch.allclose(td.gram_third_derivative_sq_norm(reference, x, lv), dense, rtol=1e-9)
+    mean, stderr = td.mc_third_derivative_sq_norm(reference, LEVELS[1], samples=64, generator=torch.Generator().manual_seed(0))
     assert stderr > 0 and mean > 0

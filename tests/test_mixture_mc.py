@@ -1,4 +1,4 @@
-"""Monte Carlo path KL for mixtures (pathkl.mixture_mc) against independent values: the d <= 3
+"""Monte Carlo path KL for mixtures (pathkl.rules.montecarlo) against independent values: the d <= 3
 quadrature engine, exact additivity over independent blocks (quadrature 2-D block + closed-form
 Gaussian block), the Gaussian reference for one component; and the honesty of its standard errors
 (1/sqrt(n) scaling, coverage of the 95% interval, what the control variates gain)."""
@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from pathkl import mixture_kl as mk
-from pathkl import mixture_mc as mm
 from pathkl.cli import main
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import rotated_covariance, rotated_mixture
 from pathkl.references import GaussianReference, MixtureReference, ProductReference
+from pathkl.rules import montecarlo as mcr
+from pathkl.rules import quadrature as qr
 from pathkl.schedules import DTYPE, NoiseLevel, VPLinear
 
 ADDITIVE = ("beta", "diag", "full")
@@ -44,7 +44,7 @@ def _five():
 
 
 def _total(reference, grid, family, mc):
-    values, variances = mm.step_kls(reference, grid, family, mc)
+    values, variances = mcr.step_kls(reference, grid, family, mc)
     return float(values.sum()), math.sqrt(float(variances.sum()))
 
 
@@ -58,22 +58,22 @@ def test_matches_quadrature_in_low_dimension(reference, steps, rtol):
     """d = 2, 3: the quadrature engine is the truth here (accurate far below the Monte Carlo SE);
     4 SE is a 6e-5 two-sided miss rate per comparison."""
     grid = VPLinear().grid(steps)
-    mc = mm.MonteCarlo(outer=128, inner=32, seed=3)
+    mc = mcr.MonteCarlo(outer=128, inner=32, seed=3)
     for name in ("beta", "analytic", "diag", "full"):
-        exact = float(mk.step_kls(reference, grid, FAMILIES[name], rtol=rtol)[0].sum())
+        exact = float(qr.step_kls(reference, grid, FAMILIES[name], rtol=rtol)[0].sum())
         value, se = _total(reference, grid, FAMILIES[name], mc)
         assert se > 0 and abs(value - exact) < 4 * se, (name, value, exact, se)
     lv = grid.level(grid.T)
-    terminal = mm.terminal_kl(reference, lv, mc)
-    assert abs(terminal.value - mk.terminal_kl(reference, lv, rtol=rtol).value) < 4 * terminal.stderr
+    terminal = mcr.terminal_kl(reference, lv, mc)
+    assert abs(terminal.value - qr.terminal_kl(reference, lv, rtol=rtol).value) < 4 * terminal.stderr
 
 
 def test_stderr_shrinks_as_one_over_root_n():
     """x4 outer points -> SE / 2. Each SE is itself estimated (residual variances of 3 strata of 128
     or 512 points, heavy-ish tails at early steps): the ratio is checked within [1.6, 2.5]."""
     reference, grid = rotated_mixture(), VPLinear().grid(12)
-    small = _total(reference, grid, FAMILIES["diag"], mm.MonteCarlo(outer=128, inner=32, seed=1))[1]
-    large = _total(reference, grid, FAMILIES["diag"], mm.MonteCarlo(outer=512, inner=32, seed=2))[1]
+    small = _total(reference, grid, FAMILIES["diag"], mcr.MonteCarlo(outer=128, inner=32, seed=1))[1]
+    large = _total(reference, grid, FAMILIES["diag"], mcr.MonteCarlo(outer=512, inner=32, seed=2))[1]
     assert 1.6 < small / large < 2.5
 
 
@@ -83,10 +83,10 @@ def test_d5_product_mixture_against_additive_blocks():
     (Gaussian). analytic is not additive: its one variance E tr Sigma* / d mixes the blocks."""
     two, gauss, five = _five()
     grid = VPLinear().grid(20)
-    mc = mm.MonteCarlo(outer=256, inner=32, seed=0)
+    mc = mcr.MonteCarlo(outer=256, inner=32, seed=0)
     for name in ADDITIVE:
         family = FAMILIES[name]
-        exact = float((mk.step_kls(two, grid, family, rtol=1e-4)[0] + gauss.step_kls(grid, family)[0]).sum())
+        exact = float((qr.step_kls(two, grid, family, rtol=1e-4)[0] + gauss.step_kls(grid, family)[0]).sum())
         value, se = _total(five, grid, family, mc)
         assert abs(value - exact) < 4 * se, (name, value, exact, se)
         assert se < 0.05 * exact  # the estimate is informative, not just wide
@@ -95,8 +95,8 @@ def test_d5_product_mixture_against_additive_blocks():
     value, se = _total(five, grid, FAMILIES["analytic"], mc)
     assert abs(value - exact) < 4 * se
     lv = grid.level(grid.T)
-    terminal = mm.terminal_kl(five, lv, mm.MonteCarlo(seed=0))
-    exact = mk.terminal_kl(two, lv, rtol=1e-10).value + gauss.terminal_kl(lv)
+    terminal = mcr.terminal_kl(five, lv, mcr.MonteCarlo(seed=0))
+    exact = qr.terminal_kl(two, lv, rtol=1e-10).value + gauss.terminal_kl(lv)
     assert abs(terminal.value - exact) < 4 * terminal.stderr
 
 
@@ -107,12 +107,12 @@ def test_control_variates_reduce_the_variance():
     _, _, five = _five()
     grid = VPLinear().grid(20)
     for name, factor in (("full", 3.0), ("diag", 2.5)):
-        with_cv = _total(five, grid, FAMILIES[name], mm.MonteCarlo(outer=256, inner=32))[1]
-        plain = _total(five, grid, FAMILIES[name], mm.MonteCarlo(outer=256, inner=32, control_variates=False))[1]
+        with_cv = _total(five, grid, FAMILIES[name], mcr.MonteCarlo(outer=256, inner=32))[1]
+        plain = _total(five, grid, FAMILIES[name], mcr.MonteCarlo(outer=256, inner=32, control_variates=False))[1]
         assert (plain / with_cv) ** 2 > factor, name
     lv = grid.level(grid.T)
-    with_cv = mm.terminal_kl(five, lv, mm.MonteCarlo()).stderr ** 2
-    plain = mm.terminal_kl(five, lv, mm.MonteCarlo(control_variates=False)).stderr ** 2
+    with_cv = mcr.terminal_kl(five, lv, mcr.MonteCarlo()).stderr ** 2
+    plain = mcr.terminal_kl(five, lv, mcr.MonteCarlo(control_variates=False)).stderr ** 2
     assert plain / with_cv > 3e4
 
 
@@ -121,10 +121,10 @@ def test_confidence_interval_covers():
     value in at least 34 of 40 (binomial(40, 0.95) gives <= 33 with probability 1.4%)."""
     two, gauss, five = _five()
     grid = VPLinear().grid(4)
-    exact = float((mk.step_kls(two, grid, FAMILIES["full"], rtol=1e-8)[0] + gauss.step_kls(grid, FAMILIES["full"])[0]).sum())
+    exact = float((qr.step_kls(two, grid, FAMILIES["full"], rtol=1e-8)[0] + gauss.step_kls(grid, FAMILIES["full"])[0]).sum())
     covered = 0
     for seed in range(40):
-        result = path_kl(five, grid, FAMILIES["full"], monte_carlo=mm.MonteCarlo(outer=96, inner=24, seed=seed))
+        result = path_kl(five, grid, FAMILIES["full"], rule=mcr.MonteCarlo(outer=96, inner=24, seed=seed))
         low, high = result.ci95
         covered += low - result.terminal <= exact <= high - result.terminal
     assert covered >= 34
@@ -135,10 +135,10 @@ def test_analytic_mean_trace_error_is_second_order():
     than its SE (the isotropic KL is stationary in the variance at the true value). Seen: 1e-3 SE."""
     reference = _mixture_3d()
     grid = VPLinear().grid(12)
-    mc = mm.MonteCarlo(outer=128, inner=32, seed=5)
-    exact_g = mk.expected_trace_excess(reference, NoiseLevel(grid.abar[1:], grid.one_minus_abar[1:])) / 3
-    own, var = mm.step_kls(reference, grid, FAMILIES["analytic"], mc)
-    given, _ = mm.step_kls(reference, grid, FAMILIES["analytic"], mc, mean_g=exact_g)
+    mc = mcr.MonteCarlo(outer=128, inner=32, seed=5)
+    exact_g = qr.expected_trace_excess(reference, NoiseLevel(grid.abar[1:], grid.one_minus_abar[1:])) / 3
+    own, var = mcr.step_kls(reference, grid, FAMILIES["analytic"], mc)
+    given, _ = mcr.step_kls(reference, grid, FAMILIES["analytic"], mc, mean_g=exact_g)
     assert abs(float(own.sum() - given.sum())) < 0.05 * math.sqrt(float(var.sum()))
 
 
@@ -154,14 +154,14 @@ def test_one_component_mixture_at_d6_is_the_gaussian():
     gaussian = GaussianReference.from_covariance(cov, mean=mean)
     grid = VPLinear().grid(10)
     for family in FAMILIES.values():
-        got, var = mm.step_kls(mixture, grid, family, mm.MonteCarlo())
+        got, var = mcr.step_kls(mixture, grid, family, mcr.MonteCarlo())
         expected, _ = gaussian.step_kls(grid, family)
         finite = torch.isfinite(expected)
         assert torch.equal(finite, torch.isfinite(got))
         assert torch.allclose(got[finite], expected[finite], rtol=1e-9, atol=1e-15)
         assert float(var[finite].abs().max()) < 1e-25
     lv = grid.level(grid.T)
-    terminal = mm.terminal_kl(mixture, lv, mm.MonteCarlo())
+    terminal = mcr.terminal_kl(mixture, lv, mcr.MonteCarlo())
     assert abs(terminal.value - gaussian.terminal_kl(lv)) < 4 * terminal.stderr
 
 

@@ -8,12 +8,12 @@ constants) and on the OCM grid (slopes); a broad two-component mixture adds a sh
 import pytest
 import torch
 
-from pathkl import mixture_kl as mk
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import path_kl, step_kls
 from pathkl.presets import ocm_grid_2d, ocm_line, rotated_covariance, rotated_mixture
 from pathkl.rates import fit_order, measured_constant, predicted_constant
 from pathkl.references import MixtureReference, ProductReference
+from pathkl.rules import quadrature as qr
 from pathkl.schedules import VPLinear
 
 ORDER_ONE = ("beta", "analytic", "diag")
@@ -26,16 +26,16 @@ def _broad_mixture():
 
 def _ladder(reference, family, ladder, rtol):
     schedule = VPLinear()
-    return [float(mk.step_kls(reference, schedule.grid(t), family, rtol=rtol)[0].sum()) for t in ladder]
+    return [float(qr.step_kls(reference, schedule.grid(t), family, rtol=rtol)[0].sum()) for t in ladder]
 
 
 def test_kl_is_never_negative_and_beta_tilde_is_infinite():
     reference = _broad_mixture()
     grid = VPLinear().grid(6)
     for family in FAMILIES.values():
-        per_step, _ = mk.step_kls(reference, grid, family, rtol=1e-4)
+        per_step, _ = qr.step_kls(reference, grid, family, rtol=1e-4)
         assert (per_step >= 0).all(), family.name
-    tilde, _ = mk.step_kls(reference, grid, FAMILIES["beta_tilde"], rtol=1e-4)
+    tilde, _ = qr.step_kls(reference, grid, FAMILIES["beta_tilde"], rtol=1e-4)
     assert tilde[0] == float("inf") and torch.isfinite(tilde[1:]).all()
     result = path_kl(reference, grid, FAMILIES["beta_tilde"], first_step=2)
     assert result.total > result.terminal > 0
@@ -59,11 +59,11 @@ def test_ocm_grid_diag_equals_full():
     diag family's Gaussian part vanishes and diag = full step by step."""
     reference = ocm_grid_2d()
     grid = VPLinear().grid(16)
-    diag, _ = mk.step_kls(reference, grid, FAMILIES["diag"], rtol=1e-4)
-    full, _ = mk.step_kls(reference, grid, FAMILIES["full"], rtol=1e-4)
+    diag, _ = qr.step_kls(reference, grid, FAMILIES["diag"], rtol=1e-4)
+    full, _ = qr.step_kls(reference, grid, FAMILIES["full"], rtol=1e-4)
     # Rounding in Cov_w(s)'s off-diagonal is ~1e-16 |G| ~ 1e-14; its KL is its square: << 1e-20.
     assert torch.allclose(diag, full, rtol=1e-12, atol=1e-20)
-    analytic, _ = mk.step_kls(reference, grid, FAMILIES["analytic"], rtol=1e-4)
+    analytic, _ = qr.step_kls(reference, grid, FAMILIES["analytic"], rtol=1e-4)
     assert (analytic > full).all()
 
 

@@ -5,7 +5,7 @@ mixture (2-D quadrature and 2-D closed forms)."""
 import pytest
 import torch
 
-from pathkl import mixture_kl as mk
+from pathkl import third_derivative as td
 from pathkl.covariances import FAMILIES
 from pathkl.pathspace import leading_integrand, path_kl, step_kls, terminal_kl
 from pathkl.presets import ocm_grid, ocm_grid_2d, ocm_line
@@ -49,9 +49,9 @@ def test_ocm_product_closed_forms_match_the_explicit_2d_mixture():
         # grad^3 log q has no mixed-block entries: the factors' sum equals the 2-D cumulant formula.
         post = explicit.posterior(x, lv.abar, lv.one_minus_abar)
         line = product.factors[0]
-        per_block = [mk.third_derivative_sq_norm(line, line.posterior(x[:, i : i + 1], lv.abar, lv.one_minus_abar))
+        per_block = [td.third_derivative_sq_norm(line, line.posterior(x[:, i : i + 1], lv.abar, lv.one_minus_abar))
                      for i in range(2)]
-        assert torch.allclose(per_block[0] + per_block[1], mk.third_derivative_sq_norm(explicit, post), rtol=1e-10)
+        assert torch.allclose(per_block[0] + per_block[1], td.third_derivative_sq_norm(explicit, post), rtol=1e-10)
 
 
 def test_ocm_product_path_kl_matches_the_explicit_2d_mixture_at_small_T():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..covariances import FAMILIES, get_family
-from ..mixture_mc import MonteCarlo
-from ..pathspace import path_kl
+from ..pathspace import method, path_kl
+from ..rules import MonteCarlo
 from .common import (
     JSON_HELP,
     add_reference_options,
@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     family = get_family(args.cov)
     grid = make_grid(args.schedule, steps=args.steps, taus=args.taus, indices=args.indices)
     mc = MonteCarlo(outer=args.mc_samples, inner=args.mc_inner, seed=args.seed)
-    result = path_kl(reference_from(args), grid, family, rtol=args.rtol, monte_carlo=mc, first_step=args.first_step)
+    reference = reference_from(args)
+    # The Monte Carlo options set the rule of the blocks that need it (mixtures in d > 3).
+    rule = mc if MonteCarlo.name in method(reference) else None
+    result = path_kl(reference, grid, family, rtol=args.rtol, rule=rule, first_step=args.first_step)
     if not result.met_rtol:
         warn(f"total's error {result.total_error:.2g} is above rtol x total = {args.rtol * abs(result.total):.2g}")
     summary = {"ref": args.ref, "schedule": args.schedule, "T": grid.T, "cov": family.name, **result.as_dict()}

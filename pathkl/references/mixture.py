@@ -141,7 +141,7 @@ class MixtureReference:
     means: torch.Tensor
     eigenvalues: torch.Tensor
     covs: ComponentCovariances
-    #: Results the path-space engine caches per reference (pathkl.mixture_kl), not part of its value.
+    #: Results the path-space engine caches per reference (pathkl.rules.quadrature), not part of its value.
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self):

@@ -1,9 +1,10 @@
-"""Monte Carlo path-space KL for mixture references in any dimension (issue 3, item 2; DESIGN.md 2-3).
+"""The Monte Carlo rule: path-space KL of mixture references in any dimension, every number with the
+half-width of its 95% interval (docs/errors.md).
 
-The split is that of pathkl.mixture_kl: per step t the quantity is ``E_{x ~ q_t} [J(x) + K_f(x)]``,
-``J`` the negentropy of the reverse kernel (whitened: ``mixture_kl.reverse_kernel_whitened``) and ``K_f``
-the family's Gaussian step KL. Only the rules change: quadrature becomes Monte Carlo with control
-variates (CV), and every estimate comes with its variance.
+The split is the quadrature rule's (pathkl.rules.quadrature): per step t the quantity is
+``E_{x ~ q_t} [J(x) + K_f(x)]``, ``J`` the negentropy of the reverse kernel (pathkl.negentropy) and
+``K_f`` the family's Gaussian step KL. Only the rules change: quadrature becomes Monte Carlo with
+control variates (CV), and every estimate comes with its variance.
 
 Outer, stratified by component k of q_t: ``x = sqrt(abar) m_k + U_k diag(sqrt(nu_k)) xi``,
 ``xi ~ N(0, I)``, ``n`` points per component, stratum weight ``pi_k``. In a stratum the estimate of
@@ -15,24 +16,24 @@ so the path's variance is the sum of the steps'.
 
 Inner, N-form (kernel nearly Gaussian: ``E eps^2 <= 0.01``, :func:`_n_form_usable`):
 ``J = E_{z ~ N(0,I)} psi(eps(z))`` with the CVs ``eps`` (mean 0: ``E rho = 1``) and ``eps^2``, whose mean is
-the chi-square divergence in closed form (:func:`chi_square`). ``psi(e) = e^2/2 - e^3/6 + ...``, so the
-residual is ``O(eps^3)`` and J's relative error stays ``O(|eps| / sqrt(m))`` however small J is. The CV
-``eps^2`` needs a finite ``E rho^4``: ``4 (I - R_k)^{-1} - 3 I > 0``, every eigenvalue of ``R_k`` above -1/3.
-The CVs enter as ``mu2 eps`` and ``eps^2 - mu2`` (``mu2 = E eps^2``; the ``eps^3`` term projects onto eps
-with a coefficient ~ mu2) with two coefficients fitted by least squares pooled over all N-form points of
-a step (centred within each point): the bias is ``O(1 / (N m))`` of the residual.
+the chi-square divergence in closed form (pathkl.negentropy.chi_square). ``psi(e) = e^2/2 - e^3/6 + ...``,
+so the residual is ``O(eps^3)`` and J's relative error stays ``O(|eps| / sqrt(m))`` however small J is.
+The CV ``eps^2`` needs a finite ``E rho^4``: ``4 (I - R_k)^{-1} - 3 I > 0``, every eigenvalue of ``R_k``
+above -1/3. The CVs enter as ``mu2 eps`` and ``eps^2 - mu2`` (``mu2 = E eps^2``; the ``eps^3`` term
+projects onto eps with a coefficient ~ mu2) with two coefficients fitted by least squares pooled over
+all N-form points of a step (centred within each point): the bias is ``O(1 / (N m))`` of the residual.
 Inner, q-form elsewhere: the closed form plus ``sum_k w_k`` times the mean of ``excess_k >= 0`` over ``m``
-draws from kernel component k (``mixture_kl.q_form_terms``), with CVs ``l_j - E_{N_k} l_j`` (closed form)
-whose coefficients are cross-fitted (:func:`_q_form_estimates`). Inner estimates are independent across outer
-points, so the outer residuals carry their noise: a step's standard error covers both levels.
+draws from kernel component k, with CVs ``l_j - E_{N_k} l_j`` (closed form) whose coefficients are
+cross-fitted (:func:`_q_form_estimates`). Inner estimates are independent across outer points, so the
+outer residuals carry their noise: a step's standard error covers both levels.
 
 ``analytic`` uses ``E_{q_t} tr G / d`` estimated from the same outer samples (same CV estimator). The
 expected isotropic KL ``E_x KL(N(0, Sigma*(x)) || N(0, s I))`` is stationary in ``s`` at
 ``s = beta + (beta^2/alpha) E tr G / d``, so an error ``delta`` there moves the step KL by ``O(delta^2)``
 only (tests/test_mixture_mc.py: swapping in the quadrature value moves the total by < 1% of its SE).
 
-Terminal ``KL(q_T || N(0, I))``: the whitened mixture with ``zeta_k = sqrt(abar) m_k``, ``I - R_k = V_k``,
-by the inner estimators with ``terminal`` draws.
+Terminal ``KL(q_T || N(0, I))``: pathkl.negentropy.terminal_mixture by the inner estimators with
+``terminal`` draws.
 
 Reproducibility: each draw comes from a generator seeded by ``(seed, purpose, t)``, so the same settings
 give the same bytes and a step's estimate does not depend on which other steps are evaluated; all
@@ -44,18 +45,29 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from . import mixture_kl as mk
-from .covariances import ReverseStep
-from .errors import InputError
-from .estimate import Estimate
-from .operators import Dense
-from .schedules import DTYPE, Grid, NoiseLevel
+from ..covariances import ReverseStep
+from ..errors import InputError
+from ..estimate import Estimate, StepKLs
+from ..negentropy import (
+    SKIP_BELOW,
+    WhitenedMixture,
+    chi_square,
+    expected_log_ratios,
+    n_form_terms,
+    negentropy_bound,
+    q_form_terms,
+    reverse_kernel_whitened,
+    terminal_mixture,
+)
+from ..operators import Dense
+from ..references import MixtureReference
+from ..schedules import DTYPE, Grid, NoiseLevel
 
-# N-form where E eps^2 is at most this (and E rho^4 is finite): see _n_form_usable.
 _N_FORM_CHI_SQUARE = 0.01
 # Elements per batch of points in the inner estimators.
 _BATCH_ELEMENTS = 1 << 22
@@ -65,10 +77,13 @@ _OUTER, _INNER, _TERMINAL, _TRACE = range(4)
 
 @dataclass(frozen=True)
 class MonteCarlo:
-    """Sample sizes and seed: ``outer`` points per component of q_t, ``inner`` draws per point for J
-    (per kernel component in the q-form), ``terminal`` draws for the terminal KL; ``control_variates``
-    False gives the plain estimators (to measure what the CVs gain)."""
+    """The Monte Carlo rule (module docstring), in the interface of pathkl.rules, with its sample
+    sizes and seed: ``outer`` points per component of q_t, ``inner`` draws per point for J (per kernel
+    component in the q-form), ``terminal`` draws for the terminal KL; ``control_variates`` False gives
+    the plain estimators (to measure what the CVs gain). ``rtol`` does not change the sample sizes:
+    the interval is what these sizes give, and the engine reports whether it meets ``rtol``."""
 
+    name: ClassVar[str] = "monte carlo"
     outer: int = 256
     inner: int = 64
     terminal: int = 1 << 16
@@ -81,6 +96,22 @@ class MonteCarlo:
                 raise InputError(f"Monte Carlo {name} sample size must be >= 4, got {getattr(self, name)}")
         if self.seed < 0:
             raise InputError(f"the seed must be >= 0, got {self.seed}")
+
+    def accepts(self, block) -> bool:
+        return isinstance(block, MixtureReference)
+
+    def step_kls(self, block, grid: Grid, family, *, rtol: float, mean_g: torch.Tensor | None = None) -> StepKLs:
+        values, variances = step_kls(block, grid, family, self, mean_g=mean_g)
+        return StepKLs(values, torch.zeros_like(values), variances.clamp_min(0.0).sqrt())
+
+    def terminal_kl(self, block, lv: NoiseLevel, *, rtol: float) -> Estimate:
+        return terminal_kl(block, lv, self)
+
+    def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
+        return expected_trace_excess(block, lv, self)
+
+    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+        raise InputError("leading constants need quadrature: mixtures must have d <= 3")
 
 
 def _generator(mc: MonteCarlo, purpose: int, t: int = 0) -> torch.Generator:
@@ -128,20 +159,6 @@ def _stratified(y: torch.Tensor, xi: torch.Tensor, pi: torch.Tensor, mc: MonteCa
     return float((pi * b).sum()), float((pi**2 * var).sum())
 
 
-def chi_square(mix: mk.WhitenedMixture, parts) -> torch.Tensor:
-    """``E_{N(0,I)} eps^2 = sum_{j,k} w_j w_k expm1(L_jk)`` (module docstring), per batch entry:
-    ``L_jk = log E exp(l_j + l_k) = -(1/2) log det A + (1/2) b^T A^{-1} b + c_j + c_k``,
-    ``A = I + M_j + M_k``, ``b = p_j + p_k``; ``+inf`` where some A is not positive definite."""
-    m, p, c = parts
-    eye = torch.eye(m.shape[-1], dtype=DTYPE)
-    chol, info = torch.linalg.cholesky_ex(eye + m[:, :, None] + m[:, None, :])
-    b = p[:, :, None] + p[:, None, :]
-    sol = torch.cholesky_solve(b[..., None], chol)[..., 0]
-    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    log_e = -0.5 * logdet + 0.5 * (b * sol).sum(-1) + c[:, :, None] + c[:, None, :]
-    w = torch.exp(mix.log_weights)
-    out = (w[:, :, None] * w[:, None, :] * torch.expm1(log_e)).sum((-1, -2))
-    return torch.where((info != 0).any(-1).any(-1), torch.full_like(out, math.inf), out)
 
 
 @dataclass(frozen=True)
@@ -153,8 +170,8 @@ class _NFormStats:
     xty: torch.Tensor  # (2,)
 
 
-def _n_form_stats(mix: mk.WhitenedMixture, parts, mu2: torch.Tensor, z: torch.Tensor) -> _NFormStats:
-    psi, eps = mk.n_form_terms(mix, z, parts)
+def _n_form_stats(mix: WhitenedMixture, parts, mu2: torch.Tensor, z: torch.Tensor) -> _NFormStats:
+    psi, eps = n_form_terms(mix, z, parts)
     # eps^3 / 6 in psi projects onto eps with a coefficient ~ E eps^4 / E eps^2 ~ mu2: scaling the
     # regressor by the point's own mu2 lets one pooled coefficient fit every point.
     cols = torch.stack([psi, eps * mu2[:, None], eps**2 - mu2[:, None]], -1)  # (N, m, 3)
@@ -177,14 +194,6 @@ def _n_form_estimates(stats: list[_NFormStats], cv: bool) -> torch.Tensor:
     return means[:, 0] - means[:, 1:] @ b
 
 
-def _expected_log_ratios(mix: mk.WhitenedMixture, parts) -> torch.Tensor:
-    """``E_{N_k} l_j = -(1/2) (tr(M_j S_k) + zeta_k^T M_j zeta_k) + p_j^T zeta_k + c_j``, ``S_k = I - R_k``:
-    (N, K_k, K_j)."""
-    m, p, c = parts
-    eye = torch.eye(m.shape[-1], dtype=DTYPE)
-    trace = torch.einsum("njab,nkba->nkj", m, eye - mix.r)
-    quad = torch.einsum("nka,njab,nkb->nkj", mix.zeta, m, mix.zeta)
-    return -0.5 * (trace + quad) + torch.einsum("nja,nka->nkj", p, mix.zeta) + c[:, None, :]
 
 
 def _cross_fitted(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -205,24 +214,24 @@ def _cross_fitted(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (out[0] + out[1])
 
 
-def _q_form_estimates(mix: mk.WhitenedMixture, xi: torch.Tensor, cv: bool) -> torch.Tensor:
+def _q_form_estimates(mix: WhitenedMixture, xi: torch.Tensor, cv: bool) -> torch.Tensor:
     """Closed form plus ``sum_k w_k`` times the estimated mean excess over the draws xi (N, K, m, d).
     Control variates: ``l_j - E_{N_k} l_j`` for every j (where j dominates, ``excess_k`` is linear in
     ``l_j - l_k``, so only the switching between modes is left), cross-fitted (:func:`_cross_fitted`);
     used when each half of the m draws has at least K + 2 of them."""
     parts, chol = mix.parts()
-    closed, excess = mk.q_form_terms(mix, xi, parts, chol)
+    closed, excess = q_form_terms(mix, xi, parts, chol)
     n, k, m, d = xi.shape
     if cv and m // 2 >= k + 2:
         z = mix.zeta[:, :, None, :] + torch.einsum("nkij,nkqj->nkqi", chol, xi)
         logs = mix.log_ratios(z.reshape(n, -1, d), parts).reshape(n, k, m, k)
-        means = _cross_fitted(excess, logs - _expected_log_ratios(mix, parts)[:, :, None, :])
+        means = _cross_fitted(excess, logs - expected_log_ratios(mix, parts)[:, :, None, :])
     else:
         means = excess.mean(-1)
     return closed + (torch.exp(mix.log_weights) * means).sum(-1)
 
 
-def _n_form_usable(mix: mk.WhitenedMixture, mu2: torch.Tensor) -> torch.Tensor:
+def _n_form_usable(mix: WhitenedMixture, mu2: torch.Tensor) -> torch.Tensor:
     """Where the N-form is used: ``E eps^2 <= 0.01`` (psi(eps) ~ eps^2 / 2 is then caught by the CVs;
     at 0.1 and 1 rare spikes of eps from light, far components made the standard errors too small:
     |z| ~ 3-4 at early steps of T = 32 against quadrature) and
@@ -232,7 +241,7 @@ def _n_form_usable(mix: mk.WhitenedMixture, mu2: torch.Tensor) -> torch.Tensor:
 
 
 def negentropy(mixes, mc: MonteCarlo, gen: torch.Generator) -> torch.Tensor:
-    """Monte Carlo J per point over a sequence of :class:`~pathkl.mixture_kl.WhitenedMixture` batches
+    """Monte Carlo J per point over a sequence of :class:`~pathkl.negentropy.WhitenedMixture` batches
     (concatenated): skipped where certified below 1e-24, N-form with CVs where its integrand is small
     (:func:`_n_form_usable`), q-form with CVs elsewhere. Draws come from ``gen`` in batch order."""
     values, n_stats, n_index = [], [], []
@@ -240,8 +249,8 @@ def negentropy(mixes, mc: MonteCarlo, gen: torch.Generator) -> torch.Tensor:
     for mix in mixes:
         n, k, d = mix.zeta.shape
         out = torch.zeros(n, dtype=DTYPE)
-        active = torch.nonzero(mk.negentropy_bound(mix) > mk._SKIP_BELOW).flatten()
-        mix_a = _select(mix, active)
+        active = torch.nonzero(negentropy_bound(mix) > SKIP_BELOW).flatten()
+        mix_a = mix.subset(active)
         parts, _ = mix_a.parts()
         mu2 = chi_square(mix_a, parts)
         near = _n_form_usable(mix_a, mu2)
@@ -249,12 +258,12 @@ def negentropy(mixes, mc: MonteCarlo, gen: torch.Generator) -> torch.Tensor:
         if idx.numel():
             z = torch.randn(idx.numel(), mc.inner, d, generator=gen, dtype=DTYPE)
             sub_parts = tuple(p[idx] for p in parts)
-            n_stats.append(_n_form_stats(_select(mix_a, idx), sub_parts, mu2[idx], z))
+            n_stats.append(_n_form_stats(mix_a.subset(idx), sub_parts, mu2[idx], z))
             n_index.append(active[idx] + offset)
         idx = torch.nonzero(~near).flatten()
         if idx.numel():
             xi = torch.randn(idx.numel(), k, mc.inner, d, generator=gen, dtype=DTYPE)
-            out[active[idx]] = _q_form_estimates(_select(mix_a, idx), xi, mc.control_variates)
+            out[active[idx]] = _q_form_estimates(mix_a.subset(idx), xi, mc.control_variates)
         values.append(out)
         offset += n
     out = torch.cat(values)
@@ -263,8 +272,6 @@ def negentropy(mixes, mc: MonteCarlo, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _select(mix: mk.WhitenedMixture, idx: torch.Tensor) -> mk.WhitenedMixture:
-    return mk.WhitenedMixture(mix.log_weights[idx], mix.zeta[idx], mix.r[idx])
 
 
 # ---- outer samples of one step -------------------------------------------------------------------
@@ -299,7 +306,7 @@ def _kernel_batches(reference, outer: _Outer, lv: NoiseLevel, kappa: torch.Tenso
     size = max(1, _BATCH_ELEMENTS // per_point)
     for start in range(0, outer.g.shape[0], size):
         sl = slice(start, start + size)
-        yield mk.reverse_kernel_whitened(reference, _take(outer.post, sl), lv.abar, kappa, outer.g[sl])
+        yield reverse_kernel_whitened(reference, _take(outer.post, sl), lv.abar, kappa, outer.g[sl])
 
 
 def _negentropy_points(reference, grid: Grid, mc: MonteCarlo) -> torch.Tensor:
@@ -359,26 +366,22 @@ def expected_trace_excess(reference, lv: NoiseLevel, mc: MonteCarlo) -> torch.Te
 
 def terminal_kl(reference, lv: NoiseLevel, mc: MonteCarlo) -> Estimate:
     """``KL(q_T || N(0, I))`` with its standard error: the whitened mixture ``zeta_k = sqrt(abar) m_k``,
-    ``R_k = U_k diag(abar (1 - lambda_k)) U_k^T`` (as mixture_kl.terminal_kl), N-form with CVs on
+    (pathkl.negentropy.terminal_mixture), N-form with CVs on
     ``terminal`` draws, or the q-form with ``terminal / K`` draws per component."""
-    mix = mk.WhitenedMixture(
-        torch.log(reference.weights)[None],
-        (lv.abar.sqrt() * reference.means)[None],
-        reference.covs.dense(lv.abar * (1.0 - reference.eigenvalues))[None],
-    )
+    mix = terminal_mixture(reference, lv)
     gen = _generator(mc, _TERMINAL)
     k, d = reference.size, reference.dim
     parts, chol = mix.parts()
     mu2 = chi_square(mix, parts)
     if bool(_n_form_usable(mix, mu2)[0]):
         z = torch.randn(1, mc.terminal, d, generator=gen, dtype=DTYPE)
-        psi, eps = mk.n_form_terms(mix, z, parts)
+        psi, eps = n_form_terms(mix, z, parts)
         x = torch.stack([eps[0], eps[0] ** 2 - mu2[0]], -1)
         b, var = intercept(psi[0], x if mc.control_variates else x[:, :0])
         return Estimate(float(b), stderr=math.sqrt(max(float(var), 0.0)))
     m = max(2, mc.terminal // k)
     xi = torch.randn(1, k, m, d, generator=gen, dtype=DTYPE)
-    closed, excess = mk.q_form_terms(mix, xi, parts, chol)
+    closed, excess = q_form_terms(mix, xi, parts, chol)
     w = torch.exp(mix.log_weights[0])
     value = closed[0] + (w * excess[0].mean(-1)).sum()
     return Estimate(float(value), stderr=math.sqrt(float((w**2 * excess[0].var(-1) / m).sum())))

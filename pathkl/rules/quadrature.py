@@ -1,68 +1,47 @@
-"""Path-space KL for mixture references by deterministic quadrature (d <= 3), DESIGN.md sections 2-3.
+"""The quadrature rule: deterministic path-space KL of mixture references in d <= 3, every number
+with an a-posteriori error (docs/errors.md).
 
-One step's KL at a point ``x = x_t`` splits exactly (the model mean is exact and ``E_q log N`` only sees
-q's first two moments):
+Per step t, ``E_{x_t ~ q_t} [J(x_t) + K_f(x_t)]``: the reverse kernel's negentropy J
+(pathkl.negentropy, the same for every family, computed once per grid and cached) plus the family's
+Gaussian step KL K_f (pathkl.covariances). ``full`` is ``E J`` alone.
 
-    KL(q(.|x) || N(mu*, Sigma_t)) = J(x) + KL(N(mu*, Sigma*(x)) || N(mu*, Sigma_t(x))),
-
-``J(x) = KL(q(.|x) || N(mu*(x), Sigma*(x)))`` the negentropy of the reverse kernel (the same for every
-covariance family, so it is computed once per grid and cached) and the second term the family's
-Gaussian step KL (pathkl.covariances). ``full`` is ``E J`` alone.
-
-J in whitened coordinates. With ``Sigma* = beta (I + k G) = beta Lt Lt^T`` (``k = beta / alpha``) the
-kernel component k, ``N(a_k, B_k)``, becomes ``N(zeta_k, I - R_k)`` with (module
-pathkl.references.mixture for ``a_k``, ``B_k``)
-
-    zeta_k = sqrt(k) Lt^{-1} (s_k - E_w s),   R_k = k Lt^{-1} (G - G_k) Lt^{-T},
-
-``G_k = U_k diag(abar (lambda_k - 1) / nu_k) U_k^T``: both formed from O(1) differences, never from
-nearly equal covariances. The density ratio against N(0, I) is ``rho = 1 + eps``,
-``eps(z) = sum_k w_k expm1(l_k(z))``, ``l_k`` a quadratic in z, and (:func:`whitened_kl`)
-
-    J = E_{N(0,I)} psi(eps)            (psi(e) = (1 + e) log1p(e) - e >= 0)      "N-form"
-      = E_q log rho = sum_k w_k [log w_k + KL(N(zeta_k, I - R_k) || N(0, I)) + E_{N_k} excess_k]  "q-form",
-
-``excess_k = log rho - log w_k - l_k >= 0`` (the closed-form KL takes the quadratic part of log rho, so
-the rule only sees the switching between modes; the earlier ``phi(1/rho - 1)`` integrand grew like
-``exp(+z^2)`` in each narrow component's tails and converged to only ~1e-3 at the first step of T = 8). The N-form is used where the kernel is nearly
-Gaussian (eps nearly polynomial: Gauss-Hermite is all but exact), the q-form where it is not (its
-nodes follow each component, so separated modes are integrated where their mass is).
-
-The outer expectation over ``x_t ~ q_t = sum_j pi_j N(sqrt(abar) m_j, V_j)`` is taken in each
-component's own coordinates, by Gauss-Hermite or, where the posterior weights switch sharply, by a
-lattice (:class:`Quadrature`); the fine rule pairs each lattice with a shifted copy for an
-a-posteriori error estimate and refines to it. Accuracy is shown by those estimates, by node
-refinement and by the entropy chain rule (:func:`negentropy_chain_rule`), an independent route
-(tests/test_mixture.py, tests/test_mixture_accuracy.py).
+Outer expectation over ``x_t ~ q_t = sum_j pi_j N(sqrt(abar) m_j, V_j)``: in each component's own
+coordinates, by Gauss-Hermite or, where the posterior weights switch sharply, by a lattice
+(:class:`Quadrature`). Inner, J: Gauss-Hermite in the N-form or the q-form (:func:`negentropy`).
+Every rule is a pair, so every value comes with an error estimate, and each step climbs
+:data:`LADDER` by two routes, the entropy chain rule and the inner-quadrature negentropy, until its
+error is within ``rtol`` (:func:`_climb`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
-import scipy.special
 import torch
 
-from .covariances import ReverseStep
-from .errors import InputError
-from .estimate import Estimate
-from .operators import Dense
-from .schedules import DTYPE, Grid, NoiseLevel
-from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
+from ..covariances import ReverseStep
+from ..errors import InputError
+from ..estimate import Estimate, StepKLs
+from ..negentropy import (
+    SKIP_BELOW,
+    WhitenedMixture,
+    n_form_terms,
+    negentropy_bound,
+    q_form_terms,
+    reverse_kernel_whitened,
+    terminal_mixture,
+)
+from ..operators import SmallDense
+from ..references import MixtureReference
+from ..schedules import DTYPE, Grid, NoiseLevel
+from ..third_derivative import third_derivative_sq_norm
+from .nodes import affordable, companion, finest_affordable, hermite, lattice
 
-#: Largest dimension handled by quadrature.
 MAX_QUADRATURE_DIM = 3
-# Points whose negentropy is certified below this (absolute) are skipped: see _negentropy_bound.
-_SKIP_BELOW = 1e-24
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
 _BATCH_ELEMENTS = 1 << 22
-# Outer ball radius: the standard normal density there is exp(-R^2 / 2) = 1e-18 of its peak.
-_RADIUS = math.sqrt(2.0 * math.log(1e18))
-# Largest lattice (nodes per component) the fine rule may build: ~1 GB of work arrays per step.
-_MAX_LATTICE = 4e5
 # Posterior log-odds beyond this are not a switch worth resolving (weight ratio e^-40).
 _LOG_ODDS_SEEN = 40.0
 # Rounding allowance, relative, added to every error: the terms of a step are positive (psi >= 0,
@@ -143,58 +122,6 @@ def ladder_for(d: int) -> tuple[Quadrature, ...]:
     return LADDER_1D if d == 1 else LADDER
 
 
-@functools.lru_cache(maxsize=32)
-def _hermite(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tensor Gauss-Hermite rule for E_{N(0, I_d)}: nodes (n^d, d), weights (n^d,) summing to 1."""
-    x, w = scipy.special.roots_hermitenorm(n)  # numpy's hermegauss overflows beyond ~150 nodes
-    w = w / w.sum()
-    grids = np.meshgrid(*([x] * d), indexing="ij")
-    weights = functools.reduce(np.multiply.outer, [w] * d).reshape(-1)
-    nodes = np.stack([g.reshape(-1) for g in grids], axis=1)
-    # Product nodes of weight < 1e-18 carry less than 1e-18 * n^d of the mass: dropped.
-    keep = weights >= 1e-18
-    nodes, weights = nodes[keep], weights[keep]
-    return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights).to(DTYPE)
-
-
-def _lattice_size(h: float, d: int) -> float:
-    """About how many nodes ``h Z^d`` has inside the ball of radius 9.1."""
-    return math.pi ** (d / 2) / math.gamma(d / 2 + 1) * (_RADIUS / h) ** d
-
-
-@functools.lru_cache(maxsize=64)
-def _lattice(h: float, d: int, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trapezoid rule for E_{N(0, I_d)} on ``h Z^d`` (``shifted``: ``h (Z + 1/2)^d``) inside the ball
-    of radius 9.1: nodes, weights."""
-    size = _lattice_size(h, d)
-    if size > _MAX_LATTICE:
-        raise InputError(f"the fine quadrature needs {size:.1e} lattice nodes per component here (d = {d}, "
-                         f"spacing {h:.3g}); use the fast rule")
-    m = int(_RADIUS / h)
-    axis = (np.arange(-m - 1, m + 1) + 0.5) * h if shifted else np.arange(-m, m + 1) * h
-    nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*([axis] * d), indexing="ij")], axis=1)
-    nodes = nodes[(nodes**2).sum(1) <= _RADIUS**2]
-    weights = np.exp(-0.5 * (nodes**2).sum(1))
-    return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights / weights.sum()).to(DTYPE)
-
-
-class SmallDense(Dense):
-    """:class:`Dense` with closed-form eigenvalues for 2 x 2 batches (batched LAPACK calls dominate
-    otherwise); absolute eigenvalue errors stay O(eps ||A||), as with eigvalsh."""
-
-    def eigvals(self):
-        if self.matrix.shape[-1] != 2:
-            return super().eigvals()
-        a, b, c = self.matrix[..., 0, 0], self.matrix[..., 0, 1], self.matrix[..., 1, 1]
-        mid, radius = 0.5 * (a + c), torch.hypot(0.5 * (a - c), b)
-        return torch.stack([mid - radius, mid + radius], -1)
-
-    def scaled_offdiagonal_eigvals(self, scale):
-        if self.matrix.shape[-1] != 2:
-            return super().scaled_offdiagonal_eigvals(scale)
-        r = self.matrix[..., 0, 1].abs() * (scale[..., 0] * scale[..., 1]).rsqrt()
-        return torch.stack([-r, r], -1)
-
 
 def _check_dim(reference) -> None:
     if reference.dim > MAX_QUADRATURE_DIM:
@@ -221,7 +148,7 @@ def spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Q
     if quad.smooth_below == math.inf:
         return torch.full_like(abar, math.inf)
     k, d = reference.size, reference.dim
-    per_level = _lattice(quad.coarse, d)[1].numel() * k**3 * d
+    per_level = lattice(quad.coarse, d)[1].numel() * k**3 * d
     size = max(1, _BATCH_ELEMENTS // per_level)
     sharpness = torch.cat([_sharpness(reference, abar[i : i + size], one_minus_abar[i : i + size], quad)
                            for i in range(0, abar.numel(), size)])
@@ -235,7 +162,7 @@ def spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Q
 def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
     """``S`` of :class:`Quadrature` at each level: the largest ``|V_c^{1/2} (s_j - s_l)|`` over the
     coarse lattice of each component c where ``w_j, w_l > e^-40``."""
-    x, _ = outer_nodes(reference, abar, one_minus_abar, _lattice(quad.coarse, reference.dim))
+    x, _ = outer_nodes(reference, abar, one_minus_abar, lattice(quad.coarse, reference.dim))
     post = reference.posterior(x, abar[:, None], one_minus_abar[:, None])
     n_levels, k, d = abar.numel(), reference.size, reference.dim
     scores = post.scores.reshape(n_levels, -1, k, k, d)  # (L, Q, c, j, d): nodes of component c
@@ -247,9 +174,6 @@ def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
     return torch.where(seen[..., j] & seen[..., l], sq, 0.0).flatten(1).amax(1).sqrt()
 
 
-def companion(n: int) -> int:
-    """The node count paired with an n-node Gauss-Hermite rule for its error estimate."""
-    return n + max(2, n // 2)
 
 
 def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -258,9 +182,9 @@ def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, tor
     (:class:`Quadrature`): lattice pair ``w = (w1, w2) / 2``, ``e = (w1, -w2) / 2``; Gauss-Hermite
     ``w = (0, w2)``, ``e = (w1, -w2)``."""
     if h == math.inf:
-        (x1, w1), (x2, w2) = _hermite(quad.smooth, d), _hermite(companion(quad.smooth), d)
+        (x1, w1), (x2, w2) = hermite(quad.smooth, d), hermite(companion(quad.smooth), d)
         return torch.cat([x1, x2]), torch.cat([torch.zeros_like(w1), w2]), torch.cat([w1, -w2])
-    (x1, w1), (x2, w2) = _lattice(h, d), _lattice(h, d, True)
+    (x1, w1), (x2, w2) = lattice(h, d), lattice(h, d, True)
     return torch.cat([x1, x2]), 0.5 * torch.cat([w1, w2]), 0.5 * torch.cat([w1, -w2])
 
 
@@ -272,53 +196,11 @@ def level_rule(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, h: f
     return x, w, (eq[:, None] * reference.weights).reshape(-1)
 
 
-# ---- J: KL of a whitened mixture against N(0, I) ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WhitenedMixture:
-    """``sum_k w_k N(zeta_k, I - R_k)`` (a batch over leading dims): the law being compared with N(0, I)."""
-
-    log_weights: torch.Tensor  # (N, K)
-    zeta: torch.Tensor  # (N, K, d)
-    r: torch.Tensor  # (N, K, d, d), symmetric, ||R_k|| < 1
-
-    def log_ratios(self, z: torch.Tensor, parts) -> torch.Tensor:
-        """``l_k(z) = log N(z; zeta_k, I - R_k) - log N(z; 0, I)`` at z (N, Q, d): (N, Q, K)."""
-        m, p_zeta, const = parts
-        out = const[:, None, :].expand(*z.shape[:-1], const.shape[-1]).clone()
-        # Elementwise over the d <= 3 coordinates: 1.5x faster than a three-operand einsum here.
-        for i in range(z.shape[-1]):
-            zi = z[..., i, None]
-            out += zi * (p_zeta[:, None, :, i] - 0.5 * zi * m[:, None, :, i, i])
-            for j in range(i):
-                out -= zi * z[..., j, None] * m[:, None, :, i, j]
-        return out
-
-    def parts(self):
-        """``M_k = (I - R_k)^{-1} R_k``, ``(I - R_k)^{-1} zeta_k``, the constant of ``l_k``, Cholesky."""
-        eye = torch.eye(self.zeta.shape[-1], dtype=DTYPE)
-        chol = torch.linalg.cholesky(eye - self.r)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        m = torch.cholesky_solve(self.r, chol)
-        p_zeta = torch.cholesky_solve(self.zeta[..., None], chol)[..., 0]
-        const = -0.5 * (self.zeta * p_zeta).sum(-1) - 0.5 * logdet
-        return (m, p_zeta, const), chol
-
-    def eps_and_log_rho(self, z, parts):
-        """``eps = rho - 1`` without cancellation near rho = 1, and ``log rho``, at z (N, Q, d)."""
-        logs = self.log_ratios(z, parts)
-        log_rho = torch.logsumexp(self.log_weights[:, None, :] + logs, -1)
-        direct = (torch.exp(self.log_weights)[:, None, :] * torch.expm1(logs)).sum(-1)
-        eps = torch.where(log_rho.abs() < 0.5, direct, torch.expm1(log_rho))
-        return eps, log_rho
-
-
 def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
     """``KL(sum_k w_k N(zeta_k, I - R_k) || N(0, I))`` per batch entry by Gauss-Hermite with ``nodes``
     per dimension: ``form="N"`` (psi form) or ``"q"`` (phi form), module docstring."""
     d = mix.zeta.shape[-1]
-    xi, wq = _hermite(nodes, d)
+    xi, wq = hermite(nodes, d)
     parts, chol = mix.parts()
     if form == "N":
         psi, _ = n_form_terms(mix, xi.expand(mix.zeta.shape[0], *xi.shape), parts)
@@ -327,49 +209,6 @@ def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
     # J >= 0; the sum cancels to within rounding of its terms (seen: -1.6e-32 where a far component has
     # a tiny weight), so a negative value is rounding and is reported as 0.
     return (closed + (torch.exp(mix.log_weights) * (excess * wq).sum(-1)).sum(-1)).clamp_min(0.0)
-
-
-def n_form_terms(mix: WhitenedMixture, z: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
-    """The N-form integrand ``psi(eps(z))`` and ``eps(z)`` at z (N, Q, d): J = E_{N(0,I)} psi(eps)."""
-    eps, _ = mix.eps_and_log_rho(z, parts)
-    return one_plus_e_log_one_plus_e_minus_e(eps), eps
-
-
-def q_form_terms(mix: WhitenedMixture, xi: torch.Tensor, parts, chol) -> tuple[torch.Tensor, torch.Tensor]:
-    """The q-form ``J = closed + sum_k w_k E_{xi ~ N(0,I)} excess_k(zeta_k + L_k xi)`` (``L_k`` the
-    Cholesky factor of ``I - R_k``): ``closed`` (N,) and ``excess`` (N, K, Q) at xi, which is (Q, d)
-    (the same nodes for every entry) or (N, K, Q, d)."""
-    n, k, d = mix.zeta.shape
-    xi = xi.expand(n, k, *xi.shape[-2:])
-    z = mix.zeta[:, :, None, :] + torch.einsum("nkij,nkqj->nkqi", chol, xi)  # (N, K, Q, d)
-    # log rho = (log w_k + l_k) + excess_k under component k: E_{N_k} l_k = KL(N_k || N(0, I)) in
-    # closed form, and excess_k = logsumexp_j(log w_j + l_j) - log w_k - l_k >= 0 is flat where k
-    # dominates, so the rule only integrates where the modes switch.
-    logs = mix.log_ratios(z.reshape(n, -1, d), parts).reshape(n, k, -1, k)
-    joint = mix.log_weights[:, None, None, :] + logs
-    own = torch.diagonal(joint, dim1=1, dim2=3).transpose(1, 2)  # (N, K, Q): log w_k + l_k at k's nodes
-    r_eig = torch.linalg.eigvalsh(mix.r)
-    kl_k = 0.5 * ((mix.zeta**2).sum(-1) + u_minus_log1p(-r_eig).sum(-1))
-    closed = (torch.exp(mix.log_weights) * (mix.log_weights + kl_k)).sum(-1)
-    return closed, torch.logsumexp(joint, -1) - own
-
-
-def negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:
-    """Upper bound on J: moment matching minimises KL(q || Gaussian), and KL is convex, so
-    ``J <= sum_k w_k KL(N_k || N_j)`` for the heaviest component j; each term is bounded by
-    ``|zeta_k - zeta_j|^2 / (1 - rho) + d (2 rho / (1 - rho))^2`` with ``rho = max ||R||_F``
-    (valid while ``0 <= rho < 1`` and ``2 rho / (1 - rho) <= 1/2``, i.e. ``rho <= 1/5``; otherwise +inf:
-    for ``rho >= 1`` the ratio turns negative, and the bound with it)."""
-    j = mix.log_weights.argmax(-1)
-    rows = torch.arange(j.numel())
-    rho = torch.linalg.matrix_norm(mix.r).amax(-1)
-    ratio = 2.0 * rho / (1.0 - rho)
-    gap = ((mix.zeta - mix.zeta[rows, j][:, None, :]) ** 2).sum(-1)
-    term = gap / (1.0 - rho[:, None]) + mix.zeta.shape[-1] * ratio[:, None] ** 2
-    w = torch.exp(mix.log_weights).clone()
-    w[rows, j] = 0.0
-    bound = (w * term).sum(-1)
-    return torch.where(rho <= 0.2, bound, torch.full_like(bound, math.inf))
 
 
 def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,7 +222,7 @@ def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, to
     n_batch = mix.log_weights.shape[0]
     out, err = torch.zeros(n_batch, dtype=DTYPE), torch.zeros(n_batch, dtype=DTYPE)
     bound = negentropy_bound(mix)
-    active = bound > _SKIP_BELOW
+    active = bound > SKIP_BELOW
     err[~active] = bound[~active]
     zeta, r = mix.zeta.norm(dim=-1).amax(-1), torch.linalg.matrix_norm(mix.r).amax(-1)
     small, near = zeta.maximum(r) <= 0.5 * quad.near_gaussian, (zeta <= 1.0) & (r <= quad.near_gaussian)
@@ -394,30 +233,10 @@ def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, to
         batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * companion(n) ** d * d))
         for start in range(0, idx.numel(), batch):
             sel = idx[start : start + batch]
-            sub = _subset(mix, sel)
+            sub = mix.subset(sel)
             out[sel] = whitened_kl(sub, nodes=companion(n), form=form)
             err[sel] = (out[sel] - whitened_kl(sub, nodes=n, form=form)).abs()
     return out, err
-
-
-def reverse_kernel_whitened(reference, post, abar, kappa, g) -> WhitenedMixture:
-    """The reverse kernels at the points of ``post`` in Sigma*-whitened coordinates (module doc);
-    abar and kappa = beta/alpha broadcastable to the batch, g = G(x) dense."""
-    d = reference.dim
-    eye = torch.eye(d, dtype=DTYPE)
-    kappa = torch.as_tensor(kappa, dtype=DTYPE)
-    chol = torch.linalg.cholesky(eye + kappa[..., None, None] * g)
-    own = reference.covs.dense(torch.as_tensor(abar, dtype=DTYPE)[..., None, None] * (reference.eigenvalues - 1.0) / post.nu)
-    gap = g[..., None, :, :] - own  # (..., K, d, d)
-    chol_k = chol[..., None, :, :].expand_as(gap)
-    half = torch.linalg.solve_triangular(chol_k, gap, upper=False)
-    r = kappa[..., None, None, None] * torch.linalg.solve_triangular(chol_k, half.transpose(-1, -2), upper=False)
-    r = 0.5 * (r + r.transpose(-1, -2))
-    zeta = kappa.sqrt()[..., None, None] * torch.linalg.solve_triangular(
-        chol_k, post.centred_scores[..., None], upper=False
-    )[..., 0]
-    k = reference.size
-    return WhitenedMixture(post.log_weights.reshape(-1, k), zeta.reshape(-1, k, d), r.reshape(-1, k, d, d))
 
 
 # ---- one chunk of steps -------------------------------------------------------------------------
@@ -495,7 +314,7 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
         hopeless = torch.zeros(n, dtype=torch.bool)  # the route's rounding floor is above the tolerance
         for level, quad in enumerate(ladder):
             trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
-            fits = _affordable(trial, reference.dim)
+            fits = affordable(trial, reference.dim)
             for sel, h in _by_spacing(reference, trial[fits], quad):
                 at = pending[fits][sel]
                 value, error, floor = route(reference, grid, steps[at], h, quad)
@@ -538,7 +357,7 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
     and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
     values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
     h_all = spacing(reference, abar, one_minus_abar, quad)
-    fits = torch.nonzero(_affordable(h_all, reference.dim)).flatten()
+    fits = torch.nonzero(affordable(h_all, reference.dim)).flatten()
     for chunk, h in _by_spacing(reference, h_all[fits], quad):  # levels that do not fit stay at +inf
         sel = fits[chunk]
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
@@ -579,11 +398,11 @@ def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qua
     bound = negentropy_bound(mix).reshape(idx.numel(), -1)
     keep = _above_negligible(bound * (nodes.weights.abs() + nodes.error_weights.abs()))
     j, inner = torch.zeros_like(bound), torch.zeros_like(bound)
-    j[keep], inner[keep] = negentropy(_subset(mix, keep.flatten()), quad)
+    j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad)
     value, _ = nodes.integrate(j)
     unsure = (nodes.integrate_error(torch.where(keep, 0.0, bound)) > 1e-12 * value)[:, None] & ~keep
     if unsure.any():
-        j[unsure], inner[unsure] = negentropy(_subset(mix, unsure.flatten()), quad)
+        j[unsure], inner[unsure] = negentropy(mix.subset(unsure.flatten()), quad)
     skipped = torch.where(keep | unsure, 0.0, bound)
     value, outer = nodes.integrate(j)
     return value, outer + nodes.integrate_error(inner + skipped) + _ROUNDING * value, _ROUNDING * value
@@ -598,8 +417,6 @@ def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
     return bound > threshold
 
 
-def _subset(mix: WhitenedMixture, mask: torch.Tensor) -> WhitenedMixture:
-    return WhitenedMixture(mix.log_weights[mask], mix.zeta[mask], mix.r[mask])
 
 
 def step_kls(reference, grid: Grid, family, *, rtol: float,
@@ -644,7 +461,7 @@ def expected_trace_excess(reference, lv: NoiseLevel) -> torch.Tensor:
     flat = abar.reshape(-1)
     om = torch.as_tensor(lv.one_minus_abar, dtype=DTYPE).expand_as(abar).reshape(-1)
     out = torch.empty_like(flat)
-    h = torch.tensor([_finest_affordable(v, reference.dim) for v in spacing(reference, flat, om, quad).tolist()], dtype=DTYPE)
+    h = torch.tensor([finest_affordable(v, reference.dim) for v in spacing(reference, flat, om, quad).tolist()], dtype=DTYPE)
     for sel, value in _by_spacing(reference, h, quad):
         x, w, _ = level_rule(reference, flat[sel], om[sel], value, quad)
         g = reference.excess(reference.posterior(x, flat[sel, None], om[sel, None]), flat[sel, None])
@@ -661,11 +478,7 @@ def terminal_kl(reference, lv: NoiseLevel, *, rtol: float) -> Estimate:
     inner rules with its companion, climbing until the difference meets ``rtol`` (not
     :func:`negentropy`: its skip bound assumes a moment-matched N(0, I), which q_T is not)."""
     _check_dim(reference)
-    mix = WhitenedMixture(
-        torch.log(reference.weights)[None],
-        (lv.abar.sqrt() * reference.means)[None],
-        reference.covs.dense(lv.abar * (1.0 - reference.eigenvalues))[None],
-    )
+    mix = terminal_mixture(reference, lv)
     size = float(mix.zeta.norm(dim=-1).max().maximum(torch.linalg.matrix_norm(mix.r).max()))
     best = Estimate(math.nan, math.inf)
     for quad in ladder_for(reference.dim):
@@ -680,19 +493,12 @@ def terminal_kl(reference, lv: NoiseLevel, *, rtol: float) -> Estimate:
     return best
 
 
-def _affordable(h: torch.Tensor, d: int) -> torch.Tensor:
-    """Which spacings (Gauss-Hermite where inf) have lattices that fit in memory."""
-    return torch.tensor([_lattice_size(v, d) <= _MAX_LATTICE for v in h.tolist()], dtype=torch.bool)
 
 
-def _finest_affordable(h: float, d: int) -> float:
-    """h, or the finest spacing whose lattice fits in memory if h's does not (the paired rule's
-    estimate then reports the coarser lattice's error)."""
-    return h if _lattice_size(h, d) <= _MAX_LATTICE else _RADIUS * (math.pi ** (d / 2) / math.gamma(d / 2 + 1) / _MAX_LATTICE) ** (1 / d) * 1.001
 
 
 def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
-    h = _finest_affordable(float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0]), reference.dim)
+    h = finest_affordable(float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0]), reference.dim)
     x, w, e = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
     return reference.posterior(x, lv.abar, lv.one_minus_abar), w, e
 
@@ -719,62 +525,25 @@ def expected_third_derivative_sq_norm(reference, lv: NoiseLevel) -> Estimate:
     return _integrated(third_derivative_sq_norm(reference, post), w, e)
 
 
-def third_derivative_sq_norm(reference, post) -> torch.Tensor:
-    """``||grad^3 log q_t||_F^2`` at the points of ``post``.
+@dataclass(frozen=True)
+class QuadratureRule:
+    """The rule for mixture blocks of d <= 3 (module docstring), in the interface of pathkl.rules."""
 
-    With ``A_k = -V_k^{-1}`` (the Hessian of log N_k) and centred scores ``c_k``,
-    ``grad^3 log q = kappa_3 + X + X^(132) + X^(231)``, ``kappa_3 = E_w c (x) c (x) c``,
-    ``X_abc = E_w[(A_k - E_w A)_ab c_kc]`` (derivative of the cumulant identities for the Hessian).
-    Dense d^3 tensors; for common isotropic components use :func:`isotropic_third_derivative_sq_norm`.
-    """
-    w = post.weights
-    c = post.centred_scores
-    a = reference.covs.dense(-1.0 / post.nu)
-    a = a - (w[..., None, None] * a).sum(-3, keepdim=True)
-    kappa3 = torch.einsum("...k,...ka,...kb,...kc->...abc", w, c, c, c)
-    x = torch.einsum("...k,...kab,...kc->...abc", w, a, c)
-    t3 = kappa3 + x + x.transpose(-1, -2) + x.permute(*range(x.ndim - 3), -1, -3, -2)
-    return (t3**2).sum((-1, -2, -3))
+    name: ClassVar[str] = "quadrature"
 
+    def accepts(self, block) -> bool:
+        return isinstance(block, MixtureReference) and block.dim <= MAX_QUADRATURE_DIM
 
-# ---- image dimension: components sharing one isotropic covariance (empirical data) --------------
+    def step_kls(self, block, grid: Grid, family, *, rtol: float, mean_g: torch.Tensor | None = None) -> StepKLs:
+        return StepKLs.bounded(*step_kls(block, grid, family, rtol=rtol, mean_g=mean_g))
 
+    def terminal_kl(self, block, lv: NoiseLevel, *, rtol: float) -> Estimate:
+        return terminal_kl(block, lv, rtol=rtol)
 
-def _common_isotropic(reference) -> None:
-    lam = reference.eigenvalues
-    if reference.covs.rotations is not None or lam.shape[1] != 1 or not (lam == lam[0]).all():
-        raise InputError("the Gram-matrix third-derivative norm needs components with one common isotropic variance")
+    def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
+        return expected_trace_excess(block, lv)
 
-
-def gram_third_derivative_sq_norm(reference, x: torch.Tensor, lv: NoiseLevel, *, gram=None) -> torch.Tensor:
-    """``||grad^3 log q_t(x)||_F^2`` for components sharing the variance ``v = (1 - abar) + abar s^2``
-    (empirical data, common std), without d x d or d^3 arrays.
-
-    Then ``V_k^{-1} = I / v`` is the same for all k, the covariance terms of
-    :func:`third_derivative_sq_norm` vanish and ``grad^3 log q = kappa_3 = E_w c (x) c (x) c`` with
-    ``c_k = s_k - E_w s = sqrt(abar) (m_k - E_w m) / v``, so
-    ``||kappa_3||_F^2 = sum_{j,l} w_j w_l (c_j . c_l)^3``: a K x K Gram matrix of the means
-    (``gram``, precomputed once, O(K^2 d)); per point O(K d) for the weights plus O(K^2).
-    """
-    _common_isotropic(reference)
-    if gram is None:
-        centred = reference.means - reference.means.mean(0)
-        gram = centred @ centred.T
-    v = lv.one_minus_abar + lv.abar * reference.eigenvalues[0, 0]
-    out = torch.empty(x.shape[0], dtype=DTYPE)
-    for i in range(x.shape[0]):  # one point at a time: the posterior holds (K, d) arrays
-        w = reference.posterior(x[i : i + 1], lv.abar, lv.one_minus_abar).weights[0]
-        g = gram @ w
-        centred_gram = gram - g[:, None] - g[None, :] + w @ g
-        out[i] = (lv.abar / v**2) ** 3 * (w @ (centred_gram**3) @ w)
-    return out
-
-
-def mc_third_derivative_sq_norm(reference, lv: NoiseLevel, *, samples: int, generator=None) -> tuple[float, float]:
-    """Monte Carlo ``E_{q_t} ||grad^3 log q_t||_F^2`` (Gram form, any d) and its standard error."""
-    _common_isotropic(reference)
-    centred = reference.means - reference.means.mean(0)
-    gram = centred @ centred.T
-    x = reference.sample(samples, lv, generator=generator)
-    values = gram_third_derivative_sq_norm(reference, x, lv, gram=gram)
-    return float(values.mean()), float(values.std() / math.sqrt(samples))
+    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+        if family.order == 1:
+            return expected_excess_functional(block, family.defect_sq_norm, lv, mean_g=mean_g)
+        return expected_third_derivative_sq_norm(block, lv)

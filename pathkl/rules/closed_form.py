@@ -1,0 +1,44 @@
+"""The closed-form rule: Gaussian blocks, every expectation over x_t exact (the reverse kernels are
+Gaussian with x-independent covariances), the error a rounding bound (docs/errors.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..estimate import Estimate, StepKLs
+from ..references import GaussianReference
+from ..schedules import DTYPE, Grid, NoiseLevel
+
+#: Rounding allowance of a closed-form value, relative: the relative eigenvalues carry a few ulps each
+#: (no subtraction of nearly equal numbers), phi is evaluated to a few ulps, and the terms are
+#: positive; checked against 50-digit arithmetic in tests/test_pathspace.py.
+ROUNDING = 64 * torch.finfo(DTYPE).eps
+
+
+@dataclass(frozen=True)
+class ClosedForm:
+    """Exact expectations for Gaussian blocks, in the interface of pathkl.rules."""
+
+    name: ClassVar[str] = "closed form"
+
+    def accepts(self, block) -> bool:
+        return isinstance(block, GaussianReference)
+
+    def step_kls(self, block, grid: Grid, family, *, rtol: float, mean_g: torch.Tensor | None = None) -> StepKLs:
+        values = block.step_kls(grid, family, mean_g=mean_g)[0]
+        return StepKLs.bounded(values, torch.where(torch.isinf(values), 0.0, ROUNDING * values))
+
+    def terminal_kl(self, block, lv: NoiseLevel, *, rtol: float) -> Estimate:
+        value = block.terminal_kl(lv)
+        return Estimate(value, ROUNDING * abs(value))
+
+    def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
+        return block.expected_trace_excess(lv)
+
+    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+        value = (block.expected_excess_functional(family.defect_sq_norm, lv, mean_g=mean_g)
+                 if family.order == 1 else block.expected_third_derivative_sq_norm(lv))
+        return Estimate(value, ROUNDING * abs(value))
