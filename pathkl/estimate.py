@@ -62,6 +62,10 @@ class StepKLs:
     values: torch.Tensor
     bound: torch.Tensor
     stderr: torch.Tensor
+    #: A bound on the error of the sum over all steps, tighter than ``sum(bound)`` where errors are
+    #: claimed jointly (pathkl.rules.stepsum: a panel's estimate bounds its steps' errors together and
+    #: each step claims all of it); None: ``sum(bound)``.
+    sum_bound: float | None = None
 
     @staticmethod
     def bounded(values: torch.Tensor, bound: torch.Tensor) -> StepKLs:
@@ -73,14 +77,20 @@ class StepKLs:
         """The absolute error of each step: ``bound + z95 * stderr``."""
         return self.bound + Z95 * self.stderr
 
+    def _sum_bound(self) -> float:
+        return math.fsum(self.bound.tolist()) if self.sum_bound is None else self.sum_bound
+
     def __add__(self, other: StepKLs) -> StepKLs:
-        return StepKLs(self.values + other.values, self.bound + other.bound, torch.hypot(self.stderr, other.stderr))
+        joint = None if self.sum_bound is None and other.sum_bound is None else self._sum_bound() + other._sum_bound()
+        return StepKLs(self.values + other.values, self.bound + other.bound, torch.hypot(self.stderr, other.stderr),
+                       joint)
 
     def total(self, first_step: int = 1) -> Estimate:
-        """Sum of steps ``first_step..T`` (``math.fsum``; ``inf`` if any term is, exactly)."""
+        """Sum of steps ``first_step..T`` (``math.fsum``; ``inf`` if any term is, exactly); its bound is
+        :attr:`sum_bound` for the whole chain, the per-step bounds' sum for a part of it."""
         kept = slice(first_step - 1, None)
         values = self.values[kept].tolist()
         if math.inf in values:
             return Estimate(math.inf)
-        return Estimate(math.fsum(values), math.fsum(self.bound[kept].tolist()),
-                        math.sqrt(math.fsum((self.stderr[kept] ** 2).tolist())))
+        bound = self._sum_bound() if first_step == 1 else math.fsum(self.bound[kept].tolist())
+        return Estimate(math.fsum(values), bound, math.sqrt(math.fsum((self.stderr[kept] ** 2).tolist())))

@@ -38,6 +38,7 @@ from ..references import MixtureReference
 from ..schedules import DTYPE, Grid, NoiseLevel
 from ..third_derivative import third_derivative_sq_norm
 from .nodes import affordable, companion, finest_affordable, hermite, lattice
+from .stepsum import Interpolated, interpolated_steps
 
 MAX_QUADRATURE_DIM = 3
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
@@ -327,18 +328,22 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
     return values, errors, levels, spacings
 
 
-def _negentropies(reference, grid: Grid, rtol: float):
-    """:func:`_climb` for t = 1..T, cached per (reference, grid, rtol)."""
+def _negentropies(reference, grid: Grid, rtol: float, steps: torch.Tensor):
+    """:func:`_climb` at ``steps`` (1-based), each step's result cached per (reference, grid, rtol),
+    so that every family and every panel of :func:`~pathkl.rules.stepsum.interpolated_steps` shares it."""
     _check_dim(reference)
-    key = ("J", rtol) + _grid_key(grid)
-    if key not in reference._cache:
-        reference._cache[key] = _climb(reference, grid, torch.arange(1, grid.T + 1), rtol)
-    return reference._cache[key]
+    cache = reference._cache.setdefault(("J", rtol) + _grid_key(grid), {})
+    missing = torch.tensor([t for t in steps.tolist() if t not in cache], dtype=torch.long)
+    if missing.numel():
+        for t, *row in zip(missing.tolist(), *_climb(reference, grid, missing, rtol)):
+            cache[t] = row
+    rows = [cache[t] for t in steps.tolist()]
+    return tuple(torch.stack([torch.as_tensor(r[i]) for r in rows]) for i in range(4))
 
 
 def expected_negentropies(reference, grid: Grid, *, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T (route (a)) and their errors."""
-    return _negentropies(reference, grid, rtol)[:2]
+    """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T and their errors, every step evaluated."""
+    return _negentropies(reference, grid, rtol, torch.arange(1, grid.T + 1))[:2]
 
 
 def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,23 +426,43 @@ def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
 
 def step_kls(reference, grid: Grid, family, *, rtol: float,
              mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T, and their errors: E J plus the family's
-    Gaussian part, the latter on the rule and spacing each step's E J settled on. ``mean_g`` (T,)
-    replaces ``E tr G / d`` when this is one block of a product (``analytic``)."""
-    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol))
+    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T, and their errors
+    (:func:`interpolated_step_kls`)."""
+    result = interpolated_step_kls(reference, grid, family, rtol=rtol, mean_g=mean_g)
+    return result.values, result.errors
+
+
+def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
+                          mean_g: torch.Tensor | None = None) -> Interpolated:
+    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: the steps that
+    :func:`~pathkl.rules.stepsum.interpolated_steps` asks for evaluated by :func:`step_kls_at`, the
+    others interpolated in t, with their errors and the error of their sum. ``mean_g`` (T,) replaces
+    ``E tr G / d`` when this is one block of a product (``analytic``)."""
+    def evaluate(steps):
+        return step_kls_at(reference, grid, family, steps, rtol=rtol, mean_g=mean_g)
+
+    return interpolated_steps(evaluate, grid.T, rtol=rtol)
+
+
+def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
+                mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J plus the
+    family's Gaussian part, the latter on the rule and spacing each step's E J settled on."""
+    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol, steps))
     if family.name == "full":
         return values, errors
     ladder = ladder_for(reference.dim)
     for level in torch.unique(levels).tolist():
         members = torch.nonzero(levels == level).flatten()
         for sel, value in _by_spacing(reference, h[members], ladder[level]):
-            idx = members[sel]
-            nodes = _step_nodes(reference, grid, idx + 1, value, ladder[level])
-            own = _mean_trace(nodes.g, nodes.weights)[:, None, None] if mean_g is None else mean_g[idx][:, None, None]
-            step = ReverseStep.at(grid, idx[:, None, None] + 1, g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=own)
+            pos = members[sel]
+            t = steps[pos]
+            nodes = _step_nodes(reference, grid, t, value, ladder[level])
+            own = _mean_trace(nodes.g, nodes.weights)[:, None, None] if mean_g is None else mean_g[t - 1][:, None, None]
+            step = ReverseStep.at(grid, t[:, None, None], g=SmallDense(nodes.g), c=SmallDense(nodes.c), mean_g=own)
             part, error = nodes.integrate(family.gaussian_step_kl(step))
-            values[idx] += part
-            errors[idx] += error + _ROUNDING * part.abs()
+            values[pos] += part
+            errors[pos] += error + _ROUNDING * part.abs()
     # beta_tilde's first step is +inf exactly (beta~_1 = 0).
     return values, torch.where(torch.isinf(values), 0.0, errors)
 
@@ -535,7 +560,8 @@ class QuadratureRule:
         return isinstance(block, MixtureReference) and block.dim <= MAX_QUADRATURE_DIM
 
     def step_kls(self, block, grid: Grid, family, *, rtol: float, mean_g: torch.Tensor | None = None) -> StepKLs:
-        return StepKLs.bounded(*step_kls(block, grid, family, rtol=rtol, mean_g=mean_g))
+        result = interpolated_step_kls(block, grid, family, rtol=rtol, mean_g=mean_g)
+        return StepKLs(result.values, result.errors, torch.zeros_like(result.values), result.sum_error)
 
     def terminal_kl(self, block, lv: NoiseLevel, *, rtol: float) -> Estimate:
         return terminal_kl(block, lv, rtol=rtol)

@@ -1,0 +1,88 @@
+"""The step-index rule (pathkl.rules.stepsum) against every step evaluated: its stated errors are
+claims, so on smooth sequences, on kinks, on noise and on mixture chains the true error of every step
+and of the sum must be within them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pathkl.covariances import FAMILIES
+from pathkl.references import MixtureReference
+from pathkl.rules import quadrature as qr
+from pathkl.rules.stepsum import interpolated_steps
+from pathkl.schedules import DTYPE, VPLinear
+
+
+def _check(exact: torch.Tensor, own_error: torch.Tensor, rtol: float):
+    """Interpolate ``exact`` (evaluated with ``own_error``) and assert every claim; returns how many
+    steps were evaluated."""
+    def evaluate(steps):
+        return exact[steps - 1], own_error[steps - 1]
+
+    result = interpolated_steps(evaluate, exact.numel(), rtol=rtol)
+    values, done = result.values, result.evaluated
+    assert (values - exact).abs().le(result.errors + own_error).all()
+    assert abs(math.fsum((values - exact).tolist())) <= result.sum_error + float(own_error.sum())
+    assert result.sum_error <= float(result.errors.sum()) * (1 + 1e-12)
+    assert torch.equal(values[done], exact[done])
+    return int(done.sum())
+
+
+bumps = st.lists(st.tuples(st.floats(-0.2, 1.2), st.floats(0.03, 0.5), st.floats(0.1, 10.0)), min_size=1, max_size=4)
+
+
+@settings(deadline=None)
+@given(bumps, st.integers(100, 6000), st.sampled_from([1e-4, 1e-6, 1e-9]))
+def test_smooth_sequences_are_within_their_errors(shape, T, rtol):
+    """``v_t = T^-3 f(t / T)`` with f a sum of Gaussian bumps (widths down to 0.03 of the chain), the
+    shape of a step KL on a smooth schedule; rounding-level errors of the evaluated steps."""
+    tau = torch.arange(1, T + 1, dtype=DTYPE) / T
+    f = sum(height * torch.exp(-0.5 * ((tau - centre) / width) ** 2) for centre, width, height in shape)
+    exact = (1e-3 + f) / T**3
+    _check(exact, 1e-15 * exact, rtol)
+
+
+@settings(deadline=None)
+@given(st.integers(200, 3000), st.floats(0.05, 0.95), st.floats(1e-3, 1.0))
+def test_a_kink_is_never_interpolated_across(T, where, jump):
+    """A kink (and a jump) in the sequence: the claims hold, the steps around it are evaluated."""
+    t = torch.arange(1, T + 1, dtype=DTYPE)
+    kink = round(where * T)
+    exact = 1.0 + (t - kink).abs() / T + jump * (t > kink)
+    _check(exact, torch.zeros_like(exact), 1e-6)
+
+
+@settings(deadline=None)
+@given(st.integers(100, 2000), st.integers(0, 2**31 - 1))
+def test_noise_is_evaluated_step_by_step(T, seed):
+    """Values with relative noise 1e-3 (no smooth structure): the claims hold at rtol 1e-6."""
+    gen = torch.Generator().manual_seed(seed)
+    exact = 1.0 + 1e-3 * torch.rand(T, generator=gen, dtype=DTYPE)
+    _check(exact, torch.zeros_like(exact), 1e-6)
+
+
+@settings(deadline=None, max_examples=6)
+@given(st.floats(0.05, 0.95), st.floats(0.5, 4.0), st.floats(0.05, 1.0), st.floats(0.05, 1.0),
+       st.sampled_from([512, 1024]), st.sampled_from(["full", "beta", "analytic"]))
+def test_mixture_chains_match_every_step_evaluated(weight, gap, std1, std2, T, family):
+    """A random 1-D two-component mixture: the interpolated per-step KLs against every step evaluated
+    by the same engine (so only the interpolation is under test), within the sum of both errors."""
+    mixture = MixtureReference.from_components([weight, 1.0 - weight], [[-gap / 2], [gap / 2]], stds=[std1, std2])
+    grid = VPLinear().grid(T)
+    values, errors = qr.step_kls(mixture, grid, FAMILIES[family], rtol=1e-6)
+    dense, dense_errors = qr.step_kls_at(mixture, grid, FAMILIES[family], torch.arange(1, T + 1), rtol=1e-6)
+    assert (values - dense).abs().le(errors + dense_errors).all()
+    assert math.fsum((values - dense).tolist()) <= float(errors.sum() + dense_errors.sum())
+
+
+def test_long_mixture_chains_are_not_evaluated_step_by_step():
+    """It must also pay: the rates default (mog-1d) at T = 4096 evaluates under 15% of its steps, and
+    the path KL's total error is the joint one (far below the sum of per-step claims)."""
+    mixture = MixtureReference.from_components([0.3, 0.7], [[-1.0], [1.5]], stds=[0.5, 0.8])
+    result = qr.interpolated_step_kls(mixture, VPLinear().grid(4096), FAMILIES["full"], rtol=1e-6)
+    assert int(result.evaluated.sum()) < 0.15 * 4096
+    assert result.sum_error <= 1e-6 * float(result.values.sum())
