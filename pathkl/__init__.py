@@ -1,0 +1,59 @@
+"""pathkl: exact path-space KL divergences, covariance families and rate studies for Gaussian diffusion
+models (README.md, docs/errors.md).
+
+The names a user needs, importable from here::
+
+    import pathkl
+    reference = pathkl.load_reference("mog-rotated")
+    grid = pathkl.get_schedule("vp-linear").grid(64)
+    result = pathkl.path_kl(reference, grid, pathkl.get_family("full"))
+    print(result.steps, "+-", result.steps_error)
+
+They load on first use (PEP 562), so ``import pathkl`` and ``pathkl --help`` stay at interpreter
+speed; torch loads with the first numerical name.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "path_kl": "pathkl.pathspace",
+    "PathKL": "pathkl.pathspace",
+    "load_reference": "pathkl.refspec",
+    "PRESETS": "pathkl.presets",
+    "GaussianReference": "pathkl.references",
+    "MixtureReference": "pathkl.references",
+    "ProductReference": "pathkl.references",
+    "get_schedule": "pathkl.schedules",
+    "grid_from_taus": "pathkl.schedules",
+    "grid_from_chain": "pathkl.schedules",
+    "FAMILIES": "pathkl.covariances",
+    "get_family": "pathkl.covariances",
+    "family_rates": "pathkl.rates",
+    "fit_order": "pathkl.rates",
+    "lanczos_sampler": "pathkl.lanczos",
+    "sample": "pathkl.sampling",
+    "mmd": "pathkl.metrics",
+    "sliced_wasserstein": "pathkl.metrics",
+    "Estimate": "pathkl.estimate",
+    "MonteCarlo": "pathkl.rules",
+    "select_rule": "pathkl.rules",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pathkl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
