@@ -44,7 +44,7 @@ _EXPORTS = {
     "select_rule": "pathkl.rules",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS.keys()]  # noqa: PLE0604 (keys are the names)
 
 
 def __getattr__(name: str):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from .schedules import DTYPE, NoiseLevel
-from .stable import one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
+from .stable import logsumexp_last, one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 
 #: Points whose negentropy is certified below this (absolute) are skipped (:func:`negentropy_bound`).
 SKIP_BELOW = 1e-24
@@ -76,7 +76,7 @@ class WhitenedMixture:
     def eps_and_log_rho(self, z, parts):
         """``eps = rho - 1`` without cancellation near rho = 1, and ``log rho``, at z (N, Q, d)."""
         logs = self.log_ratios(z, parts)
-        log_rho = torch.logsumexp(self.log_weights[:, None, :] + logs, -1)
+        log_rho = logsumexp_last(self.log_weights[:, None, :] + logs)
         direct = (torch.exp(self.log_weights)[:, None, :] * torch.expm1(logs)).sum(-1)
         eps = torch.where(log_rho.abs() < 0.5, direct, torch.expm1(log_rho))
         return eps, log_rho
@@ -105,7 +105,7 @@ def q_form_terms(mix: WhitenedMixture, xi: torch.Tensor, parts, chol) -> tuple[t
     r_eig = torch.linalg.eigvalsh(mix.r)
     kl_k = 0.5 * ((mix.zeta**2).sum(-1) + u_minus_log1p(-r_eig).sum(-1))
     closed = (torch.exp(mix.log_weights) * (mix.log_weights + kl_k)).sum(-1)
-    return closed, torch.logsumexp(joint, -1) - own
+    return closed, logsumexp_last(joint) - own
 
 
 def negentropy_bound(mix: WhitenedMixture) -> torch.Tensor:

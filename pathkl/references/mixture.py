@@ -29,6 +29,7 @@ import torch
 
 from ..errors import InputError
 from ..schedules import DTYPE, Grid, NoiseLevel
+from ..stable import logsumexp_last
 
 # Symmetry and weight-sum tolerance: inputs are decimals typed by people or float64 arrays.
 _INPUT_TOL = 1e-12
@@ -227,7 +228,7 @@ class MixtureReference:
         scores = -self.covs.apply(1.0 / nu, y)
         log_n = 0.5 * ((y * scores).sum(-1) - self.covs.logdet(nu) - self.dim * math.log(2 * math.pi))
         joint = torch.log(self.weights) + log_n
-        log_prob = torch.logsumexp(joint, -1)
+        log_prob = logsumexp_last(joint)
         return Posterior(joint - log_prob[..., None], log_prob, scores, nu)
 
     def _at(self, x, lv: NoiseLevel) -> Posterior:
