@@ -54,3 +54,14 @@ def test_endpoints():
     assert float(u_minus_log1p(torch.tensor(float("inf"), dtype=torch.float64))) == float("inf")
     assert float(u_minus_log1p(torch.tensor(0.0, dtype=torch.float64))) == 0.0
     assert float(one_plus_e_log_one_plus_e_minus_e(torch.tensor(-1.0, dtype=torch.float64))) == 1.0
+
+
+@pytest.mark.parametrize("r", [1e-300, 1e-20, 1e-12, 1e-3, 0.3])
+def test_phi_near_minus_one_takes_one_plus_u_from_its_caller(r):
+    """u = r - 1 rounds to an ulp of 1, so 1 + u formed from u loses r's relative precision (all of
+    it below 1e-16): with ``one_plus_u`` phi(r - 1) = r - 1 - log r keeps it."""
+    u = torch.tensor([r - 1.0], dtype=torch.float64)
+    with mp.workdps(60):
+        exact = float(mp.mpf(r) - 1 - mp.log(mp.mpf(r)))
+    got = float(u_minus_log1p(u, one_plus_u=lambda: torch.tensor([r], dtype=torch.float64)))
+    assert got == pytest.approx(exact, rel=8 * 2**-52)
