@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .stable import DIRECT_BELOW
+
+# eigvalsh finds an eigenvalue r to ~16 ulps of itself when r >= r_max / _RESOLVED (DenseBasis).
+_RESOLVED = 16.0
 
 
 class Basis:
@@ -28,6 +32,12 @@ class Basis:
 
     def scaled_offdiagonal_eigvals(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of ``S^{-1/2} offdiag(U diag(values) U^T) S^{-1/2}`` (see operators)."""
+        raise NotImplementedError
+
+    def diagonal_ratio_eigvals(self, values: torch.Tensor) -> torch.Tensor:
+        """Eigenvalues of ``D^{-1/2} A D^{-1/2}``, ``A = U diag(values) U^T`` with positive values and
+        ``D = diag(A)``, ascending where :meth:`scaled_offdiagonal_eigvals` is, with the relative precision
+        of small ones (they are ``1 + e`` for the ``diag`` family's relative eigenvalues e)."""
         raise NotImplementedError
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
@@ -62,6 +72,9 @@ class StandardBasis(Basis):
     def scaled_offdiagonal_eigvals(self, values, scale):
         return torch.zeros_like(values)
 
+    def diagonal_ratio_eigvals(self, values):
+        return torch.ones_like(values)
+
 
 @dataclass(frozen=True)
 class DenseBasis(Basis):
@@ -94,6 +107,33 @@ class DenseBasis(Basis):
         off = full - torch.diag_embed(torch.diagonal(full, dim1=-2, dim2=-1))
         inv_sqrt = scale.rsqrt()
         return torch.linalg.eigvalsh(inv_sqrt[..., :, None] * off * inv_sqrt[..., None, :])
+
+    def diagonal_ratio_eigvals(self, values):
+        """eigvalsh of ``R = D^{-1/2} A D^{-1/2}`` errs by an ulp of its largest eigenvalue r_max, too much
+        for eigenvalues r << r_max. Those are the largest eigenvalues 1/r of ``R^{-1}``, similar to
+        ``M = diag(values)^{-1/2} U^T D U diag(values)^{-1/2}``, which eigvalsh finds to an ulp of 1/r_min.
+        Each r comes from whichever of the two gets it to ~16 ulps (R for r >= r_max / 16, M for
+        r <= 16 r_min); an eigenvalue between those that phi needs (r < 1 + DIRECT_BELOW, where it
+        takes log r) is resolved by neither, and refused."""
+        u = self.matrix
+        full = (u * values[..., None, :]) @ u.T
+        diag = torch.diagonal(full, dim1=-2, dim2=-1)
+        inv_sqrt = diag.rsqrt()
+        ratios = torch.linalg.eigvalsh(inv_sqrt[..., :, None] * full * inv_sqrt[..., None, :])
+        top = ratios[..., -1:]
+        if not (ratios < top / _RESOLVED).any():
+            return ratios
+        w = values.rsqrt()
+        dual = w[..., :, None] * ((u.T * diag[..., None, :]) @ u) * w[..., None, :]
+        inverse = 1.0 / torch.linalg.eigvalsh(dual).flip(-1)
+        small = inverse <= _RESOLVED * inverse[..., :1]
+        if ((ratios < top / _RESOLVED) & (ratios < 1.0 + DIRECT_BELOW) & ~small).any():
+            raise InputError(
+                "the diag family cannot be evaluated to rounding accuracy for this rotated covariance: the "
+                "eigenvalues of diag(Sigma*)^-1/2 Sigma* diag(Sigma*)^-1/2 span "
+                f"{float(inverse[..., 0].min()):.1e} .. {float(top.max()):.1e}, more than float64 eigen-solvers resolve"
+            )
+        return torch.where(small, inverse, ratios)
 
 
 @dataclass(frozen=True)
@@ -141,6 +181,9 @@ class FourierBasis(Basis):
         # offdiag(U diag(a) U^T) = U diag(a - mean_c a) U^T, and S is constant on each channel.
         return (values - self._channel_mean(values)) / scale
 
+    def diagonal_ratio_eigvals(self, values):
+        return values / self._channel_mean(values)
+
 
 @dataclass(frozen=True)
 class ChannelGroups:
@@ -163,3 +206,6 @@ class ChannelGroups:
 
     def scaled_offdiagonal_eigvals(self, values, scale):
         return (values - self._channel_mean(values)) / scale
+
+    def diagonal_ratio_eigvals(self, values):
+        return values / self._channel_mean(values)

@@ -9,6 +9,11 @@ by its own ``Sigma_t``. The Gaussian part of a step's KL is ``KL(N(0, Sigma*) ||
 = (1/2) sum_i phi(e_i)``, ``phi(u) = u - log1p(u)``, where ``e_i`` are the eigenvalues of
 ``Sigma_t^{-1/2} (Sigma* - Sigma_t) Sigma_t^{-1/2}`` ("relative eigenvalues"). Each family forms
 ``Sigma* - Sigma_t`` from G or C directly, so no nearly equal covariances are ever subtracted.
+Where some ``e_i`` is close to -1 (``Sigma*`` far below ``Sigma_t`` in a direction: the first step
+of data with an eigenvalue below beta_1), ``log(1 + e_i)`` needs ``1 + e_i`` to its relative
+precision, which ``e_i`` (known to an ulp of 1) does not carry: the family then forms ``1 + e_i``,
+the eigenvalues of ``Sigma_t^{-1/2} Sigma* Sigma_t^{-1/2}``, from ``Sigma*`` itself, given by the
+reference as a positive form (:attr:`ReverseStep.sigma_star`).
 
 Each family also declares its rate: ``steps = Theta(T^-order)``, with the leading constant
 
@@ -36,17 +41,22 @@ class ReverseStep:
     """What a family needs about step(s) t: per-step scalars (broadcastable against eigenvalues of
     shape (..., d)) and the operators ``G = H + I`` and ``C = Cov[x_0|x_t]`` at ``x_t``.
 
-    ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by ``analytic``). The Gaussian
-    closed form leaves out (None) what the family does not read (:attr:`Family.reads`).
+    ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by ``analytic``), or None
+    where it is G's own mean eigenvalue (G independent of x_t: a Gaussian block on its own), which
+    ``g.centred_eigvals`` and ``sigma_star.mean_trace`` then give without cancellation.
+    ``sigma_star``: ``Sigma*_t`` as an operator whose eigenvalues are positive forms (not
+    ``beta + (beta^2/alpha) g``), where the reference has one; None for mixtures.
+    The Gaussian closed form passes operators that compute their eigenvalues only when asked.
     """
 
     beta: torch.Tensor
     alpha: torch.Tensor
     beta_tilde: torch.Tensor
     gamma2: torch.Tensor
-    g: SymmetricOperator | None
-    c: SymmetricOperator | None
+    g: SymmetricOperator
+    c: SymmetricOperator
     mean_g: torch.Tensor | None
+    sigma_star: SymmetricOperator | None = None
 
     @staticmethod
     def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> ReverseStep:
@@ -83,17 +93,20 @@ class Family:
     coefficient: float
     source: str
     _relative_eigvals: Callable[[ReverseStep], torch.Tensor]
-    reads: frozenset[str]  # what _relative_eigvals reads of ReverseStep's "g", "c", "mean_g"
     _defect_sq_norm: Callable[[SymmetricOperator, torch.Tensor], torch.Tensor] | None = None
+    # 1 + e from step.sigma_star; None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
+    _ratios: Callable[[ReverseStep], torch.Tensor] | None = None
 
     def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
         """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
         return self._relative_eigvals(step)
 
     def gaussian_step_kl(self, step: ReverseStep, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...); ``work``: three
-        tensors shaped like the eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
-        return 0.5 * step.spectral_sum(u_minus_log1p(self.relative_eigvals(step), work=work))
+        """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...); ``1 + e_i``
+        from ``step.sigma_star`` where phi needs it (module docstring). ``work``: three tensors shaped
+        like the eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
+        ratios = None if self._ratios is None or step.sigma_star is None else (lambda: self._ratios(step))
+        return 0.5 * step.spectral_sum(u_minus_log1p(self.relative_eigvals(step), one_plus_u=ratios, work=work))
 
     def defect_sq_norm(self, g: SymmetricOperator, mean_g: torch.Tensor) -> torch.Tensor:
         """``||D||_F^2`` at each point for an order-1 family (D = its defect, see module doc)."""
@@ -106,19 +119,44 @@ def _beta(step):
     return (step.beta / step.alpha) * step.g.eigvals()
 
 
+def _beta_ratios(step):
+    return step.sigma_star.eigvals() / step.beta
+
+
 def _beta_tilde(step):
     return (step.gamma2 / step.beta_tilde) * step.c.eigvals()
 
 
+def _analytic_variance(step):
+    """``sigma_t^2 = E tr Sigma*_t / d = beta + (beta^2 / alpha) mean_g``; a positive mean where mean_g
+    is G's own (the sum would cancel where Sigma* << beta, e.g. the first step for tiny eigenvalues)."""
+    if step.mean_g is None:
+        return step.sigma_star.mean_trace()[..., None]
+    return step.beta + step.curvature_scale * step.mean_g
+
+
 def _analytic(step):
-    k = step.curvature_scale
-    sigma2 = step.beta + k * step.mean_g
-    return (step.g.eigvals() - step.mean_g).mul_(k / sigma2)
+    # e = (Sigma* - sigma^2) / sigma^2 = k (G - mean_g) / sigma^2, k = beta^2 / alpha
+    centred = step.g.centred_eigvals() if step.mean_g is None else step.g.eigvals() - step.mean_g
+    return centred.mul_(step.curvature_scale / _analytic_variance(step))
+
+
+def _analytic_ratios(step):
+    return step.sigma_star.eigvals() / _analytic_variance(step)
 
 
 def _diag(step):
-    # S = diag(Sigma*) / k = beta / k + diag(G), k = beta^2 / alpha
-    return step.g.scaled_offdiagonal_eigvals(step.g.diagonal() + step.beta / step.curvature_scale)
+    # Sigma_t = diag(Sigma*) = k S, k = beta^2 / alpha: e = eig(S^{-1/2} offdiag(G) S^{-1/2}), with S a
+    # positive form where the reference has Sigma* (beta / k + diag(G) cancels where Sigma* << beta).
+    if step.g.is_diagonal:
+        return torch.zeros_like(step.g.eigvals())
+    k = step.curvature_scale
+    scale = step.g.diagonal() + step.beta / k if step.sigma_star is None else step.sigma_star.diagonal() / k
+    return step.g.scaled_offdiagonal_eigvals(scale)
+
+
+def _diag_ratios(step):
+    return step.sigma_star.diagonal_ratio_eigvals()
 
 
 def _full(step):
@@ -134,16 +172,15 @@ def _offdiagonal_sq_norm(g, mean_g):
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta, frozenset({"g"}),
-               lambda g, mean_g: g.spectral_sum(g.eigvals() ** 2)),
+        Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta,
+               lambda g, mean_g: g.spectral_sum(g.eigvals() ** 2), _beta_ratios),
         Family("beta_tilde", None, 0.0, "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
-               _beta_tilde, frozenset({"c"})),
+               _beta_tilde),
         Family("analytic", 1, 0.25, "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
-               _analytic, frozenset({"g", "mean_g"}), lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2)),
+               _analytic, lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2), _analytic_ratios),
         Family("diag", 1, 0.25, "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", _diag,
-               frozenset({"g"}), _offdiagonal_sq_norm),
-        Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full,
-               frozenset({"g"})),
+               _offdiagonal_sq_norm, _diag_ratios),
+        Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full),
     )
 }
 

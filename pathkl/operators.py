@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bases import Basis, ChannelGroups
+from .bases import Basis, ChannelGroups, StandardBasis
 
 
 class SymmetricOperator:
@@ -34,6 +34,18 @@ class SymmetricOperator:
         """``tr(A) / d``, shape (...)."""
         eig = self.eigvals()
         return self.spectral_sum(eig) / self.spectral_sum(torch.ones_like(eig))
+
+    def centred_eigvals(self) -> torch.Tensor:
+        """Eigenvalues of ``A - (tr(A) / d) I``, shape (..., d). Here by subtraction, which leaves an
+        absolute error of an ulp of the eigenvalues: operators that know a cancellation-free form
+        (pathkl.references.gaussian) override it."""
+        return self.eigvals() - self.mean_trace()[..., None]
+
+    @property
+    def is_diagonal(self) -> bool:
+        """Whether every operator of the batch is diagonal in the coordinate basis of x (known from
+        its structure, not tested numerically)."""
+        return False
 
     def scaled_offdiagonal_eigvals(self, scale: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of ``S^{-1/2} offdiag(A) S^{-1/2}`` for a positive diagonal ``S`` given as
@@ -63,11 +75,22 @@ class Spectral(SymmetricOperator):
         count = self.values.shape[-1] if self.multiplicities is None else self.multiplicities.sum()
         return self.spectral_sum(self.values) / count
 
+    @property
+    def is_diagonal(self):
+        return isinstance(self.basis, StandardBasis)
+
     def diagonal(self):
         return self.basis.diagonal(self.values)
 
     def scaled_offdiagonal_eigvals(self, scale):
-        return self.basis.scaled_offdiagonal_eigvals(self.values, scale)
+        # offdiag(A) = offdiag(A - mean I): the centred eigenvalues keep its relative precision where the
+        # eigenvalues nearly coincide (U diag(values) U^T would leave an ulp of them off the diagonal).
+        return self.basis.scaled_offdiagonal_eigvals(self.centred_eigvals(), scale)
+
+    def diagonal_ratio_eigvals(self):
+        """Eigenvalues of ``diag(A)^{-1/2} A diag(A)^{-1/2}`` for positive values, small ones with
+        their relative precision (:meth:`pathkl.bases.Basis.diagonal_ratio_eigvals`)."""
+        return self.basis.diagonal_ratio_eigvals(self.values)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,16 @@ subtracting nearly equal numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 # Coefficients 1/(2k+3), k = 0..13: with |s| <= 1/4 the truncated tail is below 4^-28 / 31 < 1e-18
 # relative to the leading term, i.e. far below float64 rounding.
 _ATANH_TAIL = tuple(1.0 / (2 * k + 3) for k in range(14))
 _SERIES_LIMIT = 0.25
+#: Below this u (where s = u / (2 + u) < -1/4) phi is evaluated directly, from ``log(1 + u)``.
+DIRECT_BELOW = -0.4
 
 
 def _series_terms(s2_max: float) -> int:
@@ -21,14 +25,19 @@ def _series_terms(s2_max: float) -> int:
     return next((k for k in range(1, len(_ATANH_TAIL)) if s2_max**k < 2.0**-56), len(_ATANH_TAIL))
 
 
-def u_minus_log1p(u: torch.Tensor, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+def u_minus_log1p(u: torch.Tensor, *, one_plus_u: Callable[[], torch.Tensor] | None = None,
+                  work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """phi(u) = u - log(1 + u) for u > -1, accurate to a few ulps for all u, including |u| << 1.
 
     With s = u / (2 + u) one has log1p(u) = 2 atanh(s), hence
     phi(u) = s (u - 2 s^2 (1/3 + s^2/5 + s^4/7 + ...)),
     whose difference never cancels for |s| <= 1/4 (the subtracted term is below |u| / 9); the tail is cut
     where its remainder drops below rounding (3 terms when all |u| < 1e-3).
-    Outside that range the direct formula loses at most one digit.  phi(-1) = phi(+inf) = +inf.
+    Outside that range phi = u - log(1 + u) directly, which loses at most one digit, provided 1 + u
+    carries its relative precision. It does not when 1 + u << 1 and u comes with an absolute error of
+    an ulp of 1 (u = -1 + 1e-12 is known only to 1e-4 relative in 1 + u, and log(1 + u) inherits
+    that): ``one_plus_u``, a function returning ``1 + u`` formed without that cancellation (e.g. a
+    ratio of variances), is then called and used instead of ``1 + u``. phi(-1) = phi(+inf) = +inf.
     When every |s| <= 1/4 (the per-step KLs) no masks are formed: about ten passes over u in all.
 
     ``work``: three tensors shaped like ``u`` to compute in (a loop reuses them rather than allocate;
@@ -43,7 +52,8 @@ def u_minus_log1p(u: torch.Tensor, *, work: tuple[torch.Tensor, ...] | None = No
         return _series(u, s, s2, s2_max, out)
     in_series = s2 <= _SERIES_LIMIT**2
     series = _series(u, s, s2, float(torch.where(in_series, s2, 0.0).max()), out)
-    direct = torch.where(torch.isinf(u), u, u - torch.log1p(u))
+    log_one_plus_u = torch.log1p(u) if one_plus_u is None else torch.log(one_plus_u())
+    direct = torch.where(torch.isinf(u), u, u - log_one_plus_u)
     return torch.where(in_series, series, direct)
 
 

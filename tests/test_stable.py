@@ -68,3 +68,14 @@ def test_logsumexp_last_matches_torch_including_infinities():
         x[1, 0] = math.inf
         x[2, 0] = 700.0
         assert torch.allclose(logsumexp_last(x), torch.logsumexp(x, -1), rtol=1e-15, atol=0, equal_nan=False)
+
+
+@pytest.mark.parametrize("r", [1e-300, 1e-20, 1e-12, 1e-3, 0.3])
+def test_phi_near_minus_one_takes_one_plus_u_from_its_caller(r):
+    """u = r - 1 rounds to an ulp of 1, so 1 + u formed from u loses r's relative precision (all of
+    it below 1e-16): with ``one_plus_u`` phi(r - 1) = r - 1 - log r keeps it."""
+    u = torch.tensor([r - 1.0], dtype=torch.float64)
+    with mp.workdps(60):
+        exact = float(mp.mpf(r) - 1 - mp.log(mp.mpf(r)))
+    got = float(u_minus_log1p(u, one_plus_u=lambda: torch.tensor([r], dtype=torch.float64)))
+    assert got == pytest.approx(exact, rel=8 * 2**-52)

@@ -9,7 +9,22 @@ At a noise level ``(abar, 1 - abar)`` the marginal is ``q_t = N(sqrt(abar) m, U 
 - ``G = H + I = U diag(g) U^T`` with ``g = abar (lambda - 1) / nu`` (the deviation from N(0, I)).
 
 Every reverse kernel ``q(x_{t-1}|x_t)`` is Gaussian, so each step of the path-space KL is a KL between
-two Gaussians with the same mean, evaluated from the relative eigenvalues (pathkl.covariances).
+two Gaussians with the same mean, evaluated from the relative eigenvalues (pathkl.covariances). With
+``rho_t = (1 - abar_t) / abar_t`` and ``y = 1 / (lambda + rho_t) = abar_t / nu_t`` the per-step
+eigenvalues are formed without subtracting nearly equal numbers (``lambda - 1`` and
+``lambda - lambda_min`` are differences of exact data, rounded once):
+
+- ``g = (lambda - 1) y``, ``c = lambda / (1 + lambda / rho_t)``;
+- ``Sigma*_t = beta nu_{t-1} / nu_t = (beta / alpha)(lambda + rho_{t-1}) y`` (positive, also where
+  ``beta + (beta^2/alpha) g`` cancels: the first step for ``lambda << beta_1``);
+- ``g_i - mean(g) = (1 / abar) y_i mean_j (lambda_i - lambda_j) y_j
+  = (1 / abar) y_i (delta_i Y_0 - Y_1)``, ``delta = lambda - lambda_min >= 0``, with ``Y_0, Y_1, Y_lambda``
+  the means of ``y, delta y, lambda y`` (positive sums), from ``g_i - g_j = (lambda_i - lambda_j) y_i y_j
+  / abar``: exact also for nearly equal eigenvalues, where ``g_i - mean(g)`` would cancel;
+- ``mean(Sigma*_t) = (beta / alpha)(Y_lambda + rho_{t-1} Y_0)``.
+
+Eigenvalues must lie in [1e-300, 1e100]: below, float64 is subnormal; within, no intermediate
+overflows for grids of up to 10^8 steps.
 """
 
 from __future__ import annotations
@@ -17,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -28,12 +45,14 @@ from ..operators import Spectral
 from ..schedules import DTYPE, Grid, NoiseLevel
 from ..stable import u_minus_log1p
 
-# Elements per chunk of steps. Each (chunk, d) float64 temporary is 1 MiB: a handful stay in cache and
-# each torch call is amortised over many elements; far smaller chunks spend their time in per-call
-# overhead (1.5x slower at 2^15), far larger ones stream through memory. The temporaries are reused
-# from chunk to chunk (step_kls's workspace): fresh ones of this size were freed to the OS and
-# page-faulted back on every chunk (2-4x slower).
+# Elements per chunk of steps: each torch call is amortised over many elements, each (chunk, d)
+# float64 temporary is 1 MiB; far smaller chunks spend their time in per-call overhead (3x slower at
+# one step of d = 12288 per chunk), far larger ones stream through memory. The temporaries live in
+# one workspace reused from chunk to chunk (_Steps): a few fresh ones of this size alive at once are
+# trimmed back to the OS when freed and page-faulted in again on the next chunk (10-20x slower).
 _CHUNK_ELEMENTS = 1 << 17
+#: Eigenvalues the closed forms carry to rounding (module docstring).
+EIGENVALUE_RANGE = (1e-300, 1e100)
 
 
 def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -78,6 +97,12 @@ class GaussianReference:
         _finite("the eigenvalues", self.eigenvalues)
         if not (self.eigenvalues > 0).all():
             raise InputError("covariance eigenvalues must be > 0 (the covariance must be positive definite)")
+        low, high = EIGENVALUE_RANGE
+        if not ((self.eigenvalues >= low) & (self.eigenvalues <= high)).all():
+            raise InputError(
+                f"covariance eigenvalues must lie in [{low:g}, {high:g}] for float64 to carry the path KL, "
+                f"got {float(self.eigenvalues.min()):.3g} .. {float(self.eigenvalues.max()):.3g}"
+            )
         if self.basis.dim != self.dim:
             raise InputError(f"basis dimension {self.basis.dim} does not match d = {self.dim}")
 
@@ -154,11 +179,11 @@ class GaussianReference:
 
     def posterior_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
         """``c = lambda (1 - abar) / nu``: the eigenvalues of Cov[x_0 | x_t] (same for every x_t)."""
-        return _excess_and_posterior(self.eigenvalues, lv)[1]
+        return _posterior(self.eigenvalues, lv.abar, lv.one_minus_abar)
 
     def excess_eigenvalues(self, lv: NoiseLevel) -> torch.Tensor:
         """``g = abar (lambda - 1) / nu``: the eigenvalues of ``G = H + I``."""
-        return _excess_and_posterior(self.eigenvalues, lv)[0]
+        return _excess(self.eigenvalues, lv.abar, lv.one_minus_abar)
 
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.basis.dense(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1, -1)
@@ -197,53 +222,142 @@ class GaussianReference:
         ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product (``analytic``).
 
         Repeated eigenvalues are merged first (``Basis.compress``), so the cost per step is the number of
-        distinct eigenvalues, not d."""
-        values, multiplicities, structure = self.basis.compress(self.eigenvalues)
-        chunk = max(1, _CHUNK_ELEMENTS // values.numel())
-        columns = (grid.abar[1:, None], grid.one_minus_abar[1:, None],
+        distinct eigenvalues, not d. Steps go in chunks, each a batch of reverse steps whose operators
+        form only the eigenvalues the family reads (:class:`_Steps`)."""
+        spectrum = _Spectrum(*self.basis.compress(self.eigenvalues))
+        chunk = max(1, _CHUNK_ELEMENTS // spectrum.values.numel())
+        columns = (grid.abar[:, None], grid.one_minus_abar[:, None])
+        columns = (*(x[:-1] for x in columns), *(x[1:] for x in columns),
                    *ReverseStep.scalars(grid, torch.arange(1, grid.T + 1)))
         given = itertools.repeat(None) if mean_g is None else mean_g[:, None].split(chunk)
-        workspace = torch.empty(6, chunk, values.numel(), dtype=DTYPE)
+        workspace = torch.empty(_Steps.SLOTS + 3, chunk, spectrum.values.numel(), dtype=DTYPE)
         out = []
         with _one_thread():
-            for (abar, one_minus_abar, *scalars), own in zip(zip(*(x.split(chunk) for x in columns)), given):
-                *operands, s, s2, phi = workspace[:, : abar.shape[0]]
-                lv = NoiseLevel(abar, one_minus_abar)
-                g, c = (None if x is None else Spectral(x, structure, multiplicities)
-                        for x in _excess_and_posterior(values, lv, family.reads, operands))
-                if own is None and "mean_g" in family.reads:
-                    own = g.mean_trace()[:, None]
-                step = ReverseStep(*scalars, g, c, own)
+            for rows, own in zip(zip(*(x.split(chunk) for x in columns)), given):
+                *slots, s, s2, phi = workspace[:, : rows[0].shape[0]]
+                step = _Steps(spectrum, *rows, work=slots).reverse_step(own)
                 out.append(family.gaussian_step_kl(step, work=(s, s2, phi)))
         return torch.cat(out), None
 
     def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
         """``E_{q_t} fn(G, E tr G / d)`` (``mean_g`` overrides ``E tr G / d``); G does not depend on x_t."""
         values, multiplicities, structure = self.basis.compress(self.eigenvalues)
-        g = Spectral(_excess_and_posterior(values, lv)[0], structure, multiplicities)
+        g = Spectral(_excess(values, lv.abar, lv.one_minus_abar), structure, multiplicities)
         return float(fn(g, g.mean_trace() if mean_g is None else torch.as_tensor(mean_g, dtype=DTYPE)))
 
     def expected_trace_excess(self, lv: NoiseLevel) -> torch.Tensor:
         """``E_{q_t} tr G = sum_i abar (lambda_i - 1) / nu_i``; abar of any shape (...), result (...)."""
-        level = NoiseLevel(torch.as_tensor(lv.abar)[..., None], torch.as_tensor(lv.one_minus_abar)[..., None])
-        return _excess_and_posterior(self.eigenvalues, level)[0].sum(-1)
+        abar, one_minus_abar = torch.as_tensor(lv.abar)[..., None], torch.as_tensor(lv.one_minus_abar)[..., None]
+        return _excess(self.eigenvalues, abar, one_minus_abar).sum(-1)
 
     def expected_third_derivative_sq_norm(self, lv: NoiseLevel) -> float:
         """``E ||grad^3 log q_t||_F^2 = 0``: a Gaussian log-density is quadratic."""
         return 0.0
 
 
-def _excess_and_posterior(eigenvalues: torch.Tensor, lv: NoiseLevel, reads=frozenset({"g", "c"}),
-                          out=(None, None, None)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``g = abar (lambda - 1) / nu`` (eigenvalues of G = H + I) and ``c = lambda (1 - abar) / nu``
-    (of Cov[x_0|x_t]), with ``nu = (1 - abar) + abar lambda``; each only if in ``reads`` (a family's
-    :attr:`~pathkl.covariances.Family.reads`; ``mean_g`` needs g), else None. ``out``: tensors of the
-    result's shape to write nu, g and c in (None: fresh ones). Two passes each."""
-    nu_out, g_out, c_out = out
-    nu = torch.mul(eigenvalues, lv.abar, out=nu_out).add_(lv.one_minus_abar)
-    g = torch.mul(eigenvalues - 1.0, lv.abar, out=g_out).div_(nu) if reads & {"g", "mean_g"} else None
-    c = torch.mul(eigenvalues, lv.one_minus_abar, out=c_out).div_(nu) if "c" in reads else None
-    return g, c
+def _excess(eigenvalues: torch.Tensor, abar: torch.Tensor, one_minus_abar: torch.Tensor) -> torch.Tensor:
+    """``g = abar (lambda - 1) / nu = (lambda - 1) / (lambda + rho)``, ``rho = (1 - abar) / abar``."""
+    return (eigenvalues - 1.0) / (eigenvalues + one_minus_abar / abar)
+
+
+def _posterior(eigenvalues: torch.Tensor, abar: torch.Tensor, one_minus_abar: torch.Tensor) -> torch.Tensor:
+    """``c = lambda (1 - abar) / nu = lambda / (1 + lambda / rho)`` (0 at abar = 1, lambda at abar = 0)."""
+    return eigenvalues / torch.mul(eigenvalues, abar / one_minus_abar).add_(1.0)
+
+
+class _Spectrum:
+    """A Gaussian block's compressed spectrum (:meth:`Basis.compress`) and the data of the module
+    docstring's forms that do not depend on the step: ``lambda - 1``, ``delta = lambda - lambda_min``,
+    and the rows of weights that turn ``y`` into ``(Y_0, Y_1, Y_lambda)`` by one matrix product."""
+
+    def __init__(self, values: torch.Tensor, multiplicities: torch.Tensor | None, structure):
+        self.values, self.multiplicities, self.structure = values, multiplicities, structure
+        self.minus_one = values - 1.0
+        self.delta = values - values.min()
+        weights = torch.ones_like(values) if multiplicities is None else multiplicities
+        self.moment_weights = torch.stack([weights, weights * self.delta, weights * values]) / weights.sum()
+
+    def operator(self, values: Callable[[], torch.Tensor], **exact) -> _Deferred:
+        return _Deferred(values, self.structure, self.multiplicities, **exact)
+
+
+class _Steps:
+    """The reverse steps of one chunk of steps t of a Gaussian block: scalars of shape (n, 1), and the
+    eigenvalues of the module docstring, each formed when a family first asks for it, in its own slot
+    of ``work`` (SLOTS tensors of shape (n, d))."""
+
+    SLOTS = 6
+    _SHIFTED, _Y, _EXCESS, _POSTERIOR, _CENTRED, _SIGMA_STAR = range(SLOTS)
+
+    def __init__(self, spectrum: _Spectrum, abar_prev, one_minus_abar_prev, abar, one_minus_abar,
+                 beta, alpha, beta_tilde, gamma2, *, work):
+        self.spectrum, self.abar, self.one_minus_abar, self.work = spectrum, abar, one_minus_abar, work
+        self.scalars = (beta, alpha, beta_tilde, gamma2)
+        self.rho, self.rho_prev = one_minus_abar / abar, one_minus_abar_prev / abar_prev
+        self.beta_over_alpha = beta / alpha
+
+    def reverse_step(self, mean_g: torch.Tensor | None) -> ReverseStep:
+        """``mean_g`` None: G's own mean (the block alone), so ``analytic`` takes the exact forms."""
+        s = self.spectrum
+        g = s.operator(self.excess, centred=self.centred_excess)
+        c = s.operator(self.posterior)
+        sigma_star = s.operator(self.sigma_star, mean=self.mean_sigma_star)
+        return ReverseStep(*self.scalars, g, c, mean_g, sigma_star)
+
+    @cached_property
+    def shifted(self) -> torch.Tensor:
+        """``lambda + rho_t = nu_t / abar_t``."""
+        return torch.add(self.spectrum.values, self.rho, out=self.work[self._SHIFTED])
+
+    @cached_property
+    def y(self) -> torch.Tensor:
+        return torch.reciprocal(self.shifted, out=self.work[self._Y])
+
+    @cached_property
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(Y_0, Y_1, Y_lambda)``, each (n, 1)."""
+        return (self.spectrum.moment_weights @ self.y.T)[..., None].unbind(0)
+
+    def excess(self) -> torch.Tensor:
+        return torch.div(self.spectrum.minus_one, self.shifted, out=self.work[self._EXCESS])
+
+    def posterior(self) -> torch.Tensor:
+        values, out = self.spectrum.values, self.work[self._POSTERIOR]
+        return torch.div(values, torch.mul(values, self.abar / self.one_minus_abar, out=out).add_(1.0), out=out)
+
+    def centred_excess(self) -> torch.Tensor:
+        y0, y1, _ = self.moments
+        out = torch.mul(self.spectrum.delta, y0 / self.abar, out=self.work[self._CENTRED])
+        return out.sub_(y1 / self.abar).mul_(self.y)
+
+    def sigma_star(self) -> torch.Tensor:
+        out = torch.add(self.spectrum.values, self.rho_prev, out=self.work[self._SIGMA_STAR])
+        return out.mul_(self.y).mul_(self.beta_over_alpha)
+
+    def mean_sigma_star(self) -> torch.Tensor:
+        y0, _, y_lambda = self.moments
+        return (self.beta_over_alpha * (y_lambda + self.rho_prev * y0))[:, 0]
+
+
+class _Deferred(Spectral):
+    """A :class:`Spectral` operator whose eigenvalues are formed by ``values()`` on first use, with the
+    exact forms of its mean eigenvalue and of the deviations from it where they are known."""
+
+    def __init__(self, values: Callable[[], torch.Tensor], basis, multiplicities, *,
+                 mean: Callable[[], torch.Tensor] | None = None, centred: Callable[[], torch.Tensor] | None = None):
+        for name, value in (("basis", basis), ("multiplicities", multiplicities), ("_form", values),
+                            ("_mean", mean), ("_centred", centred)):
+            object.__setattr__(self, name, value)  # a frozen dataclass's fields, set once
+
+    @cached_property
+    def values(self) -> torch.Tensor:
+        return self._form()
+
+    def mean_trace(self):
+        return super().mean_trace() if self._mean is None else self._mean()
+
+    def centred_eigvals(self):
+        return super().centred_eigvals() if self._centred is None else self._centred()
 
 
 @contextlib.contextmanager
