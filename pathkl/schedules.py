@@ -10,6 +10,7 @@ precision up to T = 10^6 and beyond.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,7 +65,7 @@ class Schedule:
 
     def grid(self, steps: int) -> Grid:
         """The uniform grid with ``steps`` steps."""
-        return grid_from_taus(self, torch.linspace(0.0, 1.0, _check_steps(steps) + 1, dtype=DTYPE))
+        return grid_from_taus(self, torch.linspace(0.0, 1.0, check_steps(steps) + 1, dtype=DTYPE))
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,8 @@ class DDPMLinear(Schedule):
         return self.continuum().beta_rate(tau)
 
     def grid(self, steps: int) -> Grid:
-        steps = _check_steps(steps)
-        return grid_from_chain(self, steps, list(range(steps + 1)))
+        steps = check_steps(steps)
+        return grid_from_chain(self, steps, np.arange(steps + 1))
 
 
 SCHEDULES: dict[str, Schedule] = {s.name: s for s in (VPLinear(), Cosine(), DDPMLinear())}
@@ -232,15 +233,57 @@ class Grid:
         return NoiseLevel.from_log_abar(self.log_abar[t])
 
 
-def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise InputError(f"the number of steps T must be an integer >= 1, got {steps!r}")
-    return int(steps)
+#: Bytes a path-space KL holds per step of its grid: some 30 float64 arrays over the steps (the grid's
+#: levels and per-step coefficients, the per-step KLs, their errors and the temporaries between);
+#: measured at 200-240 (peak resident memory of ``pathkl kl`` at T = 2e6 and 4e6).
+BYTES_PER_STEP = 256
+#: Bytes per element of a ddpm-linear chain (its betas, their logarithms, the segment sums).
+BYTES_PER_CHAIN_ELEMENT = 32
+
+
+def memory_limit() -> int:
+    """The most memory one computation may plan to use: this machine's physical memory, in bytes
+    (16 GiB where the operating system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in MB, GB or TB (decimal), three significant digits."""
+    if n >= 1e300:
+        return "more than 1e288 TB"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size or unit == "MB":
+            return f"{n / size:.3g} {unit}"
+    raise AssertionError("unreachable")
+
+
+def check_memory(needed: float, what: str) -> None:
+    """``InputError`` naming ``what`` and both numbers when ``needed`` bytes exceed :func:`memory_limit`:
+    refused before any allocation, instead of an out-of-memory kill minutes later."""
+    limit = memory_limit()
+    if needed > limit:
+        raise InputError(f"{what} needs about {format_bytes(needed)} of memory, more than this machine's "
+                         f"{format_bytes(limit)}")
+
+
+def check_steps(steps: int, *, what: str = "the number of steps T") -> int:
+    """``steps`` as an int: an integer >= 1 whose grid fits in memory (:data:`BYTES_PER_STEP`)."""
+    integer = isinstance(steps, (int, np.integer)) and not isinstance(steps, (bool, np.bool_))
+    whole = isinstance(steps, (float, np.floating)) and math.isfinite(steps) and float(steps).is_integer()
+    if not (integer or whole) or steps < 1:
+        raise InputError(f"{what} must be an integer >= 1, got {steps!r}")
+    value = int(steps)
+    check_memory(BYTES_PER_STEP * (value + 1), f"a grid of T = {value} steps ({BYTES_PER_STEP} bytes a step)")
+    return value
 
 
 def grid_from_taus(schedule: Schedule, taus: Sequence[float] | torch.Tensor) -> Grid:
     """Grid on the given noise levels: strictly increasing, ``taus[0] = 0``, ``taus[-1] = 1``."""
     taus = torch.as_tensor(taus, dtype=DTYPE).flatten()
+    check_memory(BYTES_PER_STEP * taus.numel(), f"a grid of T = {taus.numel() - 1} steps ({BYTES_PER_STEP} bytes a step)")
     if taus.numel() < 2 or not torch.isfinite(taus).all():
         raise InputError("a time grid needs at least two finite taus, from 0 to 1")
     if taus[0] != 0.0 or taus[-1] != 1.0:
@@ -271,6 +314,8 @@ def grid_from_chain(schedule: DDPMLinear, length: int, indices: Sequence[int]) -
         raise InputError("a chain subsequence must be a list of at least two integers")
     if idx[0] != 0 or idx[-1] != length or not (np.diff(idx) > 0).all():
         raise InputError(f"a chain subsequence must increase strictly from 0 to the chain length {length}")
+    check_memory(BYTES_PER_CHAIN_ELEMENT * int(length) + BYTES_PER_STEP * idx.size,
+                 f"a ddpm-linear chain of length N = {length} ({BYTES_PER_CHAIN_ELEMENT} bytes an element)")
     log_one_minus_beta = torch.log1p(-schedule.chain_betas(length)).numpy()
     log_alpha = torch.from_numpy(np.add.reduceat(log_one_minus_beta, idx[:-1]))
     log_abar = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(log_alpha, 0)])

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from .references.gaussian import GaussianReference
+from .refspec import KEYS
 from .schedules import SCHEDULES, Grid, NoiseLevel, get_schedule, grid_from_taus
 
 DTYPE = torch.float64
@@ -143,3 +144,122 @@ def rademacher_probes(draw, dim: int, count: int = 1) -> torch.Tensor:
     """``count`` Rademacher vectors (entries +-1), shape ``(count, dim)``."""
     signs = draw(st.lists(st.booleans(), min_size=dim * count, max_size=dim * count))
     return (torch.tensor(signs, dtype=DTYPE) * 2 - 1).reshape(count, dim)
+
+
+# ---- reference JSON specs (``--ref FILE``), valid and malformed ------------------------------------
+def _small_floats(low: float, high: float):
+    return st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def reference_specs(draw, *, max_dim: int = 3, max_components: int = 3) -> dict:
+    """A valid reference JSON object (as ``json.loads`` gives it) of a drawn kind: ``gaussian`` (``cov``
+    or ``eigenvalues``), ``gaussian-image`` (a small power law), ``mog`` (``covs``, ``variances`` or
+    ``stds``) or ``empirical``; :func:`pathkl.refspec.load_reference` accepts every one."""
+    kind = draw(st.sampled_from(["gaussian", "gaussian-image", "mog", "empirical"]))
+    d = draw(st.integers(1, max_dim))
+    vector = st.lists(_small_floats(-2.0, 2.0), min_size=d, max_size=d)
+    if kind == "gaussian":
+        spec = {"kind": kind, "mean": draw(vector)}
+        if draw(st.booleans()):
+            spec["eigenvalues"] = draw(spectra(d)).tolist()
+        else:
+            spec["cov"] = draw(spd_matrices(d)).tolist()
+        return spec
+    if kind == "gaussian-image":
+        shape = [draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+        return {"kind": kind, "shape": shape,
+                "spectrum": {"type": "power-law", "exponent": draw(_small_floats(0.0, 3.0)),
+                             "floor": draw(_small_floats(0.5, 2.0)), "variance": draw(_small_floats(0.5, 2.0))}}
+    k = draw(st.integers(1, max_components))
+    weights = [1.0 / k] * k
+    means = [draw(vector) for _ in range(k)]
+    if kind == "empirical":
+        return {"kind": kind, "points": means}
+    form = draw(st.sampled_from(["covs", "variances", "stds"]))
+    if form == "covs":
+        values = [draw(spd_matrices(d)).tolist() for _ in range(k)]
+    elif form == "variances":
+        values = [draw(spectra(d)).tolist() for _ in range(k)]
+    else:
+        values = draw(st.lists(_small_floats(0.1, 2.0), min_size=k, max_size=k))
+    return {"kind": kind, "weights": weights, "means": means, form: values}
+
+
+#: Values of the wrong type for any numeric field (JSON null, booleans, strings, objects, ragged lists).
+WRONG_TYPES = (None, True, "1", {"a": 1}, [[1.0], [1.0, 2.0]], [[]], ["x"])
+
+_ARRAY_KEYS = {"gaussian": ("mean", "cov", "eigenvalues"), "gaussian-image": ("shape", "spectrum"),
+               "mog": ("weights", "means", "covs", "variances", "stds"), "empirical": ("points", "weights")}
+
+
+@st.composite
+def malformed_reference_specs(draw, **kwargs) -> tuple[dict, str]:
+    """``(spec, defect)``: a :func:`reference_specs` object with one defect that
+    :func:`pathkl.refspec.load_reference` must report as an ``InputError`` (never another exception,
+    never a silently different reference). Defects: ``unknown key`` (a typo of a real key or a new
+    one), ``missing key``, ``wrong type``, ``empty array``, ``non-positive std``, ``subnormal
+    variance``, ``huge mean``, ``two forms`` (``cov`` and ``eigenvalues``, or two component forms)."""
+    spec = draw(reference_specs(**kwargs))
+    kind = spec["kind"]
+    present = [key for key in _ARRAY_KEYS[kind] if key in spec]
+    defects = ["unknown key", "missing key", "wrong type", "empty array"]
+    if kind == "mog" and "stds" in spec:
+        defects.append("non-positive std")
+    if kind in ("gaussian", "mog"):
+        defects += ["subnormal variance", "two forms"]
+    if kind in ("mog", "empirical"):
+        defects.append("huge mean")
+    defect = draw(st.sampled_from(defects))
+    if defect == "unknown key":  # a typo of a key present (its value moved or copied) or a new key
+        key = draw(st.sampled_from(present))
+        typo = draw(st.sampled_from([key + "s", key[:-1], key.upper(), "extra"]))
+        if typo in KEYS[kind]:
+            typo = "_" + key
+        spec[typo] = spec.pop(key) if draw(st.booleans()) else spec[key]
+        return spec, defect
+    if defect == "missing key":
+        if kind == "gaussian":
+            required = ["cov" if "cov" in spec else "eigenvalues"]
+        elif kind == "mog":
+            required = ["weights", "means", next(k for k in ("covs", "variances", "stds") if k in spec)]
+        else:
+            required = ["shape" if kind == "gaussian-image" else "points"]
+        del spec[draw(st.sampled_from(required))]
+        return spec, defect
+    if defect == "wrong type":
+        key = draw(st.sampled_from(present))
+        spec[key] = draw(st.sampled_from(WRONG_TYPES))
+        return spec, defect
+    if defect == "empty array":
+        key = draw(st.sampled_from([k for k in present if k != "shape"] or present))
+        spec[key] = []
+        return spec, defect
+    if defect == "non-positive std":
+        stds = list(spec["stds"])
+        stds[draw(st.integers(0, len(stds) - 1))] = draw(st.sampled_from([0.0, -0.1, -1.0]))
+        spec["stds"] = stds
+        return spec, defect
+    if defect == "subnormal variance":
+        tiny = draw(st.sampled_from([1e-310, 1e-320, 5e-324]))
+        if kind == "gaussian":
+            spec.pop("cov", None)
+            spec["eigenvalues"] = [tiny] + [1.0] * (len(spec["mean"]) - 1)
+        else:
+            for form in ("covs", "variances"):
+                spec.pop(form, None)
+            spec["stds"] = [math.sqrt(tiny)] * len(spec["weights"])
+        return spec, defect
+    if defect == "huge mean":
+        key = "points" if kind == "empirical" else "means"
+        spec[key] = [[draw(st.sampled_from([1e101, -1e200, 1e308]))] + row[1:] for row in spec[key]]
+        return spec, defect
+    # two forms
+    if kind == "gaussian":
+        d = len(spec["mean"])
+        spec["cov"], spec["eigenvalues"] = torch.eye(d, dtype=DTYPE).tolist(), [1.0] * d
+    else:
+        k = len(spec["weights"])
+        spec["stds" if "stds" not in spec else "variances"] = ([1.0] * k if "stds" not in spec
+                                                              else [[1.0] * len(spec["means"][0])] * k)
+    return spec, defect

@@ -135,7 +135,8 @@ def _indexed_point(task: tuple[Study, Any, int, Point]) -> tuple[int, list[Mappi
 
 def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
               progress: bool = True) -> RunSummary:
-    """Run every point of ``study`` under ``config`` not yet in ``out``; record each as it finishes.
+    """Run every point of ``study`` under ``config`` not yet in ``out``; record each as it finishes,
+    in at most ``jobs`` worker processes (never more than there are points to run).
 
     Raises :class:`~pathkl.errors.InputError` (leaving the files alone) when ``out`` holds anything
     but this study's results for this very configuration.
@@ -153,6 +154,8 @@ def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1,
     meta = store.meta
     meta["seed"] = getattr(config, "seed", None)
     pending = [p for p in points if not store.is_done(p)]
+    # No more workers than points to run: --jobs 1000 on 12 points forked 1000 processes.
+    jobs = max(1, min(jobs, len(pending)))
     run = {"started": _now(), "jobs": jobs, "points_skipped": len(points) - len(pending),
            "points_run": 0, "seconds": 0.0, "completed": False}
     meta["runs"].append(run)

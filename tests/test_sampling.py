@@ -239,6 +239,8 @@ def test_cli_sample_bad_family_exits_2(capsys) -> None:
     from pathkl.cli import main
 
     assert main(["sample", "--ref", "gaussian-2d", "--cov", "lanczos:0"]) == 2
+    assert "lanczos:k needs k" in capsys.readouterr().err  # named, not "unknown family" (issue 12)
+    assert main(["sample", "--ref", "gaussian-2d", "--cov", "gamma"]) == 2
     assert "unknown covariance family" in capsys.readouterr().err
 
 

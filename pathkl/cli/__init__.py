@@ -1,5 +1,8 @@
 """``pathkl``: command-line front end. A thin layer: parse, call the library, print, exit.
 
+Building the parser imports only the standard library (each command imports torch and the rest of
+pathkl in its ``run``), so ``--help``, ``--version`` and argument errors come back at interpreter speed.
+
 Exit codes: 0 success, 1 a check failed (``pathkl check``), 2 bad input (one line on stderr).
 """
 
@@ -9,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
 from ..errors import InputError
 
 #: Subcommand modules in ``pathkl.cli``; each exposes ``register(subparsers)``.
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"pathkl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:

@@ -1,4 +1,11 @@
-"""Options and output helpers shared by the subcommands."""
+"""Options and output helpers shared by the subcommands.
+
+Light on purpose: ``pathkl --help``, ``pathkl COMMAND --help`` and argument errors must not wait for
+torch, scipy or matplotlib (seconds), so this module and every command's ``register`` use only the
+standard library; the names the parser offers (families, presets, schedules) are listed here and
+tests/test_bad_input.py checks them against the library's registries. The library is imported by
+each command's ``run``.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import InputError
-from ..presets import PRESETS
-from ..refspec import load_reference
-from ..schedules import SCHEDULES, Grid, get_schedule, grid_from_chain, grid_from_taus
+
+#: ``pathkl.covariances.FAMILIES``, in order.
+FAMILY_NAMES = ("beta", "beta_tilde", "analytic", "diag", "full")
+#: ``pathkl.sampling.FAMILY_NAMES``: the families above plus the sampling-only ones.
+SAMPLING_FAMILY_NAMES = FAMILY_NAMES + ("rademacher:M", "lanczos:k")
+#: ``pathkl.sampling.ROUTES``.
+SAMPLING_ROUTES = ("closed", "jvp", "difference")
+#: ``pathkl.presets.PRESETS``, in order.
+PRESET_NAMES = ("mog-1d", "gaussian-5d", "gaussian-5d-axis", "gaussian-2d", "image-3x32x32", "image-3x64x64",
+                "mog-ocm-grid", "mog-ocm-grid-2d", "mog-rotated")
+#: ``pathkl.schedules.SCHEDULES``.
+SCHEDULE_NAMES = ("vp-linear", "cosine", "ddpm-linear")
+#: ``pathkl.rules.MonteCarlo`` defaults: points per component of q_t, draws per point.
+MC_OUTER, MC_INNER = 256, 64
 
 REF_HELP = (
-    "reference distribution: a preset (" + ", ".join(PRESETS) + ") or a JSON file, e.g. "
+    "reference distribution: a preset (" + ", ".join(PRESET_NAMES) + ") or a JSON file, e.g. "
     '{"kind": "gaussian", "mean": [0, 0], "cov": [[1, 0.5], [0.5, 2]]}, '
     '{"kind": "gaussian", "eigenvalues": [0.1, 1, 4]}, '
     '{"kind": "gaussian-image", "shape": [3, 64, 64], "spectrum": {"type": "power-law", '
@@ -36,7 +52,7 @@ def formatter(prog: str) -> argparse.HelpFormatter:
 def add_reference_options(parser: argparse.ArgumentParser, *, default_ref: str) -> None:
     parser.add_argument("--ref", default=default_ref, help=REF_HELP + f" (default: {default_ref})")
     parser.add_argument(
-        "--schedule", default="vp-linear", choices=sorted(SCHEDULES),
+        "--schedule", default="vp-linear", choices=sorted(SCHEDULE_NAMES),
         help="noise schedule (default: vp-linear)",
     )
 
@@ -60,11 +76,26 @@ def parse_number_list(text: str, kind: Callable[[str], Any], what: str) -> list:
     return values
 
 
+def parse_integer(text: str) -> int:
+    """An integer, also written in exponent notation (``1e6``) when its value is a whole number."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+    if not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
 def positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = parse_integer(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
@@ -93,21 +124,25 @@ def warn(message: str) -> None:
     sys.stderr.write(f"pathkl: warning: {message}\n")
 
 
-def make_grid(schedule_name: str, *, steps: int | None, taus: str | None, indices: str | None) -> Grid:
+def make_grid(schedule_name: str, *, steps: int | None, taus: str | None, indices: str | None):
     """The grid from exactly one of ``--steps``, ``--taus`` (continuous schedules) or ``--indices``
     (a subsequence ``0 = i_0 < ... < i_T = N`` of the ddpm-linear chain of length N)."""
+    from ..schedules import get_schedule, grid_from_chain, grid_from_taus
+
     schedule = get_schedule(schedule_name)
     if taus is not None:
         return grid_from_taus(schedule, parse_number_list(taus, float, "--taus"))
     if indices is not None:
         if schedule.name != "ddpm-linear":
             raise InputError("--indices selects steps of the discrete ddpm-linear chain; use --taus otherwise")
-        idx = parse_number_list(indices, int, "--indices")
+        idx = parse_number_list(indices, parse_integer, "--indices")
         return grid_from_chain(schedule, idx[-1], idx)
     return schedule.grid(steps)
 
 
 def reference_from(args: argparse.Namespace):
+    from ..refspec import load_reference
+
     return load_reference(args.ref)
 
 
@@ -115,7 +150,8 @@ def jsonable(value: Any) -> Any:
     """Floats to JSON, with non-finite values as the strings 'inf', '-inf', 'nan'."""
     if isinstance(value, float):
         return value if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
         return jsonable(value.tolist())
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from .common import positive_int
 from .study import DEFAULT_RESULTS, get_study
 
 DEFAULT_FIGS = Path("paper_figs")
@@ -72,7 +73,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_FIGS, help="figure directory")
     parser.add_argument("--small", action="store_true",
                         help="run missing studies with their small (CI) configuration")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes for missing studies")
+    parser.add_argument("--jobs", type=positive_int, default=1, help="worker processes for missing studies")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
     parser.set_defaults(func=_figs)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..covariances import FAMILIES, get_family
-from ..pathspace import method, path_kl
-from ..rules import MonteCarlo
 from .common import (
+    FAMILY_NAMES,
     JSON_HELP,
+    MC_INNER,
+    MC_OUTER,
     add_reference_options,
     format_estimate,
     formatter,
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
         epilog=_EXAMPLES, formatter_class=formatter,
     )
     add_reference_options(p, default_ref="gaussian-5d")
-    p.add_argument("--cov", default="analytic", help=f"covariance family: {', '.join(FAMILIES)} (default: analytic)")
+    p.add_argument("--cov", default="analytic", help=f"covariance family: {', '.join(FAMILY_NAMES)} (default: analytic)")
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--steps", type=positive_int, default=1000, help="T, uniform grid (default: 1000)")
     grid.add_argument("--taus", help="explicit grid: comma-separated taus from 0 to 1, or @FILE")
@@ -62,15 +62,19 @@ def register(subparsers) -> None:
     p.add_argument("--rtol", type=positive_float, default=1e-6,
                    help="relative error the quadrature climbs to, mixtures in d <= 3 (default: 1e-6)")
     p.add_argument("--seed", type=int, default=0, help="Monte Carlo seed, mixtures in d > 3 (default: 0)")
-    p.add_argument("--mc-samples", type=positive_int, default=MonteCarlo.outer,
-                   help=f"Monte Carlo points per mixture component of q_t (default: {MonteCarlo.outer})")
-    p.add_argument("--mc-inner", type=positive_int, default=MonteCarlo.inner,
-                   help=f"Monte Carlo draws per point for the kernel negentropy (default: {MonteCarlo.inner})")
+    p.add_argument("--mc-samples", type=positive_int, default=MC_OUTER,
+                   help=f"Monte Carlo points per mixture component of q_t (default: {MC_OUTER})")
+    p.add_argument("--mc-inner", type=positive_int, default=MC_INNER,
+                   help=f"Monte Carlo draws per point for the kernel negentropy (default: {MC_INNER})")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..covariances import get_family
+    from ..pathspace import method, path_kl
+    from ..rules import MonteCarlo
+
     family = get_family(args.cov)
     grid = make_grid(args.schedule, steps=args.steps, taus=args.taus, indices=args.indices)
     mc = MonteCarlo(outer=args.mc_samples, inner=args.mc_inner, seed=args.seed)

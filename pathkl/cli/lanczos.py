@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..errors import InputError
-from ..lanczos import lanczos, lanczos_sampler, sqrt_error_bound
-from ..matvecs import StepCoefficients, closed_form_cov_matvec
-from ..schedules import get_schedule
 from .common import (
     JSON_HELP,
     add_reference_options,
     formatter,
+    parse_integer,
     parse_number_list,
     positive_int,
     print_json,
@@ -60,8 +56,11 @@ def register(subparsers) -> None:
 
 def _operator(reference, args):
     """The matvec of the chosen covariance at points x ~ q_tau, and a description of it."""
-    if not (0.0 < args.tau <= 1.0):
-        raise InputError(f"--t must lie in (0, 1], got {args.tau}")
+    import torch
+
+    from ..matvecs import StepCoefficients, closed_form_cov_matvec
+    from ..schedules import get_schedule
+
     schedule = get_schedule(args.schedule)
     if args.target == "x0":
         level = schedule.level(torch.tensor(args.tau, dtype=torch.float64))
@@ -76,6 +75,10 @@ def _operator(reference, args):
 
 def _exact(matvec, z, d):
     """``(Sigma^{1/2} z, lambda_min, lambda_max, info)`` per row, densely or by a long Lanczos run."""
+    import torch
+
+    from ..lanczos import lanczos, lanczos_sampler
+
     if d <= DENSE_LIMIT:
         eye = torch.eye(d, dtype=z.dtype)
         dense = torch.stack([matvec(eye[i].expand(z.shape[0], d)) for i in range(d)], dim=2)
@@ -90,7 +93,14 @@ def _exact(matvec, z, d):
 
 
 def run(args: argparse.Namespace) -> int:
-    ks = parse_number_list(args.k, int, "--k")
+    ks = parse_number_list(args.k, parse_integer, "--k")
+    if not (0.0 < args.tau <= 1.0):
+        raise InputError(f"--t must lie in (0, 1], got {args.tau}")
+
+    import torch
+
+    from ..lanczos import lanczos_sampler, sqrt_error_bound
+
     reference = reference_from(args)
     d = reference.dim
     if min(ks) < 1 or max(ks) > d:

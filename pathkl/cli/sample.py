@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..metrics import mmd, sliced_wasserstein
-from ..sampling import FAMILY_NAMES, ROUTES, sample
+from ..errors import InputError
 from .common import (
     JSON_HELP,
+    SAMPLING_FAMILY_NAMES,
+    SAMPLING_ROUTES,
     add_reference_options,
     formatter,
     make_grid,
@@ -20,6 +19,8 @@ from .common import (
 
 #: MMD (OCM bandwidths) is reported up to this dimension; sliced Wasserstein always.
 MMD_MAX_DIM = 16
+#: Lanczos steps of the default family (fewer where d is smaller: k <= d).
+DEFAULT_LANCZOS = 3
 
 _EXAMPLES = """
 Draws N samples with the exact posterior mean and the chosen covariance family (DDPM, or DDIM with
@@ -43,11 +44,12 @@ def register(subparsers) -> None:
         epilog=_EXAMPLES, formatter_class=formatter,
     )
     add_reference_options(p, default_ref="gaussian-5d")
-    p.add_argument("--cov", default="lanczos:3", help=f"covariance family: {', '.join(FAMILY_NAMES)} (default: lanczos:3)")
+    p.add_argument("--cov", help=f"covariance family: {', '.join(SAMPLING_FAMILY_NAMES)} (default: lanczos:{DEFAULT_LANCZOS},"
+                                 f" or lanczos:d where d < {DEFAULT_LANCZOS})")
     p.add_argument("--steps", type=positive_int, default=20, help="T, uniform grid (default: 20)")
     p.add_argument("--n", type=positive_int, default=2000, help="number of samples (default: 2000)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta in [0, 1]; 1 is DDPM (default: 1)")
-    p.add_argument("--route", choices=ROUTES, default="closed",
+    p.add_argument("--route", choices=SAMPLING_ROUTES, default="closed",
                    help="covariance products from the closed form, a JVP of the posterior mean, or a forward"
                         " difference of it (default: closed)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -56,10 +58,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _sized_family(name: str) -> None:
+    """Check the size of ``rademacher:M`` (M >= 2) and ``lanczos:k`` (k >= 1); other names are left to
+    the library, which knows every family."""
+    kind, sep, size = name.partition(":")
+    if kind not in ("lanczos", "rademacher"):
+        return
+    letter, smallest, what = (("k", 1, "Lanczos steps (covariance-vector products per reverse step)")
+                              if kind == "lanczos" else ("M", 2, "Rademacher probes (two or more give a standard error)"))
+    if not (sep and size.isdigit() and int(size) >= smallest):
+        raise InputError(f"--cov {name!r}: {kind}:{letter} needs {letter}, the number of {what}, to be an integer"
+                         f" >= {smallest}")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.cov is not None:
+        _sized_family(args.cov)
+
+    import torch
+
+    from ..metrics import mmd, sliced_wasserstein
+    from ..sampling import sample
+
     reference = reference_from(args)
+    cov = args.cov if args.cov is not None else f"lanczos:{min(DEFAULT_LANCZOS, reference.dim)}"
     grid = make_grid(args.schedule, steps=args.steps, taus=None, indices=None)
-    out = sample(reference, grid, args.cov, n=args.n, eta=args.eta, route=args.route, seed=args.seed,
+    out = sample(reference, grid, cov, n=args.n, eta=args.eta, route=args.route, seed=args.seed,
                  device=args.device)
     x = out.samples.cpu()
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -69,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
                "sw_floor": sliced_wasserstein(other, target, blocks=blocks, seed=args.seed).as_dict()}
     if reference.dim <= MMD_MAX_DIM:
         metrics["mmd"] = mmd(x, target, blocks=blocks).as_dict()
-    result = {"ref": args.ref, "schedule": args.schedule, "T": grid.T, "cov": args.cov, "eta": args.eta,
+    result = {"ref": args.ref, "schedule": args.schedule, "T": grid.T, "cov": cov, "eta": args.eta,
               "route": args.route, "device": str(out.samples.device), "n": args.n, "d": reference.dim,
               **metrics, "seconds": out.seconds, "mean_evals": out.mean_evals, "cov_products": out.cov_products}
     if args.json:
         print_json(result)
         return 0
-    print(f"{args.cov} on {args.ref} (d = {reference.dim}), {args.schedule}, T = {grid.T}, eta = {args.eta},"
+    print(f"{cov} on {args.ref} (d = {reference.dim}), {args.schedule}, T = {grid.T}, eta = {args.eta},"
           f" n = {args.n}, {result['device']}, {args.route} products")
     for key, value in metrics.items():
         print(f"  {key:<10}{value['value']:.4e} +- {value['stderr']:.2e}")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .common import positive_int
 
 DEFAULT_RESULTS = Path("results")
 
@@ -85,7 +86,7 @@ def register(subparsers) -> None:
     p_run.add_argument("--small", action="store_true",
                        help="start from the study's small (CI) configuration")
     p_run.add_argument("--out", type=Path, help="results directory (default results/NAME)")
-    p_run.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p_run.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default 1)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--json", action="store_true", help="print a JSON summary")
     p_run.set_defaults(func=_run)

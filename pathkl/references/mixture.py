@@ -33,6 +33,13 @@ from ..stable import logsumexp_last
 
 # Symmetry and weight-sum tolerance: inputs are decimals typed by people or float64 arrays.
 _INPUT_TOL = 1e-12
+#: Largest coordinate of a component mean: squared distances between components (up to ~1e200),
+#: summed over d and divided by the smallest noise variance of a grid, must stay finite in float64
+#: (means near 1e308 gave NaN where the answer is +inf).
+MAX_COORDINATE = 1e100
+#: Smallest normal float64: a smaller component variance has lost its relative precision, and the
+#: Cholesky factors built from it fail.
+_SMALLEST_VARIANCE = torch.finfo(DTYPE).tiny
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,10 @@ class MixtureReference:
             raise InputError(f"means must have shape [K={k}, d], got {tuple(self.means.shape)}")
         if not torch.isfinite(self.means).all():
             raise InputError("means contain NaN or inf")
+        largest = float(self.means.abs().max())
+        if largest > MAX_COORDINATE:
+            raise InputError(f"mixture means and data points must be at most {MAX_COORDINATE:g} in magnitude (their "
+                             f"squared distances overflow float64 beyond), got {largest:.3g}")
         if self.eigenvalues.shape not in ((k, 1), (k, self.dim)):
             raise InputError(f"component variances must have shape [K, 1] or [K, d], got {tuple(self.eigenvalues.shape)}")
         if not torch.isfinite(self.eigenvalues).all() or (self.eigenvalues < 0).any():
@@ -161,7 +172,10 @@ class MixtureReference:
     @staticmethod
     def from_components(weights, means, *, covs=None, variances=None, stds=None) -> MixtureReference:
         """A mixture with full covariances ``covs`` (K, d, d), diagonal ``variances`` (K, d) or
-        isotropic ``stds`` (K,); each must be positive definite (zero variances: :meth:`empirical`)."""
+        isotropic ``stds`` (K,); each must be positive definite (zero variances: :meth:`empirical`).
+
+        Every component is checked, then those of weight exactly 0 are left out: they contribute
+        nothing to any density, score or kernel, so this is exact (the weights are never renormalised)."""
         w = torch.as_tensor(weights, dtype=DTYPE)
         _weights_checked(w)
         m = torch.as_tensor(means, dtype=DTYPE)
@@ -183,27 +197,47 @@ class MixtureReference:
             if (torch.linalg.cholesky_ex(s).info != 0).any():
                 raise InputError("a component covariance is not positive definite")
             lam, rotations = torch.linalg.eigh(s)
+            what = "component covariance eigenvalues"
         elif variances is not None:
             lam = torch.as_tensor(variances, dtype=DTYPE)
             if lam.shape != (w.numel(), d):
                 raise InputError(f"variances must have shape [K, d] = [{w.numel()}, {d}], got {tuple(lam.shape)}")
+            what = "component variances"
         else:
             sd = torch.as_tensor(stds, dtype=DTYPE)
             if sd.shape != (w.numel(),):
                 raise InputError(f"stds must have shape [K] = [{w.numel()}], got {tuple(sd.shape)}")
+            if not torch.isfinite(sd).all() or not (sd > 0).all():
+                raise InputError(f"stds must be finite and > 0 (positive definite components), got {sd.tolist()}")
             lam = (sd**2)[:, None]
+            what = "component variances (stds squared)"
         if not torch.isfinite(lam).all() or not (lam > 0).all():
-            raise InputError("component covariances must be positive definite (variances > 0)")
-        return MixtureReference(w, m, lam, ComponentCovariances(d, rotations))
+            raise InputError(f"{what} must be finite and > 0 (positive definite components), got min "
+                             f"{float(lam.min()):.3g}, max {float(lam.max()):.3g}")
+        if (lam < _SMALLEST_VARIANCE).any():
+            raise InputError(f"{what} must be at least the smallest normal float64 ({_SMALLEST_VARIANCE:.3g}), got "
+                             f"{float(lam.min()):.3g}: it has lost its relative precision (rescale the data)")
+        return MixtureReference(w, m, lam, ComponentCovariances(d, rotations))._without_zero_weights()
 
     @staticmethod
     def empirical(points, *, weights=None) -> MixtureReference:
-        """Empirical data: N points (N, d), equal weights unless given (zero-variance components)."""
+        """Empirical data: N points (N, d), equal weights unless given (zero-variance components);
+        points of weight exactly 0 are left out (exact, no renormalisation)."""
         p = torch.as_tensor(points, dtype=DTYPE)
         if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
             raise InputError(f"points must have shape [N, d] with N, d >= 1, got {tuple(p.shape)}")
         w = torch.full((p.shape[0],), 1.0 / p.shape[0], dtype=DTYPE) if weights is None else torch.as_tensor(weights, dtype=DTYPE)
-        return MixtureReference(_weights_checked(w), p, torch.zeros(p.shape[0], 1, dtype=DTYPE), ComponentCovariances(p.shape[1], None))
+        zeros = torch.zeros(p.shape[0], 1, dtype=DTYPE)
+        return MixtureReference(_weights_checked(w), p, zeros, ComponentCovariances(p.shape[1], None))._without_zero_weights()
+
+    def _without_zero_weights(self) -> MixtureReference:
+        """The same law without its components of weight exactly 0 (self if there are none)."""
+        kept = self.weights > 0
+        if bool(kept.all()):
+            return self
+        rotations = None if self.covs.rotations is None else self.covs.rotations[kept]
+        return type(self)(self.weights[kept], self.means[kept], self.eigenvalues[kept],
+                          ComponentCovariances(self.dim, rotations))
 
     @property
     def dim(self) -> int:
@@ -213,6 +247,12 @@ class MixtureReference:
     def size(self) -> int:
         """Number of components K."""
         return self.weights.numel()
+
+    @property
+    def has_point_masses(self) -> bool:
+        """Whether some component is singular (zero variance in some direction; empirical data): then
+        ``q(x_0 | x_1)`` has a singular part, so every Gaussian family's step-1 KL is +inf."""
+        return bool((self.eigenvalues == 0).any())
 
     # ---- per-point closed forms ---------------------------------------------------------------
     def marginal_eigenvalues(self, abar, one_minus_abar) -> torch.Tensor:

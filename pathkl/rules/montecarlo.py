@@ -313,8 +313,8 @@ def _negentropy_points(reference, grid: Grid, mc: MonteCarlo) -> torch.Tensor:
     """Monte Carlo J at the outer draws of every step, (T, K n); cached per (grid, settings)."""
     key = ("mc-J", grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes(), mc)
     if key not in reference._cache:
-        rows = []
-        for t in range(1, grid.T + 1):
+        rows = [torch.full((reference.size * mc.outer,), math.inf, dtype=DTYPE)] * (_first_finite_step(reference, grid) - 1)
+        for t in range(_first_finite_step(reference, grid), grid.T + 1):
             lv = grid.level(t)
             outer = _outer(reference, lv, mc, _generator(mc, _OUTER, t))
             kappa = grid.beta[t - 1] / grid.alpha[t - 1]
@@ -327,6 +327,12 @@ def _negentropy_points(reference, grid: Grid, mc: MonteCarlo) -> torch.Tensor:
 # ---- what MixtureReference dispatches to for d > 3 -----------------------------------------------
 
 
+def _first_finite_step(reference, grid: Grid) -> int:
+    """2 with point masses in the data on a grid from tau = 0 (step 1 is then +inf exactly,
+    MixtureReference.has_point_masses), else 1."""
+    return 2 if reference.has_point_masses and float(grid.one_minus_abar[0]) == 0.0 else 1
+
+
 def step_kls(reference, grid: Grid, family, mc: MonteCarlo, *,
              mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-step estimates of ``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` and their variances, t = 1..T.
@@ -334,7 +340,9 @@ def step_kls(reference, grid: Grid, family, mc: MonteCarlo, *,
     j = _negentropy_points(reference, grid, mc)
     k, n, d = reference.size, mc.outer, reference.dim
     values, variances = torch.empty(grid.T, dtype=DTYPE), torch.empty(grid.T, dtype=DTYPE)
-    for t in range(1, grid.T + 1):
+    first = _first_finite_step(reference, grid)
+    values[: first - 1], variances[: first - 1] = math.inf, 0.0
+    for t in range(first, grid.T + 1):
         lv = grid.level(t)
         outer = _outer(reference, lv, mc, _generator(mc, _OUTER, t))
         y = j[t - 1]

@@ -163,6 +163,8 @@ def spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Q
 def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
     """``S`` of :class:`Quadrature` at each level: the largest ``|V_c^{1/2} (s_j - s_l)|`` over the
     coarse lattice of each component c where ``w_j, w_l > e^-40``."""
+    if reference.size == 1:  # one posterior weight, 1 everywhere: nothing switches
+        return torch.zeros(abar.numel(), dtype=DTYPE)
     x, _ = outer_nodes(reference, abar, one_minus_abar, lattice(quad.coarse, reference.dim))
     post = reference.posterior(x, abar[:, None], one_minus_abar[:, None])
     n_levels, k, d = abar.numel(), reference.size, reference.dim
@@ -447,7 +449,16 @@ def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
 def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
                 mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J plus the
-    family's Gaussian part, the latter on the rule and spacing each step's E J settled on."""
+    family's Gaussian part, the latter on the rule and spacing each step's E J settled on. With point
+    masses in the data a step from the noise-free level (``1 - abar_{t-1} = 0``: step 1 of a grid from
+    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`)."""
+    singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
+    if singular.any():
+        values, errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE), torch.zeros(steps.numel(), dtype=DTYPE)
+        later = ~singular
+        if later.any():
+            values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol, mean_g=mean_g)
+        return values, errors
     values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol, steps))
     if family.name == "full":
         return values, errors
