@@ -65,9 +65,10 @@ def test_noise_is_evaluated_step_by_step(T, seed):
     _check(exact, torch.zeros_like(exact), 1e-6)
 
 
-@settings(deadline=None, max_examples=6)
+# Each example evaluates every step of a 512-step chain (~10 s): three of them.
+@settings(deadline=None, max_examples=3)
 @given(st.floats(0.05, 0.95), st.floats(0.5, 4.0), st.floats(0.05, 1.0), st.floats(0.05, 1.0),
-       st.sampled_from([512, 1024]), st.sampled_from(["full", "beta", "analytic"]))
+       st.sampled_from([512]), st.sampled_from(["full", "beta", "analytic"]))
 def test_mixture_chains_match_every_step_evaluated(weight, gap, std1, std2, T, family):
     """A random 1-D two-component mixture: the interpolated per-step KLs against every step evaluated
     by the same engine (so only the interpolation is under test), within the sum of both errors."""
