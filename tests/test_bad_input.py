@@ -23,7 +23,7 @@ from hypothesis import given, settings
 
 import pathkl
 from pathkl import schedules
-from pathkl.cli import COMMANDS, main
+from pathkl.cli import COMMANDS
 from pathkl.covariances import get_family
 from pathkl.errors import InputError
 from pathkl.pathspace import path_kl
@@ -32,19 +32,10 @@ from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, VPLinear, get_schedule
 from pathkl.testing import malformed_reference_specs, reference_specs
 from studies.runner import Study
+from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = settings.get_profile("ci")
-
-
-def run(argv, capsys):
-    """``main(argv)`` -> (exit code, stdout, stderr); argparse errors arrive as SystemExit."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_ref(tmp_path: Path, spec, name: str = "ref.json") -> str:
