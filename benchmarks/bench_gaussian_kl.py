@@ -2,10 +2,16 @@
 
 (a) The hard case: d = 12288 DISTINCT eigenvalues (``logspace(-2, 1, d)``, axis-aligned), vp-linear,
     T = 10^5 (``--steps``), all five families: pathkl's ``path_kl`` against a plain numpy loop over the
-    steps (per step: the family's relative eigenvalues e, a vector of length d in preallocated buffers,
-    then sum phi(e) by the same cancellation-free series as pathkl.stable). Target: pathkl within 1.5x.
-    Distinct eigenvalues matter: pathkl merges repeated ones (Basis.compress), which hides its per-step
-    cost on image spectra (section (b): 12288 eigenvalues, 457 distinct).
+    steps (per step: the family's relative eigenvalues e by the same cancellation-free closed forms as
+    pathkl.references.gaussian, a vector of length d in preallocated buffers, then sum phi(e) by the
+    same series as pathkl.stable; math.fsum over the steps). Target: pathkl within 1.5x. Both run on one
+    thread: pathkl's per-step loop always does, and numpy's BLAS (the dot products) is limited to one
+    with OPENBLAS_NUM_THREADS=1 unless set otherwise. pathkl's time is the whole ``path_kl`` call
+    (terminal KL, error bounds and checks included); for full, and diag of this axis-aligned
+    covariance, it knows e = 0 and makes no pass over the eigenvalues, while the loop evaluates
+    phi(0) as the per-step definition reads. Distinct eigenvalues matter: pathkl merges
+    repeated ones (Basis.compress), which hides its per-step cost on image spectra (section (b): 12288
+    eigenvalues, 457 distinct).
 (b) pathkl at d = 12288 (preset ``image-3x64x64``), vp-linear, T = 1000, all five families:
     element-steps per second, T * d / seconds (target >= 1e8 on the 2-core development machine).
 (c) The naive route at d = 256 (a 1x16x16 stationary image Gaussian, the same power-law spectrum):
@@ -16,9 +22,10 @@
     a torch user commonly does. Reported: the speed ratio against pathkl at T = 1000 (float64), and at
     T = 10^4 the relative error of the naive ``steps`` in float32 and float64 against pathkl's value.
 
-Timings: ``time.perf_counter``, the minimum of ``--repeats`` calls (the machine is shared, so the
-load average is printed). pathkl runs its per-step loop on one thread whatever ``--threads`` says
-(pathkl.references.gaussian); ``--threads`` sets torch's intra-op threads for everything else.
+Timings: ``time.perf_counter``, the minimum of ``--repeats`` calls after one untimed call (the
+machine is shared, so the load average is printed; in (a) pathkl and numpy alternate). pathkl runs
+its per-step loop on one thread whatever ``--threads`` says (pathkl.references.gaussian);
+``--threads`` sets torch's intra-op threads for everything else.
 
     python3 benchmarks/bench_gaussian_kl.py [--steps T] [--threads N] [--repeats R] [--naive-repeats R]
                                             [--skip-naive]
@@ -31,6 +38,8 @@ import math
 import os
 import time
 from collections.abc import Callable
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS on one thread, as pathkl's loop (a)
 
 import numpy as np
 import torch
@@ -56,60 +65,74 @@ def first_step(name: str) -> int:
 
 
 def min_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+    return interleaved_min_seconds([fn], repeats)[0]
+
+
+def interleaved_min_seconds(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """The minimum time of each function over ``repeats`` rounds, each round calling them in turn, so
+    that a burst of load on the shared machine hits all of them alike."""
+    times = [math.inf] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i] = min(times[i], time.perf_counter() - start)
+    return times
 
 
 # ---- (a) the hard case: distinct eigenvalues, pathkl against a numpy loop over the steps ---------
 def numpy_phi_sum(u: np.ndarray, s: np.ndarray, s2: np.ndarray, p: np.ndarray) -> float:
     """``sum_i phi(u_i)`` by pathkl.stable's series (its number of terms, from max s^2), computed in
-    the buffers s, s2, p; where some |s| > 1/4 (early beta_tilde steps) the direct formula there."""
+    the buffers s, s2, p; where some |s| > 1/4 (early beta_tilde steps, u > 0) the direct formula there."""
     np.add(u, 2.0, out=s)
     np.divide(u, s, out=s)
     np.multiply(s, s, out=s2)
-    in_series = s2 <= 0.0625
-    s2_max = s2.max() if in_series.all() else s2[in_series].max(initial=0.0)
+    s2_max = s2.max()
+    in_series = None if s2_max <= 0.0625 else s2 <= 0.0625
+    if in_series is not None:
+        s2_max = s2[in_series].max(initial=0.0)
     terms = next((k for k in range(1, 14) if s2_max**k < 2.0**-56), 14) if s2_max > 0 else 1
-    p.fill(2.0 * ATANH_TAIL[terms - 1])
+    # Horner for 2 (1/3 + s^2/5 + ...), then u - s^2 (...): no fused multiply-add in numpy.
+    np.multiply(s2, 2.0 * ATANH_TAIL[terms - 1], out=p)
     for coefficient in reversed(ATANH_TAIL[: terms - 1]):
-        p *= s2
         p += 2.0 * coefficient
-    p *= s2
+        p *= s2
     np.subtract(u, p, out=p)
-    if in_series.all():
-        return float(np.einsum("i,i->", s, p))  # not np.dot: no BLAS threads
+    if in_series is None:
+        return float(np.dot(s, p))
     return float(np.where(in_series, s * p, u - np.log1p(u)).sum())
 
 
 def numpy_steps(lam: np.ndarray, grid, name: str) -> float:
     """``steps`` of family ``name`` by a plain loop over the steps: per step the relative eigenvalues
-    e (length d) from the closed forms of pathkl.covariances, then (1/2) sum phi(e); math.fsum."""
+    e (length d, in preallocated buffers) by the closed forms of pathkl.references.gaussian (with
+    ``rho = (1 - abar_t) / abar_t``), then (1/2) sum phi(e); math.fsum over the steps."""
     beta, alpha, beta_tilde = (x.numpy() for x in (grid.beta, grid.alpha, grid.beta_tilde))
     abar, one_minus = grid.abar.numpy(), grid.one_minus_abar.numpy()
-    lam_minus_one = lam - 1.0
-    nu, e, s, s2, p = (np.empty_like(lam) for _ in range(5))
+    rho = one_minus / abar
+    lam_minus_one, delta = lam - 1.0, lam - lam.min()
+    moments = np.stack([np.ones_like(lam), delta, lam]) / lam.size
+    e, y, s, s2, p = (np.empty_like(lam) for _ in range(5))
     per_step = []
     for t in range(first_step(name), grid.T + 1):
         b, a = beta[t - 1], alpha[t - 1]
-        np.multiply(lam, abar[t], out=nu)
-        nu += one_minus[t]
-        if name in ("beta", "analytic"):
-            np.divide(lam_minus_one, nu, out=e)
-            e *= abar[t]  # g, the eigenvalues of G = H + I
-            if name == "beta":
-                e *= b / a
-            else:
-                k, mean_g = b * b / a, e.mean()
-                e -= mean_g
-                e *= k / (b + k * mean_g)
-        elif name == "beta_tilde":
-            np.divide(lam, nu, out=e)
-            e *= one_minus[t]  # c, the eigenvalues of Cov[x_0 | x_t]
-            e *= abar[t - 1] * b * b / one_minus[t] ** 2 / beta_tilde[t - 1]  # gamma^2 / beta~
+        if name == "beta":  # (beta / alpha) g, g = (lambda - 1) / (lambda + rho)
+            np.add(lam, rho[t], out=e)
+            np.divide(lam_minus_one, e, out=e)
+            e *= b / a
+        elif name == "beta_tilde":  # (gamma^2 / beta~) c, c = lambda / (1 + lambda / rho)
+            np.multiply(lam, 1.0 / rho[t], out=e)
+            e += 1.0
+            np.divide(lam, e, out=e)
+            e *= abar[t - 1] * b * b / one_minus[t] ** 2 / beta_tilde[t - 1]
+        elif name == "analytic":  # k (g - mean g) / mean Sigma*, both from y = 1 / (lambda + rho)
+            np.add(lam, rho[t], out=y)
+            np.reciprocal(y, out=y)
+            y0, y1, y_lambda = moments @ y
+            scale = (b * b / a) / abar[t] / ((b / a) * (y_lambda + rho[t - 1] * y0))
+            np.multiply(delta, y0 * scale, out=e)
+            e -= y1 * scale
+            e *= y
         else:  # full, and diag: an axis-aligned Sigma* is its own diagonal
             e.fill(0.0)
         per_step.append(0.5 * numpy_phi_sum(e, s, s2, p))
@@ -128,8 +151,9 @@ def hard_case(steps: int, repeats: int) -> None:
     for name, family in FAMILIES.items():
         exact = path_kl(reference, grid, family, first_step=first_step(name)).steps
         loop = numpy_steps(lam, grid, name)
-        ours = min_seconds(lambda f=family, n=name: path_kl(reference, grid, f, first_step=first_step(n)), repeats)
-        theirs = min_seconds(lambda n=name: numpy_steps(lam, grid, n), repeats)
+        ours, theirs = interleaved_min_seconds(
+            [lambda f=family, n=name: path_kl(reference, grid, f, first_step=first_step(n)),
+             lambda n=name: numpy_steps(lam, grid, n)], repeats)
         worst = max(worst, ours / theirs)
         diff = abs(exact - loop) / exact if exact else abs(loop)
         print(f"    {name:<11}{ours:>10.3f}{theirs:>10.3f}{ours / theirs:>8.2f}{exact:>24.15g}{diff:>10.1e}")

@@ -92,21 +92,26 @@ class Family:
     order: int | None  # steps = Theta(T^-order); None: steps does not vanish as T grows
     coefficient: float
     source: str
-    _relative_eigvals: Callable[[ReverseStep], torch.Tensor]
+    _relative_eigvals: Callable[[ReverseStep], torch.Tensor | None]  # None: e = 0 (Sigma_t = Sigma*)
     _defect_sq_norm: Callable[[SymmetricOperator, torch.Tensor], torch.Tensor] | None = None
     # 1 + e from step.sigma_star; None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
     _ratios: Callable[[ReverseStep], torch.Tensor] | None = None
 
     def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
         """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
-        return self._relative_eigvals(step)
+        e = self._relative_eigvals(step)
+        return torch.zeros_like(step.g.eigvals()) if e is None else e
 
     def gaussian_step_kl(self, step: ReverseStep, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t)) = (1/2) sum_i phi(e_i)``, shape (...); ``1 + e_i``
-        from ``step.sigma_star`` where phi needs it (module docstring). ``work``: three tensors shaped
-        like the eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
+        from ``step.sigma_star`` where phi needs it (module docstring); exactly 0, with no pass over
+        the eigenvalues, where ``Sigma_t = Sigma*``. ``work``: three tensors shaped like the
+        eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
+        e = self._relative_eigvals(step)
+        if e is None:
+            return step.beta.new_zeros(step.g.batch_shape)
         ratios = None if self._ratios is None or step.sigma_star is None else (lambda: self._ratios(step))
-        return 0.5 * step.spectral_sum(u_minus_log1p(self.relative_eigvals(step), one_plus_u=ratios, work=work))
+        return 0.5 * step.spectral_sum(u_minus_log1p(e, one_plus_u=ratios, work=work))
 
     def defect_sq_norm(self, g: SymmetricOperator, mean_g: torch.Tensor) -> torch.Tensor:
         """``||D||_F^2`` at each point for an order-1 family (D = its defect, see module doc)."""
@@ -148,8 +153,8 @@ def _analytic_ratios(step):
 def _diag(step):
     # Sigma_t = diag(Sigma*) = k S, k = beta^2 / alpha: e = eig(S^{-1/2} offdiag(G) S^{-1/2}), with S a
     # positive form where the reference has Sigma* (beta / k + diag(G) cancels where Sigma* << beta).
-    if step.g.is_diagonal:
-        return torch.zeros_like(step.g.eigvals())
+    if step.g.is_diagonal:  # diag(Sigma*) = Sigma*
+        return None
     k = step.curvature_scale
     scale = step.g.diagonal() + step.beta / k if step.sigma_star is None else step.sigma_star.diagonal() / k
     return step.g.scaled_offdiagonal_eigvals(scale)
@@ -160,7 +165,7 @@ def _diag_ratios(step):
 
 
 def _full(step):
-    return torch.zeros_like(step.g.eigvals())
+    return None
 
 
 def _offdiagonal_sq_norm(g, mean_g):

@@ -47,6 +47,11 @@ class SymmetricOperator:
         its structure, not tested numerically)."""
         return False
 
+    @property
+    def batch_shape(self) -> torch.Size:
+        """The leading (batch) dimensions, ``(...)``."""
+        return self.eigvals().shape[:-1]
+
     def scaled_offdiagonal_eigvals(self, scale: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of ``S^{-1/2} offdiag(A) S^{-1/2}`` for a positive diagonal ``S`` given as
         shape (..., d); ``offdiag(A) = A - diag(A)`` is formed without touching the diagonal."""
@@ -101,6 +106,10 @@ class Dense(SymmetricOperator):
 
     def eigvals(self):
         return torch.linalg.eigvalsh(self.matrix)
+
+    @property
+    def batch_shape(self):
+        return self.matrix.shape[:-2]
 
     def diagonal(self):
         return torch.diagonal(self.matrix, dim1=-2, dim2=-1)

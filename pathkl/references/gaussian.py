@@ -226,9 +226,10 @@ class GaussianReference:
         form only the eigenvalues the family reads (:class:`_Steps`)."""
         spectrum = _Spectrum(*self.basis.compress(self.eigenvalues))
         chunk = max(1, _CHUNK_ELEMENTS // spectrum.values.numel())
-        columns = (grid.abar[:, None], grid.one_minus_abar[:, None])
-        columns = (*(x[:-1] for x in columns), *(x[1:] for x in columns),
-                   *ReverseStep.scalars(grid, torch.arange(1, grid.T + 1)))
+        abar, one_minus_abar = grid.abar[:, None], grid.one_minus_abar[:, None]
+        rho = one_minus_abar / abar
+        beta, alpha, beta_tilde, gamma2 = ReverseStep.scalars(grid, torch.arange(1, grid.T + 1))
+        columns = (abar[1:], one_minus_abar[1:], rho[:-1], rho[1:], beta / alpha, beta, alpha, beta_tilde, gamma2)
         given = itertools.repeat(None) if mean_g is None else mean_g[:, None].split(chunk)
         workspace = torch.empty(_Steps.SLOTS + 3, chunk, spectrum.values.numel(), dtype=DTYPE)
         out = []
@@ -277,8 +278,8 @@ class _Spectrum:
         weights = torch.ones_like(values) if multiplicities is None else multiplicities
         self.moment_weights = torch.stack([weights, weights * self.delta, weights * values]) / weights.sum()
 
-    def operator(self, values: Callable[[], torch.Tensor], **exact) -> _Deferred:
-        return _Deferred(values, self.structure, self.multiplicities, **exact)
+    def operator(self, values: Callable[[], torch.Tensor], rows: int, **exact) -> _Deferred:
+        return _Deferred(values, self.structure, self.multiplicities, rows, **exact)
 
 
 class _Steps:
@@ -289,19 +290,18 @@ class _Steps:
     SLOTS = 6
     _SHIFTED, _Y, _EXCESS, _POSTERIOR, _CENTRED, _SIGMA_STAR = range(SLOTS)
 
-    def __init__(self, spectrum: _Spectrum, abar_prev, one_minus_abar_prev, abar, one_minus_abar,
+    def __init__(self, spectrum: _Spectrum, abar, one_minus_abar, rho_prev, rho, beta_over_alpha,
                  beta, alpha, beta_tilde, gamma2, *, work):
         self.spectrum, self.abar, self.one_minus_abar, self.work = spectrum, abar, one_minus_abar, work
+        self.rho_prev, self.rho, self.beta_over_alpha = rho_prev, rho, beta_over_alpha
         self.scalars = (beta, alpha, beta_tilde, gamma2)
-        self.rho, self.rho_prev = one_minus_abar / abar, one_minus_abar_prev / abar_prev
-        self.beta_over_alpha = beta / alpha
 
     def reverse_step(self, mean_g: torch.Tensor | None) -> ReverseStep:
         """``mean_g`` None: G's own mean (the block alone), so ``analytic`` takes the exact forms."""
-        s = self.spectrum
-        g = s.operator(self.excess, centred=self.centred_excess)
-        c = s.operator(self.posterior)
-        sigma_star = s.operator(self.sigma_star, mean=self.mean_sigma_star)
+        s, rows = self.spectrum, self.abar.shape[0]
+        g = s.operator(self.excess, rows, centred=self.centred_excess)
+        c = s.operator(self.posterior, rows)
+        sigma_star = s.operator(self.sigma_star, rows, mean=self.mean_sigma_star)
         return ReverseStep(*self.scalars, g, c, mean_g, sigma_star)
 
     @cached_property
@@ -340,14 +340,19 @@ class _Steps:
 
 
 class _Deferred(Spectral):
-    """A :class:`Spectral` operator whose eigenvalues are formed by ``values()`` on first use, with the
-    exact forms of its mean eigenvalue and of the deviations from it where they are known."""
+    """A batch of ``rows`` :class:`Spectral` operators whose eigenvalues are formed by ``values()`` on
+    first use, with the exact forms of their mean eigenvalue and of the deviations from it where
+    they are known."""
 
-    def __init__(self, values: Callable[[], torch.Tensor], basis, multiplicities, *,
+    def __init__(self, values: Callable[[], torch.Tensor], basis, multiplicities, rows: int, *,
                  mean: Callable[[], torch.Tensor] | None = None, centred: Callable[[], torch.Tensor] | None = None):
         for name, value in (("basis", basis), ("multiplicities", multiplicities), ("_form", values),
-                            ("_mean", mean), ("_centred", centred)):
+                            ("_rows", rows), ("_mean", mean), ("_centred", centred)):
             object.__setattr__(self, name, value)  # a frozen dataclass's fields, set once
+
+    @property
+    def batch_shape(self):
+        return torch.Size([self._rows])
 
     @cached_property
     def values(self) -> torch.Tensor:
