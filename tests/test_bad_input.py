@@ -2,9 +2,6 @@
 stdout and no file written; every input that is not bad gives the right number, checked against an
 independent route (the Gaussian closed form for a one-component mixture, the same mixture without
 its zero-weight component, +inf for a point mass at step 1). ``pathkl --help`` must not import torch.
-
-Tests marked ``xfail(strict=True)`` are bugs whose fix lies in the path-space engine
-(pathkl/rules/quadrature.py, pathkl/rules/montecarlo.py); each reason names the fix.
 """
 
 from __future__ import annotations
@@ -259,11 +256,6 @@ def test_readme_empirical_example_in_the_cli(capsys, tmp_path):
     assert (code, err) == (0, "") and json.loads(out)["total"] == "inf"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pathkl/mixture_kl.py step_kls: on one data point Sigma* = beta~_t I is isotropic and analytic = diag "
-    "= full exactly (KL 0 at t >= 2), but analytic's E tr G / d comes from the outer rule with a relative "
-    "rounding of ~1e-16, giving a KL of 9.5e-32 with a claimed error of 9.5e-45; fix: add to the "
-    "Gaussian part's error the KL's sensitivity to that rounding (or bound it by the rule's error of E tr G)"))
 def test_one_data_point_analytic_equals_diag_within_its_error():
     data = MixtureReference.empirical([[0.5, 1.0]])
     window = VPLinear().grid(8).window(2, 8)
