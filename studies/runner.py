@@ -29,7 +29,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,16 @@ from pathkl.errors import InputError
 
 from . import config as cfg
 from .progress import Progress
-from .results import (JSON_NAME, ResultsStore, ResultsTable, atomic_write_text, extends, iter_keys,
-                      load, read_meta, read_record)
+from .results import (
+    JSON_NAME,
+    ResultsStore,
+    ResultsTable,
+    atomic_write_text,
+    iter_keys,
+    load,
+    read_meta,
+    read_record,
+)
 
 Point = dict[str, int | float | str]
 

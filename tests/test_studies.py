@@ -141,7 +141,7 @@ def _prepared(tmp_path: Path) -> Path:
 
 
 def _record(d: Path) -> Path:
-    return sorted((d / "points").glob("*.json"))[0]
+    return min((d / "points").glob("*.json"))
 
 
 @pytest.mark.parametrize("damage, message", [

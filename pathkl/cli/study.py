@@ -19,7 +19,7 @@ _EXAMPLES = """examples:
   pathkl study run gaussian_rates --small --jobs 2     # the CI-sized configuration, 2 processes
   pathkl study run lanczos_decay --set kappas=10,1000 --set k_max=20 --out results/lz
   pathkl study run few_step_sampling --config my.toml  # TOML keys override the defaults
-  pathkl study run gaussian_rates --set schedules=vp-linear,vp-cosine --set T=10,20,40  # a sweep
+  pathkl study run gaussian_rates --set schedules=vp-linear,cosine --set T=10,20,40  # a sweep
   pathkl study run gaussian_rates --executor dask --scheduler tcp://HOST:8786  # on a Dask cluster
   pathkl study run gaussian_rates --shard 2/4 --out results/g-2  # one of 4 batch jobs
   pathkl study merge results/g-1 results/g-2 results/g-3 results/g-4 --out results/g
