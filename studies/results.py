@@ -302,9 +302,10 @@ class ResultsStore:
         """Yield True while this process holds the lease of ``point`` and it is not yet done;
         False if another live writer holds it or it is done."""
         leases = self.directory / LEASES_DIR
+        path = leases / record_name(self.point_key(point))
         try:
             leases.mkdir(exist_ok=True)
-            fd = os.open(leases / record_name(self.point_key(point)), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise _disk_error(leases, e) from None
         try:
@@ -314,6 +315,9 @@ class ResultsStore:
                 yield False
                 return
             yield not self.is_done(point)
+            if self.is_done(point):  # safe: whoever locks this file later finds the record first
+                with contextlib.suppress(OSError):
+                    path.unlink()
         finally:
             os.close(fd)  # releases the lock
 

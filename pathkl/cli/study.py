@@ -15,7 +15,7 @@ DEFAULT_RESULTS = Path("results")
 
 _EXAMPLES = """examples:
   pathkl study list
-  pathkl study run gaussian_rates                      # results/gaussian_rates/results.csv + .json
+  pathkl study run gaussian_rates                      # results/gaussian_rates/ (results.csv, points/)
   pathkl study run gaussian_rates --small --jobs 2     # the CI-sized configuration, 2 processes
   pathkl study run lanczos_decay --set kappas=10,1000 --set k_max=20 --out results/lz
   pathkl study run few_step_sampling --config my.toml  # TOML keys override the defaults
