@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import studies
 from pathkl.errors import InputError
 from studies import results as store_module
 from studies.results import load, read_runs
-from studies.runner import merge, parse_shard, run_study
+from studies.runner import Study, merge, parse_shard, run_study
 from tests.test_studies import ROOT, TOY, ToyConfig, files
 
 
@@ -216,4 +217,34 @@ def test_dask_local_cluster_gives_the_serial_bytes(tmp_path):
     run_study(study, config, tmp_path / "serial", progress=False)
     summary = run_study(study, config, tmp_path / "dask", executor="dask", jobs=2, progress=False)
     assert summary.ran == 24
+    assert csv_bytes(tmp_path / "dask") == csv_bytes(tmp_path / "serial")
+
+
+@dataclass(frozen=True)
+class DyingConfig:
+    i: tuple[int, ...] = (1, 2, 3, 4)
+    marker: str = ""
+
+
+def _dying_point(config: DyingConfig, point):
+    """Point 3 kills its worker process the first time it runs (the marker file remembers)."""
+    marker = Path(config.marker)
+    if point["i"] == 3 and not marker.exists():
+        marker.write_text("died once")
+        os._exit(1)
+    return {"value": float(point["i"]) ** 0.5}
+
+
+DYING = Study("dying", "a worker dies on one point", DyingConfig,
+              lambda c: [{"i": i} for i in c.i], _dying_point, ("i",), ("value",))
+
+
+@pytest.mark.slow  # ~8 s: a second LocalCluster, and Dask restarting the killed worker
+def test_dask_worker_killed_mid_run_loses_only_its_point(tmp_path):
+    pytest.importorskip("dask.distributed")
+    config = DyingConfig(marker=str(tmp_path / "marker"))
+    summary = run_study(DYING, config, tmp_path / "dask", executor="dask", jobs=2, progress=False)
+    assert (tmp_path / "marker").exists() and summary.ran == 4
+    run_study(DYING, DyingConfig(marker=str(tmp_path / "marker")), tmp_path / "serial",
+              progress=False)
     assert csv_bytes(tmp_path / "dask") == csv_bytes(tmp_path / "serial")
