@@ -30,7 +30,7 @@ def csv_bytes(directory: Path) -> bytes:
 
 
 def test_concurrent_runs_on_one_directory_compute_every_point_once(tmp_path):
-    """Four processes released together on one --out (the issue's case: each point was computed
+    """Three processes released together on one --out (the issue's case: each point was computed
     twice, the CSV shrank, processes died): none crashes, the run records add up to each point
     computed exactly once, and the file is the serial run's."""
     ref, out = tmp_path / "ref", tmp_path / "out"
@@ -43,16 +43,16 @@ def test_concurrent_runs_on_one_directory_compute_every_point_once(tmp_path):
             f"run_study(TOY, {config}, Path(sys.argv[3]), progress=False)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out),
                                str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(4)]
+             for _ in range(3)]
     for p in procs:  # every process has imported torch: start them together
         assert p.stdout.readline() == b"ready\n"
     go.touch()
     errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert [p.returncode for p in procs] == [0] * 3, errors
     run_study(TOY, ToyConfig(T=(2, 4, 8, 16, 32)), ref, progress=False)
     assert csv_bytes(out) == csv_bytes(ref)
     runs = read_runs(out)
-    assert 2 <= len(runs) <= 4 and all(r["completed"] for r in runs)
+    assert 2 <= len(runs) <= 3 and all(r["completed"] for r in runs)
     assert sum(r["points_run"] for r in runs) == 15  # each point computed once
     assert not [p for p in out.rglob("*.tmp")]
 
@@ -248,3 +248,19 @@ def test_dask_worker_killed_mid_run_loses_only_its_point(tmp_path):
     run_study(DYING, DyingConfig(marker=str(tmp_path / "marker")), tmp_path / "serial",
               progress=False)
     assert csv_bytes(tmp_path / "dask") == csv_bytes(tmp_path / "serial")
+
+
+def test_figs_redraws_from_saved_results_and_run_recomputes(tmp_path):
+    from pathkl.cli.figs import build_figures
+
+    res, figs = tmp_path / "results", tmp_path / "figs"
+    study = studies.REGISTRY["gaussian_rates"]
+    run_study(study, study.config(small=True), res / "gaussian_rates", progress=False)
+    points = res / "gaussian_rates" / "points"
+    total = len(list(points.glob("*.json")))
+    min(points.glob("*.json")).unlink()
+    build_figures(["gaussian_rates"], results=res, out=figs, small=True, progress=False)
+    assert len(list(points.glob("*.json"))) == total - 1  # drawn from what is saved: no run
+    build_figures(["gaussian_rates"], results=res, out=figs, small=True, progress=False, run=True)
+    assert len(list(points.glob("*.json"))) == total
+    assert sorted(p.name for p in res.iterdir()) == ["gaussian_rates"]  # no fresh/old folder left
