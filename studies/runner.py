@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import hashlib
 import importlib.metadata
+import math
 import multiprocessing
 import os
 import platform
@@ -340,7 +341,7 @@ def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1, progress: 
     pool = _executor(study, config, shared, executor, jobs, scheduler)
     ok = False
     try:
-        _drive(store, pool, pending, jobs, run, bar, poll, lambda: store.export(order))
+        _drive(store, pool, pending, jobs, run, bar, poll, _throttled(lambda: store.export(order)))
         ok = True
     finally:
         pool.close(ok)
@@ -352,6 +353,18 @@ def run_study(study: Study, config: Any, out: Path, *, jobs: int = 1, progress: 
     store.export(order)
     return RunSummary(directory=Path(out), total=len(points), skipped=run["points_skipped"],
                       ran=run["points_run"], seconds=run["seconds"], waited=run["points_waited"])
+
+
+def _throttled(action: Callable[[], None], seconds: float = 1.0) -> Callable[[], None]:
+    """``action`` at most once per ``seconds`` (the export rereads every record: a rewrite per point
+    made 200 instant points cost 23 ms each instead of 3)."""
+    last = [-math.inf]
+
+    def call() -> None:
+        if time.monotonic() - last[0] >= seconds:
+            action()
+            last[0] = time.monotonic()
+    return call
 
 
 def _drive(store: ResultsStore, pool, pending: list[Point], jobs: int, run: dict, bar: Progress,

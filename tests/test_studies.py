@@ -107,9 +107,10 @@ def test_killed_or_interrupted_run_leaves_a_readable_file_and_resume_completes(t
             "t.run_toy_cli(sys.argv[3], 0.2, int(sys.argv[4]))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out),
                              str(jobs)], start_new_session=True, stderr=subprocess.DEVNULL)
-    csv = out / "results.csv"
+    records = out / "points"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 7):
+    while time.monotonic() < deadline and not (records.exists()
+                                                and len(list(records.glob("*.json"))) >= 3):
         time.sleep(0.005)
     os.kill(proc.pid, sig)
     assert proc.wait(timeout=30) != 0
