@@ -1,4 +1,5 @@
-"""Overhead of the study runner per point (atomic CSV + sidecar rewrite), serial and with --jobs 2.
+"""Overhead of the study runner per point (lease, record file, export at most once a second), serial
+and with --jobs 2.
 
 Runs a study whose points do no work, so the time per point is pure bookkeeping. Prints one line
 per configuration: points, rows per point, jobs, seconds per point.

@@ -10,8 +10,11 @@ colour and marker in every figure.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +23,8 @@ import matplotlib.colors
 import matplotlib.ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from .errors import InputError
 
 #: Okabe & Ito (2008), "Color Universal Design".
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -127,12 +132,35 @@ def integer_log_ticks(ax: Axes, values: Sequence[float]) -> None:
 
 def save(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.pdf`` (vector) and ``stem.png`` (200 dpi) with no timestamps, so that rebuilding
-    an unchanged figure gives identical files."""
+    an unchanged figure gives identical files.
+
+    Each file is drawn in memory and then written through a temporary file and a rename, so a full
+    disk leaves the old file (or none), never a truncated one (:class:`InputError`)."""
     logging.getLogger("fontTools").setLevel(logging.ERROR)  # cmr10's header dates trip a warning
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
-    with style():
-        fig.savefig(paths[0], metadata={"CreationDate": None, "ModDate": None, "Producer": None,
-                                        "Creator": None})
-        fig.savefig(paths[1], dpi=200, metadata={"Software": None})
+    options = [{"metadata": {"CreationDate": None, "ModDate": None, "Producer": None,
+                             "Creator": None}},
+               {"dpi": 200, "metadata": {"Software": None}}]
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for path, kwargs in zip(paths, options):
+            buf = io.BytesIO()
+            with style():
+                fig.savefig(buf, format=path.suffix[1:], **kwargs)
+            _replace_atomically(path, buf.getvalue())
+    except OSError as e:
+        raise InputError(f"cannot write figure {stem}: {e.strerror or e}") from None
     return paths
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

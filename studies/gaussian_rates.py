@@ -27,4 +27,6 @@ STUDY = register(Study(
     small={"references": ("gaussian-5d",), "T": (8, 16, 32, 64),
            "families": ("beta", "analytic", "full")},
     figures=rate_study.figures,
+    prepare=rate_study.prepare,
+    install=rate_study.install,
 ))

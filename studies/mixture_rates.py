@@ -31,4 +31,6 @@ STUDY = register(Study(
     value_columns=rate_study.VALUE_COLUMNS,
     small={"references": PRESET_NAMES[:1], "T": (4, 8, 16, 32), "families": ("beta", "full")},
     figures=rate_study.figures,
+    prepare=rate_study.prepare,
+    install=rate_study.install,
 ))

@@ -1,6 +1,6 @@
 """The path-KL rate study shared by ``gaussian_rates`` and ``mixture_rates``.
 
-Each point is one (reference, family, T): the exact (or Monte Carlo, with its standard error)
+Each point is one (reference, schedule, family, T): the exact (or Monte Carlo, with its standard error)
 ``terminal``, ``steps`` and ``total`` of :func:`pathkl.pathspace.path_kl` on the schedule's uniform
 grid, and the family's predicted leading constant ``lim T^p steps``
 (:func:`pathkl.rates.predicted_constant`, DESIGN.md section 3) so that figures need nothing but the
@@ -31,7 +31,7 @@ from pathkl.schedules import get_schedule
 from .results import ResultsTable
 from .runner import figure_suffix
 
-KEY_COLUMNS = ("reference", "family", "T")
+KEY_COLUMNS = ("reference", "schedule", "family", "T")
 VALUE_COLUMNS = ("terminal", "steps", "steps_stderr", "total", "first_step", "order",
                  "predicted_constant", "predicted_constant_error")
 
@@ -39,14 +39,15 @@ VALUE_COLUMNS = ("terminal", "steps", "steps_stderr", "total", "first_step", "or
 @dataclass(frozen=True)
 class RateConfig:
     references: tuple[str, ...] = ("gaussian-5d",)
-    schedule: str = "vp-linear"
+    schedules: tuple[str, ...] = ("vp-linear",)
     families: tuple[str, ...] = ("beta", "analytic", "diag", "full", "beta_tilde")
     T: tuple[int, ...] = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120)
 
     def __post_init__(self):
         if not self.T or list(self.T) != sorted(set(self.T)) or self.T[0] < 2:
             raise InputError("T must be a strictly increasing list of integers >= 2")
-        get_schedule(self.schedule)
+        for s in self.schedules:
+            get_schedule(s)
         for f in self.families:
             get_family(f)
 
@@ -54,26 +55,45 @@ class RateConfig:
 _reference = functools.lru_cache(maxsize=8)(load_reference)
 
 
-@functools.lru_cache(maxsize=64)
+_PREDICTED: dict[tuple[str, str, str], tuple[float, float]] = {}
+
+
 def _predicted(reference: str, family: str, schedule: str) -> tuple[float, float]:
-    fam = get_family(family)
-    if fam.order is None:
-        return math.nan, math.nan
-    pc = predicted_constant(fam, _reference(reference), get_schedule(schedule))
-    return pc.value, pc.error
+    """``lim T^p steps`` and its error (NaN for a family without a rate), memoised: the constant of
+    one (reference, family, schedule) serves every T."""
+    key = (reference, family, schedule)
+    if key not in _PREDICTED:
+        fam = get_family(family)
+        if fam.order is None:
+            _PREDICTED[key] = (math.nan, math.nan)
+        else:
+            pc = predicted_constant(fam, _reference(reference), get_schedule(schedule))
+            _PREDICTED[key] = (pc.value, pc.error)
+    return _PREDICTED[key]
+
+
+def prepare(config: RateConfig) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """Every predicted constant of the sweep, computed once (by the driving process)."""
+    return {(r, f, s): _predicted(r, get_family(f).name, s)
+            for r in config.references for s in config.schedules for f in config.families}
+
+
+def install(constants: dict[tuple[str, str, str], tuple[float, float]]) -> None:
+    """Put the constants of :func:`prepare` into this process's memo."""
+    _PREDICTED.update(constants)
 
 
 def points(config: RateConfig):
-    return [{"reference": r, "family": f, "T": t}
-            for r in config.references for f in config.families for t in config.T]
+    return [{"reference": r, "schedule": s, "family": f, "T": t} for r in config.references
+            for s in config.schedules for f in config.families for t in config.T]
 
 
 def run_point(config: RateConfig, point) -> dict[str, float]:
     family = get_family(point["family"])
     first = 2 if family.order is None else 1
-    grid = get_schedule(config.schedule).grid(point["T"])
+    grid = get_schedule(point["schedule"]).grid(point["T"])
     kl = path_kl(_reference(point["reference"]), grid, family, first_step=first)
-    value, error = _predicted(point["reference"], family.name, config.schedule)
+    value, error = _predicted(point["reference"], family.name, point["schedule"])
     return {"terminal": kl.terminal, "steps": kl.steps, "steps_stderr": kl.steps_stderr,
             "total": kl.total, "first_step": first,
             "order": math.nan if family.order is None else family.order,
@@ -95,13 +115,13 @@ def _constant_panel(bx, ts, steps, order: int, predicted: float, colour, marker,
     bx.plot(ts, ratio, marker=marker, color=colour, gid=f"scaled:{name}", label=label)
 
 
-def rate_figure(table: ResultsTable, reference: str):
-    """The two-panel rate figure of one reference."""
+def rate_figure(table: ResultsTable, reference: str, schedule: str):
+    """The two-panel rate figure of one reference on one schedule."""
     fig, (ax, bx) = plotting.new_figure(columns=2, aspect=0.8, ncols=2)
     exact_zero, anchor, all_t = [], 0.0, []
     for family in table.distinct("family"):
-        rows = sorted((r for r in table.rows if r["reference"] == reference
-                       and r["family"] == family), key=lambda r: r["T"])
+        rows = sorted((r for r in table.rows if (r["reference"], r["schedule"], r["family"])
+                       == (reference, schedule, family)), key=lambda r: r["T"])
         colour, marker = plotting.family_style(family)
         if rows and all(r["steps"] == 0.0 for r in rows):
             exact_zero.append(family)
@@ -135,7 +155,7 @@ def rate_figure(table: ResultsTable, reference: str):
         ax.plot([], [], ls="none", marker=marker, color=colour,
                 label=f"{plotting.family_label(family)}: steps $= 0$ at every $T$")
     ax.set(xscale="log", yscale="log", xlabel="number of steps $T$",
-           ylabel="path KL, sum of steps", title=f"(a) {reference}")
+           ylabel="path KL, sum of steps", title=f"(a) {reference}, {schedule}")
     bx.axhline(1.0, color="0.4", ls="--", lw=0.8)
     bx.set(xscale="log", xlabel="number of steps $T$", ylabel="$T^p\\,$steps $/\\, C$",
            title="(b) against the predicted constant $C$")
@@ -145,5 +165,8 @@ def rate_figure(table: ResultsTable, reference: str):
 
 
 def figures(table: ResultsTable) -> dict:
-    """One rate figure per reference, suffixed by the reference's name."""
-    return {figure_suffix(ref): rate_figure(table, ref) for ref in table.distinct("reference")}
+    """One rate figure per reference and schedule, suffixed by the reference's name (and the
+    schedule's, when there are several)."""
+    schedules = table.distinct("schedule")
+    return {figure_suffix(ref) + (f"-{figure_suffix(s)}" if len(schedules) > 1 else ""):
+            rate_figure(table, ref, s) for ref in table.distinct("reference") for s in schedules}

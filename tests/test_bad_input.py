@@ -331,8 +331,9 @@ def test_study_jobs_are_capped_at_the_points_to_run(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.multiprocessing, "get_context", Context)
     summary = runner.run_study(_TINY, _TinyConfig(), tmp_path / "out", jobs=1000, progress=False)
     assert summary.ran == 3 and pools == [3]
-    meta = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert meta["runs"][-1]["jobs"] == 3
+    from studies.results import read_runs
+
+    assert read_runs(tmp_path / "out")[-1]["jobs"] == 3
     again = runner.run_study(_TINY, _TinyConfig(), tmp_path / "out", jobs=1000, progress=False)
     assert again.ran == 0 and pools == [3]
 

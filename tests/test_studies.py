@@ -25,7 +25,7 @@ import studies
 from pathkl.errors import InputError
 from studies import config as cfg
 from studies.progress import Progress, format_duration
-from studies.results import load
+from studies.results import load, read_runs
 from studies.runner import Study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,8 @@ def run_toy_cli(out: str, sleep: float, jobs: int) -> None:
 
 
 def files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file()}
 
 
 # ---- resuming ----------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path_factory, stop):
     summary = run_study(TOY, ToyConfig(), out, progress=False)
     assert (summary.skipped, summary.ran) == (stop, 12 - stop)
     assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
-    runs = json.loads((out / "results.json").read_text())["runs"]
+    runs = read_runs(out)
     assert runs[-1]["completed"] and sum(r["points_run"] for r in runs) == 12
 
 
@@ -106,9 +107,10 @@ def test_killed_or_interrupted_run_leaves_a_readable_file_and_resume_completes(t
             "t.run_toy_cli(sys.argv[3], 0.2, int(sys.argv[4]))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT), str(out),
                              str(jobs)], start_new_session=True, stderr=subprocess.DEVNULL)
-    csv = out / "results.csv"
+    records = out / "points"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 7):
+    while time.monotonic() < deadline and not (records.exists()
+                                                and len(list(records.glob("*.json"))) >= 3):
         time.sleep(0.005)
     os.kill(proc.pid, sig)
     assert proc.wait(timeout=30) != 0
@@ -119,7 +121,7 @@ def test_killed_or_interrupted_run_leaves_a_readable_file_and_resume_completes(t
     assert 6 <= len(partial.rows) < 30 and len(partial.rows) % 2 == 0
     run_toy_cli(str(out), 0.2, 1)
     assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_parallel_jobs_give_the_serial_bytes(tmp_path):
@@ -139,16 +141,22 @@ def _prepared(tmp_path: Path) -> Path:
     return out
 
 
+def _record(d: Path) -> Path:
+    return min((d / "points").glob("*.json"))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "results.json").unlink(), "no results.json sidecar"),
     (lambda d: (d / "results.json").write_text("{not json"), "not a readable results sidecar"),
     (lambda d: (d / "results.json").write_text('{"hello": 1}'), "not a pathkl results sidecar"),
-    (lambda d: (d / "results.csv").write_text("a,b\n1,2\n"), "not this study's results"),
-    (lambda d: (d / "results.csv").write_text(
-        (d / "results.csv").read_text() + "c,8,0,0,0.5\n"), "corrupt at line"),
-    (lambda d: (d / "results.csv").write_text(
-        (d / "results.csv").read_text().splitlines()[0] + "\na,2,0,0,1.0,2.0\na,2,0,0,1.0,2.0\n"),
-     "appears twice"),
+    # torn in the middle of a number: no trailing newline
+    (lambda d: _record(d).write_text(_record(d).read_text()[:-30]), "torn write"),
+    # a cell edited by hand (value 'abc'), the file still well-formed JSON
+    (lambda d: _record(d).write_text(_record(d).read_text().replace('"0.', '"abc', 1)),
+     "checksum mismatch"),
+    (lambda d: _record(d).write_text("garbage\n"), "not a point record"),
+    (lambda d: (d / "points" / "0123.json").write_text(_record(d).read_text()),
+     "does not match its key"),
 ])
 def test_damaged_results_are_reported_and_left_untouched(tmp_path, damage, message):
     out = _prepared(tmp_path)
@@ -162,8 +170,8 @@ def test_damaged_results_are_reported_and_left_untouched(tmp_path, damage, messa
 def test_other_study_or_configuration_is_refused(tmp_path):
     out = _prepared(tmp_path)
     before = files(out)
-    with pytest.raises(InputError, match="different configuration .*differs in: T"):
-        run_study(TOY, ToyConfig(T=(2, 4, 8)), out, progress=False)
+    with pytest.raises(InputError, match="different configuration .*differs in: T, seed"):
+        run_study(TOY, ToyConfig(T=(2, 8), seed=1), out, progress=False)
     other = Study("other", "", ToyConfig, toy_points, toy_run_point, TOY.key_columns,
                   TOY.value_columns, row_columns=TOY.row_columns)
     with pytest.raises(InputError, match="holds results of study 'toy'"):
@@ -234,6 +242,7 @@ def test_rate_study_rows_are_the_library_numbers(tmp_path):
     run_study(study, study.config(small=True), tmp_path, progress=False)
     ref = PRESETS["gaussian-5d"][1]()
     for row in load(tmp_path).rows:
+        assert row["schedule"] == "vp-linear"
         kl = path_kl(ref, get_schedule("vp-linear").grid(row["T"]), get_family(row["family"]))
         assert (row["steps"], row["terminal"]) == (kl.steps, kl.terminal)  # same code path: exact
 
@@ -364,8 +373,8 @@ def test_sidecar_records_configuration_environment_and_timings(tmp_path):
     import torch
 
     run_study(TOY, ToyConfig(seed=5), tmp_path, progress=False)
-    meta = json.loads((tmp_path / "results.json").read_text())
-    assert meta["study"] == "toy" and meta["seed"] == 5
+    meta = load(tmp_path).meta
+    assert meta["study"] == "toy" and meta["runs"][0]["seed"] == 5
     assert meta["config"] == {"T": [2, 4, 8, 16], "families": ["a", "b", "c"], "seed": 5,
                               "sleep": 0.0}
     env = meta["environment"]

@@ -1,4 +1,5 @@
-"""``pathkl study list`` and ``pathkl study run NAME``: resumable studies with results on disk."""
+"""``pathkl study list``, ``pathkl study run NAME`` and ``pathkl study merge``: resumable studies with
+results on disk that several runs, shards or a Dask cluster may share."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ DEFAULT_RESULTS = Path("results")
 
 _EXAMPLES = """examples:
   pathkl study list
-  pathkl study run gaussian_rates                      # results/gaussian_rates/results.csv + .json
+  pathkl study run gaussian_rates                      # results/gaussian_rates/ (results.csv, points/)
   pathkl study run gaussian_rates --small --jobs 2     # the CI-sized configuration, 2 processes
   pathkl study run lanczos_decay --set kappas=10,1000 --set k_max=20 --out results/lz
   pathkl study run few_step_sampling --config my.toml  # TOML keys override the defaults
+  pathkl study run gaussian_rates --set schedules=vp-linear,cosine --set T=10,20,40  # a sweep
+  pathkl study run gaussian_rates --executor dask --scheduler tcp://HOST:8786  # on a Dask cluster
+  pathkl study run gaussian_rates --shard 2/4 --out results/g-2  # one of 4 batch jobs
+  pathkl study merge results/g-1 results/g-2 results/g-3 results/g-4 --out results/g
 
-Re-running the same command resumes: finished points are skipped."""
+Re-running the same command resumes: finished points are skipped. Several runs may share one --out
+(each point is computed once); a configuration whose lists contain the stored ones extends it."""
 
 
 def get_study(name: str):
@@ -46,29 +52,42 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from studies.runner import run_study
+    from studies.runner import parse_shard, run_study
 
     study = get_study(args.name)
     config = study.config(small=args.small, toml_path=args.config, assignments=args.set)
     out = args.out if args.out is not None else DEFAULT_RESULTS / study.name
+    shard = parse_shard(args.shard) if args.shard is not None else None
     try:
-        summary = run_study(study, config, out, jobs=args.jobs, progress=not args.quiet)
+        summary = run_study(study, config, out, jobs=args.jobs, progress=not args.quiet,
+                            executor=args.executor, scheduler=args.scheduler, shard=shard)
     except KeyboardInterrupt:
         print(f"interrupted: finished points are saved in {out}; run again to resume",
               file=sys.stderr)
         return 130
-    report = {"study": study.name, "directory": str(summary.directory), "points": summary.total,
+    return _report(study.name, summary, args.json)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from studies.runner import merge
+
+    study = get_study(args.name)
+    return _report(study.name, merge(study, args.directories, args.out), args.json)
+
+
+def _report(name: str, summary, as_json: bool) -> int:
+    report = {"study": name, "directory": str(summary.directory), "points": summary.total,
               "skipped": summary.skipped, "ran": summary.ran, "seconds": summary.seconds}
-    if args.json:
+    if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{study.name}: {summary.ran} point(s) run, {summary.skipped} already done, "
+        print(f"{name}: {summary.ran} point(s) run, {summary.skipped} already done, "
               f"{summary.seconds:.1f} s -> {summary.directory}")
     return 0
 
 
 def register(subparsers) -> None:
-    """Add ``study list`` and ``study run`` to the ``pathkl`` parser."""
+    """Add ``study list``, ``study run`` and ``study merge`` to the ``pathkl`` parser."""
     parser = subparsers.add_parser(
         "study", help="run studies whose results are saved point by point",
         description="Run (or resume) a registered study; results go to results/NAME/ point by point.",
@@ -87,6 +106,19 @@ def register(subparsers) -> None:
                        help="start from the study's small (CI) configuration")
     p_run.add_argument("--out", type=Path, help="results directory (default results/NAME)")
     p_run.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default 1)")
+    p_run.add_argument("--executor", choices=("local", "dask"), default="local",
+                       help="local: --jobs processes here; dask: a dask.distributed cluster")
+    p_run.add_argument("--scheduler", metavar="ADDRESS",
+                       help="Dask scheduler (tcp://host:8786); default a LocalCluster of --jobs workers")
+    p_run.add_argument("--shard", metavar="I/N",
+                       help="run only shard I of N (1 <= I <= N), e.g. one job of a batch array")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--json", action="store_true", help="print a JSON summary")
     p_run.set_defaults(func=_run)
+    p_merge = sub.add_parser("merge", help="join results directories of one study",
+                             epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_merge.add_argument("name", help="study name")
+    p_merge.add_argument("directories", nargs="+", type=Path, help="results directories to join")
+    p_merge.add_argument("--out", type=Path, required=True, help="merged results directory")
+    p_merge.add_argument("--json", action="store_true", help="print a JSON summary")
+    p_merge.set_defaults(func=_merge)
