@@ -9,6 +9,7 @@
 """
 
 import itertools
+import json
 import math
 
 import mpmath as mp
@@ -227,3 +228,51 @@ def test_bad_grid_requests_are_input_errors():
         Candidates.from_taus(schedule, [0.0, 0.5])
     with pytest.raises(InputError, match="grid method"):
         choose_grid(REFERENCE, schedule, FAMILIES["analytic"], 3, method="greedy")
+
+
+# ---- pathkl grid ---------------------------------------------------------------------------------
+
+def test_cli_grid_feeds_pathkl_kl_and_matches_the_library(capsys, tmp_path):
+    from tests.test_cli import run
+
+    saved = tmp_path / "grid.txt"
+    argv = ["grid", "--ref", "gaussian-5d", "--cov", "diag", "--steps", "5", "--candidates", "40"]
+    code, out, err = run(argv + ["--json", "--save", str(saved)], capsys)
+    assert (code, err) == (0, "")
+    summary = json.loads(out)
+    expected = choose_grid(PRESETS["gaussian-5d"][1](), get_schedule("vp-linear"), FAMILIES["diag"], 5,
+                           candidates=40).as_dict()
+    for key in ("taus", "kl", "kl_error", "uniform_kl", "uniform_kl_error", "ratio", "regret_bound"):
+        assert summary[key] == expected[key]
+    code, out, err = run(["kl", "--ref", "gaussian-5d", "--cov", "diag", "--taus", f"@{saved}", "--json"], capsys)
+    assert (code, err) == (0, "") and json.loads(out)["total"] == summary["kl"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "ratio" in out and ", ".join(repr(t) for t in summary["taus"]) in out
+
+
+def test_cli_grid_prints_chain_indices_for_ddpm_linear(capsys, tmp_path):
+    from tests.test_cli import run
+
+    saved = tmp_path / "idx.txt"
+    code, out, err = run(["grid", "--schedule", "ddpm-linear", "--cov", "beta", "--steps", "4", "--candidates", "50",
+                          "--json", "--save", str(saved)], capsys)
+    summary = json.loads(out)
+    indices = summary["indices"]
+    assert (code, err) == (0, "") and indices[0] == 0 and indices[-1] == 50 and len(indices) == 5
+    code, out, err = run(["kl", "--schedule", "ddpm-linear", "--cov", "beta", "--indices", f"@{saved}", "--json"], capsys)
+    assert code == 0 and json.loads(out)["total"] == summary["kl"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--steps", "20", "--candidates", "10"], "candidate steps"),
+    (["--cov", "beta_tilde", "--candidates", "10"], "infinite"),
+    (["--cov", "full", "--method", "asymptotic"], "vanishing"),
+    (["--save", "grid.csv"], "unsupported file type"),
+])
+def test_cli_grid_bad_input_is_one_line(extra, message, capsys, tmp_path, monkeypatch):
+    from tests.test_cli import run
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["grid", "--steps", "3", *extra], capsys)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and err.startswith("pathkl grid: error:")
+    assert message in err and list(tmp_path.iterdir()) == []
