@@ -70,9 +70,18 @@ class ReverseStep:
         t = torch.as_tensor(t)
         pick = (lambda a: a[t - 1, None]) if t.ndim == 1 else (lambda a: a[t - 1])
         one_minus = grid.one_minus_abar
-        beta = pick(grid.beta)
-        gamma2 = pick(grid.abar[:-1]) * beta**2 / pick(one_minus[1:]) ** 2
-        return beta, pick(grid.alpha), pick(grid.beta_tilde), gamma2
+        return ReverseStep.transition_scalars(pick(grid.abar[:-1]), pick(one_minus[:-1]), pick(one_minus[1:]),
+                                              pick(grid.log_alpha))
+
+    @staticmethod
+    def transition_scalars(abar_prev: torch.Tensor, one_minus_prev: torch.Tensor, one_minus: torch.Tensor,
+                           log_alpha: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(beta, alpha, beta_tilde, gamma2)`` of steps from levels ``(abar_prev, 1 - abar_prev)`` to
+        levels with ``1 - abar = one_minus``, ``log alpha`` apart: a step's scalars depend on its two
+        levels only, so the steps need not form one chain (pathkl.optimal_grid pairs any two levels)."""
+        beta = -torch.expm1(log_alpha)
+        gamma2 = abar_prev * beta**2 / one_minus**2
+        return beta, torch.exp(log_alpha), one_minus_prev * beta / one_minus, gamma2
 
     @property
     def curvature_scale(self) -> torch.Tensor:

@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import InputError
 
 #: Subcommand modules in ``pathkl.cli``; each exposes ``register(subparsers)``.
-COMMANDS = ("kl", "rates", "lanczos", "sample", "check", "study", "figs")
+COMMANDS = ("kl", "rates", "lanczos", "sample", "check", "study", "figs", "grid")
 
 _EPILOG = """examples:
   pathkl rates                                    # built-in convergence study (Gaussian, 4 families)

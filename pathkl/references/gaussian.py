@@ -224,12 +224,24 @@ class GaussianReference:
         Repeated eigenvalues are merged first (``Basis.compress``), so the cost per step is the number of
         distinct eigenvalues, not d. Steps go in chunks, each a batch of reverse steps whose operators
         form only the eigenvalues the family reads (:class:`_Steps`)."""
+        abar, one_minus_abar = grid.abar, grid.one_minus_abar
+        prev, level = NoiseLevel(abar[:-1], one_minus_abar[:-1]), NoiseLevel(abar[1:], one_minus_abar[1:])
+        return self.transition_kls(prev, level, grid.log_alpha, family, mean_g=mean_g), None
+
+    def transition_kls(self, prev: NoiseLevel, level: NoiseLevel, log_alpha: torch.Tensor, family, *,
+                       mean_g: torch.Tensor | None = None) -> torch.Tensor:
+        """``KL(q(.|x_t) || p(.|x_t))`` of n independent steps, from the levels ``prev`` to ``level``
+        (each of shape (n,)) with ``log alpha = log_alpha`` (n,): :meth:`step_kls` for steps that need
+        not form one chain (each step's KL depends on its two levels only), one compressed spectrum
+        for all of them."""
         spectrum = _Spectrum(*self.basis.compress(self.eigenvalues))
         chunk = max(1, _CHUNK_ELEMENTS // spectrum.values.numel())
-        abar, one_minus_abar = grid.abar[:, None], grid.one_minus_abar[:, None]
-        rho = one_minus_abar / abar
-        beta, alpha, beta_tilde, gamma2 = ReverseStep.scalars(grid, torch.arange(1, grid.T + 1))
-        columns = (abar[1:], one_minus_abar[1:], rho[:-1], rho[1:], beta / alpha, beta, alpha, beta_tilde, gamma2)
+        abar, one_minus_abar = level.abar[:, None], level.one_minus_abar[:, None]
+        rho_prev = (prev.one_minus_abar / prev.abar)[:, None]
+        scalars = ReverseStep.transition_scalars(prev.abar[:, None], prev.one_minus_abar[:, None], one_minus_abar,
+                                                 log_alpha[:, None])
+        beta, alpha, beta_tilde, gamma2 = scalars
+        columns = (abar, one_minus_abar, rho_prev, one_minus_abar / abar, beta / alpha, beta, alpha, beta_tilde, gamma2)
         given = itertools.repeat(None) if mean_g is None else mean_g[:, None].split(chunk)
         workspace = torch.empty(_Steps.SLOTS + 3, chunk, spectrum.values.numel(), dtype=DTYPE)
         out = []
@@ -238,7 +250,7 @@ class GaussianReference:
                 *slots, s, s2, phi = workspace[:, : rows[0].shape[0]]
                 step = _Steps(spectrum, *rows, work=slots).reverse_step(own)
                 out.append(family.gaussian_step_kl(step, work=(s, s2, phi)))
-        return torch.cat(out), None
+        return torch.cat(out)
 
     def expected_excess_functional(self, fn, lv: NoiseLevel, *, mean_g=None) -> float:
         """``E_{q_t} fn(G, E tr G / d)`` (``mean_g`` overrides ``E tr G / d``); G does not depend on x_t."""
