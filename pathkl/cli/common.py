@@ -49,6 +49,12 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def add_family_option(parser: argparse.ArgumentParser) -> None:
+    """``--cov FAMILY`` (one covariance family, default analytic), as ``kl`` and ``grid`` take it."""
+    parser.add_argument("--cov", default="analytic",
+                        help=f"covariance family: {', '.join(FAMILY_NAMES)} (default: analytic)")
+
+
 def add_reference_options(parser: argparse.ArgumentParser, *, default_ref: str) -> None:
     parser.add_argument("--ref", default=default_ref, help=REF_HELP + f" (default: {default_ref})")
     parser.add_argument(

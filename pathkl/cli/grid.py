@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .common import (
-    FAMILY_NAMES,
     JSON_HELP,
+    add_family_option,
     add_reference_options,
     check_output_path,
     format_estimate,
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
         epilog=_EXAMPLES, formatter_class=formatter,
     )
     add_reference_options(p, default_ref="gaussian-5d")
-    p.add_argument("--cov", default="analytic", help=f"covariance family: {', '.join(FAMILY_NAMES)} (default: analytic)")
+    add_family_option(p)
     p.add_argument("--steps", type=positive_int, default=10, help="K, the number of steps of the grid (default: 10)")
     p.add_argument("--method", default="dp", choices=("dp", "asymptotic"), help="how to choose it (default: dp)")
     p.add_argument("--candidates", type=positive_int, default=None,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from .common import (
-    FAMILY_NAMES,
     JSON_HELP,
     MC_INNER,
     MC_OUTER,
+    add_family_option,
     add_reference_options,
     format_estimate,
     formatter,
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
         epilog=_EXAMPLES, formatter_class=formatter,
     )
     add_reference_options(p, default_ref="gaussian-5d")
-    p.add_argument("--cov", default="analytic", help=f"covariance family: {', '.join(FAMILY_NAMES)} (default: analytic)")
+    add_family_option(p)
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--steps", type=positive_int, default=1000, help="T, uniform grid (default: 1000)")
     grid.add_argument("--taus", help="explicit grid: comma-separated taus from 0 to 1, or @FILE")
