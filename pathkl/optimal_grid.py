@@ -22,6 +22,7 @@ dynamic programme says how far from the true optimum it can be given the pair co
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,15 @@ from .pathspace import PathKL, path_kl, step_kls, terminal_kl
 from .references import GaussianReference
 from .rules import Rule
 from .rules.closed_form import ROUNDING
-from .schedules import DTYPE, DDPMLinear, Grid, NoiseLevel, Schedule, grid_from_chain, grid_from_taus
+from .schedules import (
+    DTYPE,
+    DDPMLinear,
+    Grid,
+    NoiseLevel,
+    Schedule,
+    grid_from_chain,
+    grid_from_taus,
+)
 
 #: Most candidate levels the O(N^2) pair-cost matrix may have (about 200 MB of float64 arrays).
 MAX_CANDIDATES = 5000
@@ -239,7 +248,7 @@ def best_grid(costs: PairCosts, steps: int) -> BestGrid:
     if math.isinf(value):
         raise InputError(f"every {steps}-step grid through these candidates has an infinite KL for "
                          f"{costs.family.name!r}")
-    path_error = math.fsum(error[a, b] for a, b in zip(positions[:-1], positions[1:]))
+    path_error = math.fsum(error[a, b] for a, b in itertools.pairwise(positions))
     _, lower = shortest_path(np.maximum(cost - error, 0.0), steps)
     return BestGrid(tuple(positions), value, path_error, lower)
 
