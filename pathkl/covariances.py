@@ -105,6 +105,8 @@ class Family:
     _defect_sq_norm: Callable[[SymmetricOperator, torch.Tensor], torch.Tensor] | None = None
     # 1 + e from step.sigma_star; None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
     _ratios: Callable[[ReverseStep], torch.Tensor] | None = None
+    #: Whether Sigma_t depends on ``step.mean_g`` (an expectation over x_t), so that its error moves the KL.
+    uses_mean_g: bool = False
 
     def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
         """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
@@ -191,7 +193,8 @@ FAMILIES: dict[str, Family] = {
         Family("beta_tilde", None, 0.0, "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
                _beta_tilde),
         Family("analytic", 1, 0.25, "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
-               _analytic, lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2), _analytic_ratios),
+               _analytic, lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2), _analytic_ratios,
+               uses_mean_g=True),
         Family("diag", 1, 0.25, "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", _diag,
                _offdiagonal_sq_norm, _diag_ratios),
         Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full),

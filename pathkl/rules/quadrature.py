@@ -476,10 +476,12 @@ def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: flo
             nodes = _step_nodes(reference, grid, t, value, ladder[level])
             own, own_error = _step_mean_g(nodes, None if mean_g is None else mean_g[t - 1])
             part, error = nodes.integrate(_gaussian_part(family, grid, t, nodes, own))
-            up, down = (nodes.integrate(_gaussian_part(family, grid, t, nodes, own + sign * own_error))[0]
-                        for sign in (1.0, -1.0))
             values[pos] += part
-            errors[pos] += error + _ROUNDING * part.abs() + torch.maximum((up - part).abs(), (down - part).abs())
+            errors[pos] += error + _ROUNDING * part.abs()
+            if family.uses_mean_g:
+                up, down = (nodes.integrate(_gaussian_part(family, grid, t, nodes, own + sign * own_error))[0]
+                            for sign in (1.0, -1.0))
+                errors[pos] += torch.maximum((up - part).abs(), (down - part).abs())
     # beta_tilde's first step is +inf exactly (beta~_1 = 0).
     return values, torch.where(torch.isinf(values), 0.0, errors)
 
@@ -504,7 +506,7 @@ def _step_mean_g(nodes: _StepNodes, given: torch.Tensor | None) -> tuple[torch.T
     sum). ``given`` (a product's global mean) carries 16 ulps. ``analytic`` depends on this mean at
     second order (its KL is stationary at the exact mean), so its rounding alone moved a one-point
     dataset's step KL (isotropic: exactly 0) to 1e-31; :func:`step_kls_at` adds what the error can
-    move each step's KL by."""
+    move each step's KL by, for a family whose covariance uses it (``Family.uses_mean_g``)."""
     eps = torch.finfo(DTYPE).eps
     if given is not None:
         return given, 16 * eps * given.abs()
