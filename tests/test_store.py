@@ -264,3 +264,14 @@ def test_figs_redraws_from_saved_results_and_run_recomputes(tmp_path):
     build_figures(["gaussian_rates"], results=res, out=figs, small=True, progress=False, run=True)
     assert len(list(points.glob("*.json"))) == total
     assert sorted(p.name for p in res.iterdir()) == ["gaussian_rates"]  # no fresh/old folder left
+
+
+def test_only_dead_temporary_files_are_removed(tmp_path):
+    out = tmp_path / "res"
+    run_study(TOY, ToyConfig(T=(2,)), out, progress=False)
+    dead, live = out / "points" / ".x.json.dead.tmp", out / "points" / ".y.json.live.tmp"
+    dead.write_text("{")
+    live.write_text("{")
+    os.utime(dead, (0, 0))  # a write killed long ago
+    run_study(TOY, ToyConfig(T=(2, 4)), out, progress=False)
+    assert not dead.exists() and live.exists()  # another writer's file of a moment ago stays
