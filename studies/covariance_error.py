@@ -24,7 +24,6 @@ from pathkl.pathspace import leading_integrand, path_kl
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule
 
-from . import register
 from .results import ResultsTable
 from .runner import Study, figure_suffix
 
@@ -119,7 +118,7 @@ def figures(table: ResultsTable) -> dict:
     return out
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="covariance_error",
     description="covariance error (kernel KL with the exact mean) vs noise level, per family",
     config_type=CovarianceErrorConfig,
@@ -130,4 +129,4 @@ STUDY = register(Study(
     value_columns=("tau", "kernel_kl", "scaled", "leading"),
     small={"T": (10, 20), "families": ("beta", "analytic", "full")},
     figures=figures,
-))
+)

@@ -22,7 +22,6 @@ from pathkl.refspec import load_reference
 from pathkl.sampling import NoiseFamily, sample
 from pathkl.schedules import get_schedule
 
-from . import register
 from .results import ResultsTable
 from .runner import Study, figure_suffix
 
@@ -93,7 +92,7 @@ def figures(table: ResultsTable) -> dict:
     return out
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="few_step_sampling",
     description="sample quality (MMD or sliced W2) vs T per family, exact posterior mean",
     config_type=FewStepSamplingConfig,
@@ -103,4 +102,4 @@ STUDY = register(Study(
     value_columns=("metric", "metric_stderr", "cov_products"),
     small={"T": (2, 8), "families": ("beta", "full", "lanczos:2"), "samples": 400},
     figures=figures,
-))
+)

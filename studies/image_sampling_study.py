@@ -13,7 +13,6 @@ import math
 
 from pathkl import plotting
 
-from . import register
 from .image_sampling import ImageSamplingConfig, run
 from .results import ResultsTable
 from .runner import Study
@@ -59,7 +58,7 @@ def figures(table: ResultsTable) -> dict:
     return {"": fig}
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="image_sampling",
     description="image-dimension DDPM sampling: LGS (lanczos:k) vs analytic and diag, SW and spectrum",
     config_type=ImageSamplingConfig,
@@ -69,4 +68,4 @@ STUDY = register(Study(
     value_columns=VALUE_COLUMNS,
     small={"families": ("analytic", "lanczos:2"), "steps": (2,), "n": 40},
     figures=figures,
-))
+)

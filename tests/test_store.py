@@ -251,7 +251,7 @@ def test_dask_worker_killed_mid_run_loses_only_its_point(tmp_path):
 
 
 def test_figs_redraws_from_saved_results_and_run_recomputes(tmp_path):
-    from pathkl.cli.figs import build_figures
+    from studies.figures import build_figures
 
     res, figs = tmp_path / "results", tmp_path / "figs"
     study = studies.REGISTRY["gaussian_rates"]
