@@ -20,7 +20,7 @@ STALE = re.compile(r"\b(?:DESIGN|NOTES)\.md\b|\b" + "papers" + r"/")
 SECTIONS = re.compile(
     r"docs/theory\.md,?\s+sections?\s+(\d+(?:\.\d+)*(?:\s*(?:,|and|-)\s*\d+(?:\.\d+)*)*)")
 ANCHOR = re.compile(r"(?:docs/)?theory\.md#([\w-]+)")
-HEADING = re.compile(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", re.M)
+HEADING = re.compile(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", re.MULTILINE)
 
 
 def scanned_files() -> list[Path]:
