@@ -7,7 +7,7 @@ Then ``f(A) z ~ ||z|| V_k f(T_k) e_1``, which is exact for every polynomial ``f`
 
 The Lanczos Gaussian sampler (LGS paper, section 4) takes ``z ~ N(0, I)`` and returns
 ``y_k = ||z|| V_k T_k^{1/2} e_1 ~ A^{1/2} z``, a draw from ``N(0, A)`` up to the Krylov error, using
-k operator products. Its a priori error bound (NOTES.md, "derived") is
+k operator products. Its a priori error bound (docs/theory.md section 8.2) is
 
     ||y_k - A^{1/2} z|| <= 2 ||z|| E_{k-1}(sqrt; [lambda_min, lambda_max]),
 

@@ -1,7 +1,7 @@
 """Convergence rates: ladders of T, fitted orders with intervals, and predicted leading constants.
 
-A family that claims ``steps = C T^-p (1 + c_1/T + O(T^-2))`` (pathkl.covariances) is checked two
-ways on a ladder of T:
+A family that claims ``steps = C T^-p (1 + c_1/T + O(T^-2))`` (pathkl.covariances; the derivation of
+each order and constant: docs/theory.md section 6) is checked two ways on a ladder of T:
 
 - the order: least squares of ``log steps = a - s log T + b / T`` on the tail of the ladder (the
   ``b / T`` term is the Richardson correction), with a 95% interval that is the larger of the

@@ -5,7 +5,7 @@ With the exact mean, the only error of step t is the covariance's, measured by t
 ``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t))`` ``~ (1/4) ||Sigma_t^{-1/2} Sigma*_t Sigma_t^{-1/2} - I||_F^2``
 (the ``per_step`` entries of :func:`pathkl.pathspace.path_kl`; for non-Gaussian data the expected KL
 of the exact kernel). A family of order p has ``T^(p+1) KL_t -> c beta(tau)^(p+1) E_{q_tau}||D||^2``
-(DESIGN.md section 3), the integrand of its predicted leading constant, so the rows carry both the
+(docs/theory.md section 6), the integrand of its predicted leading constant, so the rows carry both the
 scaled measurement and that closed-form ``leading`` curve at the step's midpoint ``tau``.
 One point is one (reference, family, T); it returns one row per step t.
 """

@@ -3,7 +3,7 @@
 Each point is one (reference, schedule, family, T): the exact (or Monte Carlo, with its standard error)
 ``terminal``, ``steps`` and ``total`` of :func:`pathkl.pathspace.path_kl` on the schedule's uniform
 grid, and the family's predicted leading constant ``lim T^p steps``
-(:func:`pathkl.rates.predicted_constant`, DESIGN.md section 3) so that figures need nothing but the
+(:func:`pathkl.rates.predicted_constant`, docs/theory.md section 6) so that figures need nothing but the
 results. References are named as ``--ref`` names them (a preset or a JSON file,
 :func:`pathkl.refspec.load_reference`). ``beta_tilde`` (no vanishing rate, infinite step t = 1) is
 summed from t = 2.

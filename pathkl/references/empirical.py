@@ -1,4 +1,5 @@
-"""Empirical data ``q_0 = sum_k pi_k delta_{m_k}`` at image dimension: matrix-free closed forms by GEMM.
+"""Empirical data ``q_0 = sum_k pi_k delta_{m_k}`` at image dimension: matrix-free closed forms by GEMM
+(docs/theory.md section 5.4).
 
 :meth:`MixtureReference.empirical` is the same law, but its generic mixture forms hold (n, K, d)
 intermediates (one per point, component and pixel: gigabytes at d = 3x64x64). Here every quantity

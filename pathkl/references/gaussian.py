@@ -1,4 +1,5 @@
-"""Gaussian data ``x_0 ~ N(m, S)``, ``S = U diag(lambda) U^T``: every quantity in closed form.
+"""Gaussian data ``x_0 ~ N(m, S)``, ``S = U diag(lambda) U^T``: every quantity in closed form
+(docs/theory.md section 5.1).
 
 At a noise level ``(abar, 1 - abar)`` the marginal is ``q_t = N(sqrt(abar) m, U diag(nu) U^T)`` with
 ``nu = (1 - abar) + abar lambda`` (a sum of positive terms), and

@@ -6,7 +6,7 @@ of ``q_t`` is ``N(sqrt(abar) m_k, V_k)``, ``V_k = U_k diag(nu_k) U_k^T``, ``nu_k
 lambda_k`` (a sum of positive terms). With ``y_k = x - sqrt(abar) m_k``, the component scores
 ``s_k = -V_k^{-1} y_k`` and the posterior weights ``w_k(x) = softmax_k(log pi_k + log N_k(x))`` (log
 domain) every derivative of ``log q_t`` is a cumulant of the component scores under ``w``
-(DESIGN.md section 3):
+(docs/theory.md section 5.2):
 
 - score ``E_w s``; Hessian ``H = E_w[-V^{-1}] + Cov_w(s)``; ``G = H + I = E_w[U diag(abar (lambda - 1)
   / nu) U^T] + Cov_w(s)`` (no cancellation);

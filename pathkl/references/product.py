@@ -1,7 +1,7 @@
 """Independent blocks: ``x = (x^(1), ..., x^(B))`` with ``q_0 = prod_b q_0^(b)``, each block any reference.
 
 Noising acts on each coordinate separately, so every ``q_t`` and every reverse kernel ``q(x_{t-1}|x_t)``
-is again a product of the blocks' (DESIGN.md section 2). Hence, with ``G = H + I`` block diagonal:
+is again a product of the blocks' (docs/theory.md section 5.5). Hence, with ``G = H + I`` block diagonal:
 
 - log-density, score, Hessian, posterior moments: sums, concatenations and block-diagonal matrices;
 - ``KL(q_T || N(0, I))`` and the reverse kernel's negentropy ``J`` (KL against its moment-matched
