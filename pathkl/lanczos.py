@@ -13,9 +13,10 @@ k operator products. Its a priori error bound (docs/theory.md section 8.2) is
 
 with ``E_n`` the best uniform error of degree-n polynomials on the spectrum interval, because
 ``p(A) z = ||z|| V_k p(T_k) e_1`` for deg p <= k - 1 and the Ritz values lie in that interval.
-:func:`sqrt_error_bound` bounds ``E_n`` through Chebyshev's theorem on the Bernstein ellipse
-(Trefethen, *Approximation Theory and Approximation Practice*, Thm 8.2), giving geometric decay at
-rate ``1 / rho`` with ``rho = (sqrt(kappa) + 1) / (sqrt(kappa) - 1)``.
+:func:`sqrt_error_bound` bounds ``E_n`` explicitly by the binomial series of ``sqrt`` on the
+interval (its Chebyshev coefficients are at most ``2 s |binom(1/2, j)| r^j``), giving decay like
+``n^{-3/2} rho^{-n}`` with ``rho = (sqrt(kappa) + 1) / (sqrt(kappa) - 1)``, the Bernstein ellipse
+through the branch point 0 (Trefethen, *Approximation Theory and Approximation Practice*, ch. 8).
 
 Every function is batched over n starting vectors (shape ``(n, d)``) and runs on the device and
 dtype of ``z``; the operator may differ per row (e.g. ``Sigma*_t(x_i)`` for each point ``x_i``).

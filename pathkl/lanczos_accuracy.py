@@ -5,7 +5,7 @@ For points ``x ~ q_tau`` and ``z ~ N(0, I)`` the k-step Lanczos draw ``y_k = |z|
 ``Sigma`` is the optimal reverse covariance ``Sigma*_t`` of one step of a uniform grid (target
 ``"reverse"``) or ``Cov[x_0 | x_tau]`` (target ``"x0"``, what DDIM uses). Beside the measured relative
 error ``|y_k - Sigma^{1/2} z| / |Sigma^{1/2} z|`` stands the a priori bound
-``2 E_{k-1}(sqrt; [lambda_min, lambda_max]) |z| / |Sigma^{1/2} z|`` (:func:`pathkl.lanczos.sqrt_error_bound`).
+``2 E_{k-1}(sqrt; [lambda_min, lambda_max]) |z| / |Sigma^{1/2} z|`` (:func:`pathkl.lanczos.sqrt_error_bound`, docs/theory.md section 8.2).
 Up to :data:`DENSE_LIMIT` dimensions the exact root and spectrum come from a dense
 eigendecomposition; above, from a :data:`REFERENCE_STEPS`-step Lanczos run, whose own a posteriori
 error and Ritz interval are reported.
