@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arrays import array_arguments
 from .errors import InputError
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -82,6 +83,7 @@ def _orthogonalise(w: torch.Tensor, basis: torch.Tensor, passes: int) -> torch.T
     return w
 
 
+@array_arguments
 def lanczos(
     matvec: Matvec,
     z: torch.Tensor,
@@ -163,6 +165,7 @@ def krylov_matfun(
     return torch.einsum("nj,njd->nd", krylov_coefficients(decomposition, f, k=k), decomposition.basis[:, :k])
 
 
+@array_arguments
 def lanczos_matfun(
     matvec: Matvec,
     z: torch.Tensor,
@@ -208,6 +211,7 @@ def lanczos_sampler(k: int, *, reortho: bool = True) -> Callable[[Matvec, torch.
     if not isinstance(k, int) or k < 1:
         raise InputError(f"the number of Lanczos steps k must be a positive integer, got {k!r}")
 
+    @array_arguments
     def sample(matvec: Matvec, z: torch.Tensor) -> LanczosSample:
         decomposition = lanczos(matvec, z, k, reortho=reortho)
         c = krylov_coefficients(decomposition, _sqrt_nonnegative)
