@@ -65,14 +65,14 @@ from ..negentropy import (
     terminal_mixture,
 )
 from ..operators import Dense
-from ..references import MixtureReference
+from ..references import GaussianReference, MixtureReference
 from ..schedules import DTYPE, Grid, NoiseLevel
 
 _N_FORM_CHI_SQUARE = 0.01
 # Elements per batch of points in the inner estimators.
 _BATCH_ELEMENTS = 1 << 22
 # Generator purposes.
-_OUTER, _INNER, _TERMINAL, _TRACE = range(4)
+_OUTER, _INNER, _TERMINAL, _TRACE, _EXPECTATION = range(5)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,23 @@ class MonteCarlo:
 
     def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
         raise InputError("leading constants need quadrature: mixtures must have d <= 3")
+
+    def expectation(self, block, lv: NoiseLevel, integrands, *, rtol: float, key: int = 0) -> tuple[Estimate, ...]:
+        """``E_{x ~ q_t}`` of each column of ``integrands(x) -> (values (P, m), bounds (P, m))`` (an
+        arbitrary function of the points, e.g. a user's model, and a bound on the rounding of each
+        value) over the stratified outer draws (:func:`outer_draws`; any d, a Gaussian block is one
+        stratum), with the outer control variates: each estimate with its standard error and, as its
+        bound, the expected rounding bound (``rtol`` does not change the sample size). ``key`` seeds the draws (e.g. the step t), so the same
+        key gives the same points and different keys independent ones."""
+        xi, x, pi = outer_draws(block, lv, self.outer, _generator(self, _EXPECTATION, key))
+        values, bounds = integrands(x)
+        k, n = xi.shape[:2]
+        out = []
+        for j in range(values.shape[-1]):
+            value, variance = _stratified(values[:, j].reshape(k, n), xi, pi, self)
+            bound = float((pi * bounds[:, j].reshape(k, n).mean(-1)).sum())
+            out.append(Estimate(value, bound, math.sqrt(max(variance, 0.0))))
+        return tuple(out)
 
 
 def _generator(mc: MonteCarlo, purpose: int, t: int = 0) -> torch.Generator:
@@ -286,12 +303,24 @@ class _Outer:
     g: torch.Tensor
 
 
-def _outer(reference, lv: NoiseLevel, mc: MonteCarlo, gen: torch.Generator) -> _Outer:
-    k, d = reference.size, reference.dim
-    xi = torch.randn(k, mc.outer, d, generator=gen, dtype=DTYPE)
+def outer_draws(reference, lv: NoiseLevel, n: int, gen: torch.Generator):
+    """Stratified draws of ``q_t = sum_k pi_k N(sqrt(abar) m_k, V_k)``, ``n`` per component:
+    ``xi`` (K, n, d) standard normal, the points ``x = sqrt(abar) m_k + V_k^{1/2} xi`` flattened to
+    (K n, d) component by component, and the stratum weights ``pi`` (K,). A Gaussian reference is one
+    stratum (its basis applies ``V^{1/2}``, O(d) or O(d log d) per point for the structured ones)."""
+    d = reference.dim
+    if isinstance(reference, GaussianReference):
+        xi = torch.randn(1, n, d, generator=gen, dtype=DTYPE)
+        root = reference.marginal_eigenvalues(lv).sqrt()
+        return xi, lv.abar.sqrt() * reference.mean + reference.basis.apply(root, xi[0]), torch.ones(1, dtype=DTYPE)
+    xi = torch.randn(reference.size, n, d, generator=gen, dtype=DTYPE)
     nu = reference.marginal_eigenvalues(lv.abar, lv.one_minus_abar)
     x = lv.abar.sqrt() * reference.means + reference.covs.apply(nu.sqrt(), xi.transpose(0, 1))  # (n, K, d)
-    x = x.transpose(0, 1).reshape(-1, d)
+    return xi, x.transpose(0, 1).reshape(-1, d), reference.weights
+
+
+def _outer(reference, lv: NoiseLevel, mc: MonteCarlo, gen: torch.Generator) -> _Outer:
+    xi, x, _ = outer_draws(reference, lv, mc.outer, gen)
     post = reference.posterior(x, lv.abar, lv.one_minus_abar)
     return _Outer(xi, post, reference.excess(post, lv.abar))
 

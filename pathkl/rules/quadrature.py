@@ -568,10 +568,37 @@ def terminal_kl(reference, lv: NoiseLevel, *, rtol: float) -> Estimate:
 
 
 
-def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
+def _level_points(reference, lv: NoiseLevel, quad: Quadrature):
+    """Nodes, value weights and error weights of ``quad``'s paired rule for ``E_{q_t}`` at one level
+    (its own spacing, the finest affordable)."""
     h = finest_affordable(float(spacing(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1), quad)[0]), reference.dim)
-    x, w, e = level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
+    return level_rule(reference, lv.abar, lv.one_minus_abar, h, quad)
+
+
+def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
+    x, w, e = _level_points(reference, lv, quad)
     return reference.posterior(x, lv.abar, lv.one_minus_abar), w, e
+
+
+def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[Estimate, ...]:
+    """``E_{q_t}`` of each column of ``integrands(x) -> (values (P, m), bounds (P, m))`` (``bounds``:
+    the rounding of each value) by the paired outer rules of the ladder, climbing until the columns'
+    errors together are within ``rtol`` of their summed magnitude (a column may be exactly 0, e.g. the
+    mean part of an exact mean, whose rounding bound no rule lowers); the rung with the smallest total
+    error otherwise. A value's error is the pair's estimate, what the bounds can move it by, and the
+    rounding allowance."""
+    _check_dim(reference)
+    best = None
+    for quad in ladder_for(reference.dim):
+        x, w, e = _level_points(reference, lv, quad)
+        values, bounds = integrands(x)
+        value = w @ values
+        error = (e @ values).abs() + (w.abs() + e.abs()) @ bounds + _ROUNDING * value.abs()
+        if best is None or float(error.sum()) < float(best[1].sum()):
+            best = (value, error)
+        if float(best[1].sum()) <= rtol * float(best[0].abs().sum()):
+            break
+    return tuple(Estimate(float(v), float(b)) for v, b in zip(*best))
 
 
 def _integrated(values: torch.Tensor, w: torch.Tensor, e: torch.Tensor) -> Estimate:
@@ -614,6 +641,11 @@ class QuadratureRule:
 
     def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
         return expected_trace_excess(block, lv)
+
+    def expectation(self, block, lv: NoiseLevel, integrands, *, rtol: float, key: int = 0) -> tuple[Estimate, ...]:
+        """``E_{q_t}`` of arbitrary integrands with errors (:func:`expectation`; deterministic, so
+        ``key`` is not used)."""
+        return expectation(block, lv, integrands, rtol=rtol)
 
     def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
         if family.order == 1:
