@@ -582,21 +582,21 @@ def _level_nodes(reference, lv: NoiseLevel, quad: Quadrature):
 
 def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[Estimate, ...]:
     """``E_{q_t}`` of each column of ``integrands(x) -> (values (P, m), bounds (P, m))`` (``bounds``:
-    the rounding of each value) by the paired outer rules of the ladder, climbing until the columns'
-    errors together are within ``rtol`` of their summed magnitude (a column may be exactly 0, e.g. the
-    mean part of an exact mean, whose rounding bound no rule lowers); the rung with the smallest total
-    error otherwise. A value's error is the pair's estimate, what the bounds can move it by, and the
-    rounding allowance."""
+    the rounding of each value) by the paired outer rules of the ladder, climbing until the pairs'
+    estimates together are within ``rtol`` of the columns' summed magnitude (the rounding bounds do
+    not fall with the rule, and a column may be exactly 0, e.g. the mean part of an exact mean); the
+    rung with the smallest total error otherwise. A value's error is the pair's estimate, what the
+    bounds can move it by, and the rounding allowance."""
     _check_dim(reference)
     best = None
     for quad in ladder_for(reference.dim):
         x, w, e = _level_points(reference, lv, quad)
         values, bounds = integrands(x)
-        value = w @ values
-        error = (e @ values).abs() + (w.abs() + e.abs()) @ bounds + _ROUNDING * value.abs()
+        value, estimate = w @ values, (e @ values).abs()
+        error = estimate + (w.abs() + e.abs()) @ bounds + _ROUNDING * value.abs()
         if best is None or float(error.sum()) < float(best[1].sum()):
             best = (value, error)
-        if float(best[1].sum()) <= rtol * float(best[0].abs().sum()):
+        if float(estimate.sum()) <= rtol * float(value.abs().sum()):
             break
     return tuple(Estimate(float(v), float(b)) for v, b in zip(*best))
 

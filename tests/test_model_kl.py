@@ -1,0 +1,275 @@
+"""pathkl.model_kl: the exact path KL of a Gaussian reverse model, against independent routes.
+
+(a) oracle models (exact mean, a built-in family's covariance, built here from the exact reverse
+    kernel's own moments) must give pathkl.path_kl of that family; (b) a mean error linear in x has a
+    closed-form mean part on Gaussian data, and constant variances a closed-form covariance part;
+    (c) the decomposition KL(q(.|x)||p) = J + KL(N*||p) against direct 2-D quadrature of the step KL
+    on a 1-D mixture; (d) the claimed errors cover the true ones on random Gaussian instances
+    (quadrature) and at the stated rate for Monte Carlo (many seeds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pathkl
+from pathkl.errors import InputError
+from pathkl.model_kl import DiagonalGaussianModel, GaussianReverseModel, ModelPathKL, model_path_kl
+from pathkl.pathspace import expected_trace_excess
+from pathkl.references import GaussianReference, MixtureReference
+from pathkl.rules import MonteCarlo
+from pathkl.schedules import DTYPE, get_schedule
+
+CI = settings.get_profile("ci")
+SCHEDULE = get_schedule("vp-linear")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The rules' arrays here are a few hundred points: on a shared two-core machine each torch op's
+    thread barrier waits for a descheduled worker (an einsum took 22 ms with two threads, 0.2 ms with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mixture_1d():
+    return MixtureReference.from_components([0.3, 0.7], [[-1.0], [1.5]], stds=[0.4, 0.6])
+
+
+def mixture_2d():
+    covs = torch.tensor([[[0.5, 0.2], [0.2, 0.4]], [[0.3, -0.1], [-0.1, 0.6]]], dtype=DTYPE)
+    return MixtureReference.from_components([0.4, 0.6], [[-1.0, 0.5], [1.0, -0.5]], covs=covs)
+
+
+def mixture_4d():
+    gen = torch.Generator().manual_seed(4)
+    means = torch.randn(2, 4, generator=gen, dtype=DTYPE)
+    return MixtureReference.from_components([0.5, 0.5], means, variances=torch.full((2, 4), 0.5, dtype=DTYPE))
+
+
+def gaussian_3d():
+    a = torch.tensor([[1.0, 0.3, 0.0], [0.2, 0.8, 0.1], [0.0, -0.4, 0.6]], dtype=DTYPE)
+    return GaussianReference.from_covariance(a @ a.T + 0.1 * torch.eye(3, dtype=DTYPE), mean=[0.5, -0.2, 0.1])
+
+
+def kernel_moments(reference, x, grid, t):
+    """Mean and covariance diagonal of the exact kernel q(x_{t-1} | x_t = x) from the kernel object
+    (its components, not the score formula pathkl.model_kl uses)."""
+    kernel = reference.reverse_kernel(x, grid, t)
+    if isinstance(kernel, pathkl.references.gaussian.GaussianKernel):
+        return kernel.mean, torch.diagonal(kernel.covariance()).expand_as(x)
+    return kernel.mean(), torch.diagonal(kernel.cov(), dim1=-2, dim2=-1)
+
+
+def oracle_model(reference, family: str) -> DiagonalGaussianModel:
+    """Exact mean and the covariance of ``family``: beta_t I, (E tr Sigma* / d) I or diag Sigma*(x)."""
+    def mean(x, t, grid):
+        return kernel_moments(reference, x, grid, t)[0]
+
+    def variance(x, t, grid):
+        beta, alpha = grid.beta[t - 1], grid.alpha[t - 1]
+        if family == "beta":
+            return beta
+        if family == "analytic":
+            mean_g = expected_trace_excess(reference, grid.level(t)) / reference.dim
+            return beta + beta**2 / alpha * mean_g
+        return kernel_moments(reference, x, grid, t)[1]
+
+    return DiagonalGaussianModel(mean, variance)
+
+
+def agree(model: ModelPathKL, family: pathkl.PathKL) -> None:
+    gap = abs(model.total.value - family.total)
+    assert gap <= model.total.error + family.total_error, (gap, model.total, family.total_error)
+    finite = torch.isfinite(model.per_step)
+    gaps = (model.per_step - family.per_step)[finite].abs()
+    assert (gaps <= (model.per_step_error + family.per_step_error)[finite]).all()
+
+
+@pytest.mark.parametrize("family", ["beta", "analytic", "diag"])
+@pytest.mark.parametrize("make,steps", [(mixture_1d, 6), (gaussian_3d, 8)])
+def test_oracle_models_reproduce_their_family(make, steps, family):
+    reference, grid = make(), SCHEDULE.grid(steps)
+    result = model_path_kl(reference, grid, oracle_model(reference, family), rtol=1e-7)
+    engine = pathkl.path_kl(reference, grid, pathkl.get_family(family), rtol=1e-7)
+    agree(result, engine)
+    assert result.met_rtol and result.total.error <= 1e-6 * result.total.value
+    assert result.mean.value == pytest.approx(0.0, abs=1e-20)
+
+
+def test_oracle_model_on_a_rotated_2d_mixture():
+    reference, grid = mixture_2d(), SCHEDULE.grid(4)
+    result = model_path_kl(reference, grid, oracle_model(reference, "beta"), rtol=1e-5)
+    agree(result, pathkl.path_kl(reference, grid, pathkl.get_family("beta"), rtol=1e-5))
+    assert result.offdiagonal.value > 0 and result.covariance.value > result.offdiagonal.value
+
+
+def test_oracle_model_by_monte_carlo_in_4d():
+    reference, grid = mixture_4d(), SCHEDULE.grid(3)
+    rule = MonteCarlo(outer=128, inner=16, terminal=1 << 12, seed=2)
+    result = model_path_kl(reference, grid, oracle_model(reference, "beta"), rule=rule)
+    engine = pathkl.path_kl(reference, grid, pathkl.get_family("beta"), rule=rule)
+    assert "monte carlo" in result.method and result.total.stderr > 0
+    # Two 95% half-widths: the check is at about 2.8 combined standard errors (false alarm ~0.5%).
+    assert abs(result.total.value - engine.total) <= result.total.error + engine.total_error
+
+
+def linear_error_model(reference, a, b, variances):
+    """Exact mean plus ``A x + b``; constant diagonal variances ``variances[t - 1]`` (d,)."""
+    def mean(x, t, grid):
+        return kernel_moments(reference, x, grid, t)[0] + x @ a.T + b
+
+    return DiagonalGaussianModel(mean, lambda x, t, grid: variances[t - 1].expand_as(x))
+
+
+def closed_form(reference: GaussianReference, grid, a, b, variances):
+    """By hand, on Gaussian data ``x_t ~ N(mu, V)``, ``mu = sqrt(abar) m``, ``V = abar S + (1 - abar) I``:
+    ``E (1/2)(A x + b)^T D^-1 (A x + b) = (1/2)[tr(A^T D^-1 A V) + (A mu + b)^T D^-1 (A mu + b)]``, and the
+    covariance part ``(1/2)(tr(D^-1 S*) - d - log det(D^-1 S*))`` with ``S*`` the kernel's dense covariance
+    (x-independent). Returns per-step (mean part, covariance part) and the terminal KL, all dense."""
+    d = reference.dim
+    s = reference.basis.dense(reference.eigenvalues)
+    eye = torch.eye(d, dtype=DTYPE)
+    means, covs = [], []
+    for t in range(1, grid.T + 1):
+        lv = grid.level(t)
+        mu = lv.abar.sqrt() * reference.mean
+        v = lv.abar * s + lv.one_minus_abar * eye
+        d_inv = torch.diag(1.0 / variances[t - 1])
+        shift = a @ mu + b
+        means.append(0.5 * (torch.trace(a.T @ d_inv @ a @ v) + shift @ d_inv @ shift))
+        star = reference.reverse_kernel(mu[None], grid, t).covariance()
+        ratio = d_inv @ star
+        covs.append(0.5 * (torch.trace(ratio) - d - torch.logdet(ratio)))
+    lv = grid.level(grid.T)
+    v = lv.abar * s + lv.one_minus_abar * eye
+    mu = lv.abar.sqrt() * reference.mean
+    terminal = 0.5 * (torch.trace(v) - d - torch.logdet(v) + mu @ mu)
+    return torch.stack(means), torch.stack(covs), float(terminal)
+
+
+def instance(d: int, seed: int, scale: float = 0.2):
+    gen = torch.Generator().manual_seed(seed)
+    a = scale * torch.randn(d, d, generator=gen, dtype=DTYPE)
+    b = scale * torch.randn(d, generator=gen, dtype=DTYPE)
+    factors = 1.0 + 0.3 * torch.rand(d, generator=gen, dtype=DTYPE)
+    return a, b, factors
+
+
+def star_diagonals(reference, grid):
+    x = reference.mean[None]
+    return torch.stack([kernel_moments(reference, x, grid, t)[1][0] for t in range(1, grid.T + 1)])
+
+
+def test_linear_mean_error_closed_form_by_quadrature():
+    reference, grid = gaussian_3d(), SCHEDULE.grid(6)
+    a, b, factors = instance(3, 0)
+    variances = star_diagonals(reference, grid) * factors
+    result = model_path_kl(reference, grid, linear_error_model(reference, a, b, variances), rtol=1e-9)
+    means, covs, terminal = closed_form(reference, grid, a, b, variances)
+    want_mean, want_cov = float(means.sum()), float(covs.sum())
+    assert abs(result.mean.value - want_mean) <= result.mean.error + 1e-13 * want_mean
+    assert result.mean.error <= 1e-8 * want_mean
+    assert abs(result.covariance.value - want_cov) <= result.covariance.error + 1e-12 * want_cov
+    assert abs(result.terminal.value - terminal) <= result.terminal.error + 1e-13
+    assert result.full.value == 0.0  # Gaussian data: every kernel is Gaussian
+
+
+def test_linear_mean_error_closed_form_by_monte_carlo_in_6d():
+    eigenvalues = torch.linspace(0.2, 2.0, 6, dtype=DTYPE)
+    reference = GaussianReference.from_eigenvalues(eigenvalues, mean=torch.linspace(-1, 1, 6, dtype=DTYPE))
+    grid = SCHEDULE.grid(5)
+    a, b, factors = instance(6, 1)
+    variances = star_diagonals(reference, grid) * factors
+    result = model_path_kl(reference, grid, linear_error_model(reference, a, b, variances),
+                           rule=MonteCarlo(outer=2048, seed=5))
+    means, covs, _ = closed_form(reference, grid, a, b, variances)
+    assert result.mean.stderr > 0 and result.mean.error < 0.05 * float(means.sum())
+    # Two 95% half-widths (3.9 standard errors, false alarm 1e-4); the interval's own coverage is
+    # test_monte_carlo_interval_has_its_coverage.
+    assert abs(result.mean.value - float(means.sum())) <= 2 * result.mean.error
+    # Constant variances: the mismatch is the same at every draw, so exact up to rounding.
+    assert result.covariance.value == pytest.approx(float(covs.sum()), rel=1e-12)
+
+
+def test_decomposition_against_direct_quadrature_of_the_step_kl():
+    """``E_x KL(q(.|x) || p(.|x))`` at one step of a 1-D mixture by a 2-D trapezoid rule on
+    ``q_t(x) q(y|x) log(q(y|x) / p(y|x))``: no J, no moments, no Gaussian KL formula."""
+    reference, grid, t = mixture_1d(), SCHEDULE.grid(4), 2
+    a, b = torch.tensor([[0.1]], dtype=DTYPE), torch.tensor([0.05], dtype=DTYPE)
+
+    def variance(x, t, grid):
+        return 1.3 * grid.beta[t - 1] + 0.05 * torch.tanh(x)  # x-dependent, positive
+
+    def mean(x, t, grid):
+        return kernel_moments(reference, x, grid, t)[0] + x @ a.T + b
+
+    result = model_path_kl(reference, grid, DiagonalGaussianModel(mean, variance), rtol=1e-9)
+    xs = torch.linspace(-9.0, 9.0, 1601, dtype=DTYPE)
+    ys = torch.linspace(-9.0, 9.0, 1601, dtype=DTYPE)
+    h = float(xs[1] - xs[0])
+    x = xs[:, None]
+    q_x = torch.exp(reference.log_prob(x, grid.level(t)))
+    log_q = reference.reverse_kernel(x, grid, t).log_prob(ys[None, :, None].expand(len(xs), -1, 1))
+    m, s = mean(x, t, grid), variance(x, t, grid)
+    log_p = -0.5 * ((ys[None, :] - m) ** 2 / s + torch.log(2 * math.pi * s))
+    inner = (torch.exp(log_q) * (log_q - log_p)).sum(1) * h
+    truth = float((q_x * inner).sum() * h)
+    assert abs(float(result.per_step[t - 1]) - truth) <= float(result.per_step_error[t - 1]) + 1e-10 * truth
+
+
+@given(d=st.integers(1, 2), seed=st.integers(0, 10**6), steps=st.integers(2, 6),
+       scale=st.floats(0.01, 0.5))
+@CI
+def test_claimed_error_covers_the_true_error(d, seed, steps, scale):
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=DTYPE))
+    eigenvalues = 0.1 + 2.0 * torch.rand(d, generator=gen, dtype=DTYPE)
+    reference = GaussianReference.from_eigenvalues(eigenvalues, mean=torch.randn(d, generator=gen, dtype=DTYPE),
+                                                   basis=q)
+    grid = SCHEDULE.grid(steps)
+    a, b, factors = instance(d, seed + 1, scale)
+    variances = star_diagonals(reference, grid) * factors
+    result = model_path_kl(reference, grid, linear_error_model(reference, a, b, variances), rtol=1e-8)
+    means, covs, terminal = closed_form(reference, grid, a, b, variances)
+    truth = terminal + float(means.sum() + covs.sum())
+    # The dense truth carries rounding of ~1e-14 relative (logdet and traces of d <= 2 matrices).
+    assert abs(result.total.value - truth) <= result.total.error + 1e-13 * truth
+
+
+def test_monte_carlo_interval_has_its_coverage():
+    """Over 60 seeds the 95% interval of the mean part covers the closed form at least 51 times
+    (binomial(60, 0.95): P(< 51) ~ 0.3%), and the claimed standard error matches the seeds' spread."""
+    reference = GaussianReference.from_eigenvalues(torch.tensor([0.3, 1.0, 2.0], dtype=DTYPE))
+    grid = SCHEDULE.grid(3)
+    a, b, factors = instance(3, 7, 0.5)
+    variances = star_diagonals(reference, grid) * factors
+    model = linear_error_model(reference, a, b, variances)
+    want = float(closed_form(reference, grid, a, b, variances)[0].sum())
+    results = [model_path_kl(reference, grid, model, rule=MonteCarlo(outer=64, seed=s)).mean for s in range(60)]
+    covered = sum(abs(r.value - want) <= r.error for r in results)
+    spread = torch.tensor([r.value for r in results], dtype=DTYPE).std()
+    claimed = sum(r.stderr for r in results) / len(results)
+    assert covered >= 51 and 0.7 <= claimed / float(spread) <= 1.4, (covered, claimed, spread)
+
+
+def test_protocol_and_bad_input():
+    reference, grid = gaussian_3d(), SCHEDULE.grid(3)
+    model = oracle_model(reference, "beta")
+    assert isinstance(model, GaussianReverseModel)
+    bad = DiagonalGaussianModel(model.mean, lambda x, t, grid: -torch.ones_like(x))
+    with pytest.raises(InputError, match="finite and > 0"):
+        model_path_kl(reference, grid, bad)
+    with pytest.raises(InputError, match="cannot integrate"):
+        model_path_kl(reference, grid, model, rule="closed form")
+    with pytest.raises(InputError, match="d <= 3"):
+        model_path_kl(mixture_4d(), grid, model, rule="quadrature")
+    out = model_path_kl(reference, grid, model).as_dict()
+    assert set(out) >= {"terminal", "full", "mean", "covariance", "total", "per_step", "met_rtol"}
