@@ -13,6 +13,7 @@ from functools import cache
 import sympy as sp
 import torch
 
+from pathkl.ocm import probe_regression_loss
 from pathkl.schedules import get_schedule
 
 from .atomic import atomic_prior, is_zero
@@ -46,6 +47,19 @@ def claimed_ocm_constant(hess):
 
 def claimed_ocm_minimiser(hess):
     """OCM Theorem 2: ``argmin_h L_ocm(h) = diag H``."""
+    return [hess[i, i] for i in range(hess.shape[0])]
+
+
+def claimed_probe_regression_excess(hess, probes):
+    """OCM eq. (10), the regression on the M-probe average, read with the probes redrawn for every x:
+    ``E_v ||h - (1/M) sum_m v_m * (H v_m)||^2 - ||h - diag H||^2 = (1/M) sum_{i != j} H_ij^2``, free
+    of h (the average's variance). The paper calls eq. (10) biased for small M (section 3.1)."""
+    return claimed_ocm_constant(hess) / probes
+
+
+def claimed_probe_regression_minimiser(hess, probes):
+    """Found here: the minimiser of eq. (10) with redrawn probes is ``diag H`` for every M >= 1, as
+    for eq. (11): eq. (10) is unbiased, only its constant is smaller."""
     return [hess[i, i] for i in range(hess.shape[0])]
 
 
@@ -196,6 +210,63 @@ def check_thm2_minimiser() -> Outcome:
         hess = sp.hessian(loss, list(h))
         outcomes.append(Outcome(found and hess == 2 * sp.eye(d),
                                 f"d={d}: grad L_ocm = 0 solved to h = {[solution[0][s] for s in h] if solution else None}, hessian 2I: {hess == 2 * sp.eye(d)}"))
+    return all_of(outcomes)
+
+
+def _probe_regression_loss(d: int, probes: int):
+    """Eq. (10) with its expectation over all ``2^(d M)`` probe tuples, symbolic h and H."""
+    h = sp.Matrix(sp.symbols(f"h0:{d}", real=True))
+    H = symmetric_matrix(d)
+    vs = rademacher_vectors(d)
+    tuples = list(itertools.product(vs, repeat=probes))
+    loss = sum((_squared_norm(h - sum((claimed_probe(v, H * v) for v in tup), sp.zeros(d, 1)) / probes)
+                for tup in tuples), sp.Integer(0)) / len(tuples)
+    return h, H, sp.expand(loss)
+
+
+def _probe_regression_numeric(probes: int) -> Outcome:
+    """pathkl.ocm.probe_regression_loss on GaussianReference.hvp, every probe tuple: its mean equals
+    ``||h - diag H||^2`` plus the claimed excess, and its mean gradient (autograd) ``2 (h - diag H)``."""
+    case = gaussian_case()
+    x = case.x[:1]
+    d = case.cov.shape[0]
+    hess = case.reference.hessian(x, case.level)[0]
+    vs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=d)), dtype=torch.float64)
+    h = torch.linspace(-0.7, 0.4, d, dtype=torch.float64)[None].requires_grad_(True)
+
+    def hvp(v):
+        return case.reference.hvp(x.expand_as(v), v, case.level)
+
+    losses = [probe_regression_loss(h, hvp, torch.stack(tup)[:, None, :])
+              for tup in itertools.product(vs, repeat=probes)]
+    mean = torch.stack(losses).mean()
+    (grad,) = torch.autograd.grad(mean, h)
+    diag = torch.diagonal(hess)
+    excess = float(claimed_probe_regression_excess(hess, probes))
+    want = float(((h.detach()[0] - diag) ** 2).sum()) + excess
+    minimiser = torch.tensor([float(v) for v in claimed_probe_regression_minimiser(hess, probes)], dtype=torch.float64)
+    return all_of([close(mean.detach(), want, rtol=RTOL, what=f"M={probes}: E loss (all probe tuples) vs excess"),
+                   close(grad[0], 2 * (h.detach()[0] - minimiser), rtol=RTOL, atol=RTOL,
+                         what=f"M={probes}: E grad (autograd) vs 2 (h - claimed minimiser)")])
+
+
+@claim(id="ocm.eq10-probe-regression", source=f"{OCM}, section 3.1, eqs. (10)-(11)",
+       statement="with probes redrawn per x, E_v ||h - mean_M v*Hv||^2 = ||h - diag H||^2 + (1/M) "
+                 "sum_{i!=j} H_ij^2: minimiser diag H for every M (eq. (10) is not biased)",
+       method="both")
+def check_probe_regression() -> Outcome:
+    outcomes = []
+    for d, probes in ((2, 1), (2, 2), (2, 3), (3, 2)):
+        h, H, loss = _probe_regression_loss(d, probes)
+        grounded = _squared_norm(h - H.diagonal().T)
+        outcomes.append(symbolic_zero(loss - grounded - claimed_probe_regression_excess(H, probes),
+                                      f"d={d}, M={probes}: E loss - ||h - diag H||^2 - excess"))
+        solution = sp.solve([sp.diff(loss, hi) for hi in h], list(h), dict=True)
+        claimed = claimed_probe_regression_minimiser(H, probes)
+        found = len(solution) == 1 and all(sp.expand(solution[0][h[i]] - claimed[i]) == 0 for i in range(d))
+        outcomes.append(Outcome(found, f"d={d}, M={probes}: grad = 0 solved to "
+                                       f"{[solution[0][s] for s in h] if solution else None}"))
+    outcomes += [_probe_regression_numeric(m) for m in (1, 2)]
     return all_of(outcomes)
 
 

@@ -104,6 +104,12 @@ MUTATIONS = [
      "adpm.variance-bounds"),
     (ocm, "claimed_ocm_minimiser", lambda h: [sum(h[i, :]) for i in range(h.shape[0])],
      "ocm.thm2-minimiser"),
+    # The reading the paper implies for eq. (10) (its average's variance not shrinking with M), and a
+    # minimiser biased towards 0 for small M.
+    (ocm, "claimed_probe_regression_excess", lambda h, m: ocm.claimed_ocm_constant(h),
+     "ocm.eq10-probe-regression"),
+    (ocm, "claimed_probe_regression_minimiser", lambda h, m: [h[i, i] * m / (m + 1) for i in range(h.shape[0])],
+     "ocm.eq10-probe-regression"),
     (lgs, "claimed_defect", lambda name, h, c=None: h + (c or 0) * sp.eye(h.shape[0]),
      "lgs.kl-analytic-family"),
     (analytic_dpm, "claimed_gamma_sq", lambda al, ap: (1 - al) ** 2 / (1 - al * ap) ** 2,
