@@ -46,6 +46,8 @@ _EXPORTS = {
     "ModelPathKL": "pathkl.model_kl",
     "GaussianReverseModel": "pathkl.model_kl",
     "DiagonalGaussianModel": "pathkl.model_kl",
+    "ocm_loss": "pathkl.ocm",
+    "probe_regression_loss": "pathkl.ocm",
     "Estimate": "pathkl.estimate",
     "MonteCarlo": "pathkl.rules",
     "select_rule": "pathkl.rules",
