@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +275,14 @@ def test_protocol_and_bad_input():
         model_path_kl(mixture_4d(), grid, model, rule="quadrature")
     out = model_path_kl(reference, grid, model).as_dict()
     assert set(out) >= {"terminal", "full", "mean", "covariance", "total", "per_step", "met_rtol"}
+
+
+def test_the_docs_example_runs_and_matches_its_family(capsys):
+    """docs/learned.md's example: exact mean and beta_t variance, which is the 'beta' family."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "learned.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/learned.md", "exec"), namespace)  # noqa: S102 (the page is ours)
+    result, reference, grid = namespace["result"], namespace["reference"], namespace["grid"]
+    agree(result, pathkl.path_kl(reference, grid, pathkl.get_family("beta")))
+    assert "+-" in capsys.readouterr().out
