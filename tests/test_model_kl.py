@@ -79,6 +79,8 @@ def oracle_model(reference, family: str) -> DiagonalGaussianModel:
         beta, alpha = grid.beta[t - 1], grid.alpha[t - 1]
         if family == "beta":
             return beta
+        if family == "beta_tilde":
+            return grid.beta_tilde[t - 1]
         if family == "analytic":
             mean_g = expected_trace_excess(reference, grid.level(t)) / reference.dim
             return beta + beta**2 / alpha * mean_g
@@ -104,6 +106,18 @@ def test_oracle_models_reproduce_their_family(make, steps, family):
     agree(result, engine)
     assert result.met_rtol and result.total.error <= 1e-6 * result.total.value
     assert result.mean.value == pytest.approx(0.0, abs=1e-20)
+
+
+def test_first_step_leaves_out_the_singular_step():
+    """beta_tilde's variance is 0 at t = 1 (refused there); from t = 2 it is the family's."""
+    reference, grid = mixture_1d(), SCHEDULE.grid(6)
+    model = oracle_model(reference, "beta_tilde")
+    with pytest.raises(InputError, match="step 1: the model's variances must be finite and > 0"):
+        model_path_kl(reference, grid, model)
+    result = model_path_kl(reference, grid, model, first_step=2)
+    engine = pathkl.path_kl(reference, grid, pathkl.get_family("beta_tilde"), first_step=2)
+    agree(result, engine)
+    assert math.isnan(result.per_step[0]) and result.first_step == 2
 
 
 def test_oracle_model_on_a_rotated_2d_mixture():
