@@ -57,8 +57,8 @@ class GaussianReverseModel(Protocol):
         """``mu_theta(x)``, shape (n, d)."""
 
     def variance(self, x: torch.Tensor, t: int, grid: Grid) -> torch.Tensor:
-        """The diagonal of ``Sigma_theta(x)``, all > 0: shape (n, d), or (n, 1) / (n,) / () for an
-        isotropic covariance."""
+        """The diagonal of ``Sigma_theta(x)``, all > 0: shape (n, d), (d,) for one diagonal at every
+        point, (n, 1) or () for an isotropic covariance (whatever broadcasts to (n, d))."""
 
 
 @dataclass(frozen=True)
@@ -145,14 +145,12 @@ def _integrated_reference(reference, rule):
 
 
 def _variances(value, shape: torch.Size, t: int) -> torch.Tensor:
-    s = torch.as_tensor(value, dtype=DTYPE)
-    if s.ndim == 1 and s.numel() == shape[0] and shape[0] != shape[1]:
-        s = s[:, None]
+    s = torch.as_tensor(value, dtype=DTYPE).detach()
     try:
         s = s.expand(shape)
     except RuntimeError:
         raise InputError(f"step {t}: the model's variance has shape {tuple(s.shape)}, expected (n, d) = "
-                         f"{tuple(shape)}, (n, 1) or a scalar") from None
+                         f"{tuple(shape)}, (d,), (n, 1) or a scalar") from None
     if not (torch.isfinite(s).all() and (s > 0).all()):
         raise InputError(f"step {t}: the model's variances must be finite and > 0")
     return s
@@ -170,9 +168,9 @@ def step_integrands(reference, model: GaussianReverseModel, grid: Grid, t: int):
         score = reference.score(x, lv)
         exact = (x + beta * score) / root_alpha
         sigma_star = beta_tilde + gamma2 * reference.posterior_cov_diagonal(x, lv)
-        with torch.no_grad():
-            mu = torch.as_tensor(model.mean(x, t, grid), dtype=DTYPE)
-            s = _variances(model.variance(x, t, grid), x.shape, t)
+        # Not under no_grad: a model may differentiate inside (a score from an energy network).
+        mu = torch.as_tensor(model.mean(x, t, grid), dtype=DTYPE).detach()
+        s = _variances(model.variance(x, t, grid), x.shape, t)
         if mu.shape != x.shape or not torch.isfinite(mu).all():
             raise InputError(f"step {t}: the model's mean must be finite with shape {tuple(x.shape)}, got "
                              f"{tuple(mu.shape)}")

@@ -300,3 +300,15 @@ def test_the_docs_example_runs_and_matches_its_family(capsys):
     result, reference, grid = namespace["result"], namespace["reference"], namespace["grid"]
     agree(result, pathkl.path_kl(reference, grid, pathkl.get_family("beta")))
     assert "+-" in capsys.readouterr().out
+
+
+def test_variance_shapes_broadcast_and_bad_shapes_are_refused():
+    reference, grid = gaussian_3d(), SCHEDULE.grid(3)
+    model = oracle_model(reference, "beta")
+    shapes = [lambda x, t, g: g.beta[t - 1] * torch.ones(x.shape[0], 1, dtype=DTYPE),
+              lambda x, t, g: g.beta[t - 1] * torch.ones(3, dtype=DTYPE)]
+    totals = {model_path_kl(reference, grid, DiagonalGaussianModel(model.mean, v)).total.value for v in shapes}
+    assert len(totals) == 1
+    wrong = DiagonalGaussianModel(model.mean, lambda x, t, g: torch.ones(x.shape[0], 2, dtype=DTYPE))
+    with pytest.raises(InputError, match="variance has shape"):
+        model_path_kl(reference, grid, wrong)
