@@ -185,7 +185,8 @@ def _points(reference, x_start) -> np.ndarray:
     return x.cpu().numpy()
 
 
-def _has_point_masses(reference) -> bool:
+def has_point_masses(reference) -> bool:
+    """Whether some block of ``reference`` has point masses (empirical data): then ``tau > 0``."""
     return any(getattr(b, "has_point_masses", False) for b in blocks(reference))
 
 
@@ -198,7 +199,7 @@ def _levels(reference, schedule: Schedule, taus: Sequence[float], tau_start: flo
     levels = sorted({float(t) for t in np.asarray(taus, dtype=float).flatten()}, reverse=True)
     if not levels or not all(math.isfinite(t) and 0.0 <= t < tau_start for t in levels):
         raise InputError(f"output levels must be finite and in [0, tau_start = {tau_start}), got {list(taus)!r}")
-    if levels[-1] == 0.0 and _has_point_masses(reference):
+    if levels[-1] == 0.0 and has_point_masses(reference):
         raise InputError("the reference has point masses (empirical data): its score is singular at tau = 0, "
                          "so every output level must be > 0")
     return levels
