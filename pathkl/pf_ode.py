@@ -16,9 +16,9 @@ A map is an optimal-transport map (Brenier) iff it is the gradient of a convex f
 Jacobian is symmetric positive definite everywhere. Each instantaneous velocity is a gradient field
 (``-(beta/2) grad (|x|^2/2 + log q_tau)``), but the composed flow need not be one: ``A`` is symmetric
 when the Hessians along the path commute (Gaussian data, product-form data, data on a line) and in
-general is not. :func:`asymmetry_index` measures by how much (Wang et al. 2025, "Diffusion Fisher
-outer product", arXiv 2505.23264, section on the PF-ODE map), and :func:`asymmetry` gives it with an
-error from the solver tolerance.
+general is not (docs/pf_ode.md). :func:`asymmetry_index` measures by how much (the index of Wang et
+al., ICML 2025, arXiv 2505.23264, in their numerical check of the optimal-transport property), and
+:func:`asymmetry` gives it with an error from the solver tolerance.
 
 The ODE is integrated by ``scipy.integrate.solve_ivp`` (default DOP853, an explicit Runge-Kutta pair
 of order 8 with an order-7 dense output), for a batch of b trajectories in one state vector (one call
@@ -76,10 +76,10 @@ class Asymmetry:
 
     ``index`` is that of the tighter of two solves (tolerance ``rtol / ratio``); ``error`` is its
     difference from the solve at ``rtol`` plus a rounding floor of :data:`ROUNDING_PER_EVALUATION`
-    per right-hand-side evaluation of the tighter solve. The error of a solve shrinks with its tolerance (roughly in
-    proportion for DOP853), so the difference is about the looser solve's error and bounds the
-    tighter one's by a margin of about ``ratio`` (tested against a Radau solve at a far smaller
-    tolerance, tests/test_pf_ode.py). ``flow`` is the tighter solve.
+    per right-hand-side evaluation of the tighter solve. The error of a solve shrinks with its
+    tolerance (roughly in proportion for DOP853), so the difference is about the looser solve's error
+    and bounds the tighter one's by a margin of about ``ratio`` (tested against an LSODA solve at a
+    far smaller tolerance, tests/test_pf_ode.py). ``flow`` is the tighter solve.
     """
 
     index: torch.Tensor
@@ -98,13 +98,6 @@ def asymmetry_index(a: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(a, dtype=DTYPE)
     skew = torch.linalg.matrix_norm(a - a.transpose(-1, -2))
     return skew / (math.sqrt(2.0) * torch.linalg.matrix_norm(a))
-
-
-def velocity(reference, schedule: Schedule, x: torch.Tensor, tau: float) -> torch.Tensor:
-    """``-(beta(tau)/2) (x + grad log q_tau(x))`` at the rows of x (n, d)."""
-    tau_t = torch.tensor(tau, dtype=DTYPE)
-    beta = schedule.beta_rate(tau_t)
-    return -0.5 * beta * (x + reference.score(x, schedule.level(tau_t)))
 
 
 def flow_map(reference, x_start, *, schedule: Schedule | None = None, taus: Sequence[float] = (0.0,),
@@ -144,7 +137,7 @@ def asymmetry(reference, x_start, *, schedule: Schedule | None = None, taus: Seq
     entries range from O(1) to the contraction ``sqrt((1 - abar) / 1)`` of point masses)."""
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 1.0):
         raise InputError(f"the tolerance ratio must be a number > 1, got {ratio!r}")
-    options = dict(schedule=schedule, taus=taus, tau_start=tau_start, method=method, batch=batch)
+    options = {"schedule": schedule, "taus": taus, "tau_start": tau_start, "method": method, "batch": batch}
     loose = flow_map(reference, x_start, rtol=rtol, atol=1e-4 * rtol, **options)
     tight = flow_map(reference, x_start, rtol=rtol / ratio, atol=1e-4 * rtol / ratio, **options)
     index = asymmetry_index(tight.jacobian)

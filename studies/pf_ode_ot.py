@@ -18,7 +18,6 @@ or anything :func:`pathkl.refspec.load_reference` accepts (a preset or a JSON fi
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ import torch
 from pathkl import plotting
 from pathkl.errors import InputError
 from pathkl.pf_ode import asymmetry, has_point_masses
-from pathkl.presets import fixed_rotation
-from pathkl.references import EmpiricalReference, MixtureReference
+from pathkl.presets import rotated_product
+from pathkl.references import EmpiricalReference
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule
 
@@ -40,19 +39,6 @@ from .runner import Study
 
 #: The three points of Wang et al.'s public OT check ("non-affine" initialisation).
 THREE_POINTS = ((0.5, 0.0), (0.0, -0.5), (0.0, 0.0))
-
-
-def rotated_product(d: int = 3, *, seed: int = 0) -> MixtureReference:
-    """A product of d 1-D mixtures (2, 3, 2, ... components, unequal weights and widths) rotated by
-    :func:`pathkl.presets.fixed_rotation`: a non-Gaussian law whose Hessians all share one eigenbasis
-    (the rotation's), so that the PF-ODE map is symmetric."""
-    lines = [((0.3, -1.0, 0.5), (0.7, 1.5, 0.8)), ((0.2, -2.0, 0.3), (0.5, 0.0, 0.4), (0.3, 2.0, 0.25))]
-    components = [np.array(c) for c in itertools.product(*(lines[i % 2] for i in range(d)))]  # (d, 3) each
-    rotation = fixed_rotation(d, seed).numpy()
-    weights = [c[:, 0].prod() for c in components]
-    means = np.array([rotation @ c[:, 1] for c in components])
-    covs = np.array([rotation @ np.diag(c[:, 2] ** 2) @ rotation.T for c in components])
-    return MixtureReference.from_components(weights, means, covs=covs)
 
 
 def points_on_a_line(angle: float = 0.5) -> EmpiricalReference:

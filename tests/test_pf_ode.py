@@ -21,8 +21,8 @@ import torch
 
 from pathkl.errors import InputError
 from pathkl.pf_ode import asymmetry, asymmetry_index, flow_map
-from pathkl.presets import fixed_rotation, rotated_mixture
-from pathkl.references import EmpiricalReference, GaussianReference, MixtureReference
+from pathkl.presets import fixed_rotation, rotated_mixture, rotated_product
+from pathkl.references import EmpiricalReference, GaussianReference
 from pathkl.schedules import DTYPE, Cosine
 
 #: The paper's three points (Wang et al. 2025, public code OT/ot.py, "non-affine" case).
@@ -36,22 +36,6 @@ def _abar(tau: float) -> float:
 
 def _draws(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, d, dtype=DTYPE, generator=torch.Generator().manual_seed(seed))
-
-
-def _rotated_product(angle: float) -> MixtureReference:
-    """Two independent 1-D mixtures (2 and 3 components), rotated by ``angle``: a 6-component 2-D
-    mixture whose Hessian is R diag(.) R^T at every x and tau."""
-    c, s = math.cos(angle), math.sin(angle)
-    r = np.array([[c, -s], [s, c]])
-    first = ([0.3, 0.7], [-1.0, 1.5], [0.5, 0.8])
-    second = ([0.2, 0.5, 0.3], [-2.0, 0.0, 2.0], [0.3, 0.4, 0.25])
-    weights, means, covs = [], [], []
-    for w1, m1, s1 in zip(*first):
-        for w2, m2, s2 in zip(*second):
-            weights.append(w1 * w2)
-            means.append(r @ [m1, m2])
-            covs.append(r @ np.diag([s1**2, s2**2]) @ r.T)
-    return MixtureReference.from_components(weights, np.array(means), covs=np.array(covs))
 
 
 @pytest.mark.parametrize("cov, mean", [
@@ -102,7 +86,7 @@ def test_jacobian_matches_central_differences_of_the_map(reference, tau):
 
 @pytest.mark.parametrize("name, reference, tau", [
     ("gaussian", GaussianReference.from_eigenvalues([0.05, 0.3, 1.0, 2.5], basis=fixed_rotation(4, seed=1)), 0.0),
-    ("rotated product", _rotated_product(0.6), 0.0),
+    ("rotated product", rotated_product(2, seed=5), 0.0),
     ("points on a line", EmpiricalReference.from_points([[0.0, 0.0], [0.5 * math.cos(0.5), 0.5 * math.sin(0.5)],
                                                          [-0.6 * math.cos(0.5), -0.6 * math.sin(0.5)]]), 1e-3),
 ])
@@ -159,3 +143,25 @@ def test_bad_input_is_one_input_error(call, message):
     with pytest.raises(InputError, match=message) as info:
         call(rotated_mixture())
     assert "\n" not in str(info.value)
+
+
+def test_study_rows_and_figure(tmp_path):
+    """The small pf_ode_ot study: the Gaussian's rows are within their error of 0 and the paper's three
+    points are not; panel (a) plots the rows of the lowest level of each reference."""
+    import studies
+    from studies.results import load
+    from studies.runner import run_study
+
+    study = studies.REGISTRY["pf_ode_ot"]
+    run_study(study, study.config(small=True), tmp_path, progress=False)
+    table = load(tmp_path)
+    assert set(table.columns) >= {"reference", "d", "asymmetry", "asymmetry_error"}
+    gaussian = [r for r in table.rows if r["reference"] == "gaussian-5d"]
+    points = [r for r in table.rows if r["reference"] == "empirical-3"]
+    assert gaussian and all(r["asymmetry"] <= r["asymmetry_error"] and r["d"] == 5 for r in gaussian)
+    assert points and all(r["asymmetry"] > 10 * r["asymmetry_error"] for r in points)
+    fig = study.figures(table)[""]
+    plotted = {c.get_gid(): c for ax in fig.axes for c in ax.collections if c.get_gid()}
+    lowest = min(r["tau"] for r in points)
+    expected = sorted(r["asymmetry"] for r in points if r["tau"] == lowest)
+    assert sorted(plotted["data:empirical-3"].get_offsets()[:, 1].tolist()) == expected
