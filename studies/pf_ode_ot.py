@@ -161,7 +161,7 @@ def _panel_levels(bx, table: ResultsTable, names: list[str]) -> None:
         bx.plot(taus, [max(v) for v in by_tau], color=colour, ls="--", lw=0.6, gid=f"max:{name}")
     bx.set(xscale="log", yscale="log", ylim=(_ZERO_AT / 3, 1.0), xlabel=r"level $\tau$ of the map $x_1 \mapsto x_\tau$",
            ylabel="asymmetry index", title="(b) median (solid), max (dashed)")
-    bx.legend(loc="lower right", fontsize="x-small", ncols=2)
+    bx.legend(loc="center", fontsize="x-small", ncols=2)
 
 
 def figures(table: ResultsTable) -> dict:
