@@ -33,7 +33,6 @@ from pathkl.references import EmpiricalReference
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule
 
-from . import register
 from .results import ResultsTable
 from .runner import Study
 
@@ -175,7 +174,7 @@ def figures(table: ResultsTable) -> dict:
     return {"": fig}
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="pf_ode_ot",
     description="asymmetry of the PF-ODE map's Jacobian (0 for an OT map) per reference, with its error",
     config_type=PFODEConfig,
@@ -186,4 +185,4 @@ STUDY = register(Study(
     value_columns=("d", "asymmetry", "asymmetry_error", "sym_min", "evaluations"),
     small={"references": ("gaussian-5d", "empirical-3"), "samples": 4, "taus": (0.1, 0.01), "rtol": 1e-5},
     figures=figures,
-))
+)

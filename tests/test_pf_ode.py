@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 import torch
 
+import studies
 from pathkl.errors import InputError
 from pathkl.pf_ode import asymmetry, asymmetry_index, flow_map
-from pathkl.presets import fixed_rotation, rotated_mixture, rotated_product
+from pathkl.presets import fixed_rotation, ocm_grid, rotated_mixture, rotated_product
 from pathkl.references import EmpiricalReference, GaussianReference
 from pathkl.schedules import DTYPE, Cosine
+from studies.results import load
+from studies.runner import run_study
 
 #: The paper's three points (Wang et al. 2025, public code OT/ot.py, "non-affine" case).
 THREE_POINTS = [[0.5, 0.0], [0.0, -0.5], [0.0, 0.0]]
@@ -104,8 +107,6 @@ def test_symmetric_maps_have_index_within_its_error(name, reference, tau):
 def test_product_form_axis_aligned_jacobian_is_exactly_diagonal():
     """Axis-aligned product data (the OCM 3x3 grid): every Hessian is diagonal, so the flow acts
     coordinate-wise and A's off-diagonal entries stay exact zeros."""
-    from pathkl.presets import ocm_grid
-
     flow = flow_map(ocm_grid(), _draws(8, 2, seed=3), rtol=1e-6)
     assert (flow.jacobian[..., 0, 1] == 0).all() and (flow.jacobian[..., 1, 0] == 0).all()
     assert (asymmetry_index(flow.jacobian) == 0).all()
@@ -148,10 +149,6 @@ def test_bad_input_is_one_input_error(call, message):
 def test_study_rows_and_figure(tmp_path):
     """The small pf_ode_ot study: the Gaussian's rows are within their error of 0 and the paper's three
     points are not; panel (a) plots the rows of the lowest level of each reference."""
-    import studies
-    from studies.results import load
-    from studies.runner import run_study
-
     study = studies.REGISTRY["pf_ode_ot"]
     run_study(study, study.config(small=True), tmp_path, progress=False)
     table = load(tmp_path)
