@@ -58,7 +58,13 @@ SYMMETRIC = ("gaussian-5d", "product-rotated", "mog-ocm-grid", "empirical-line")
 
 
 def reference_named(name: str):
-    return REFERENCES[name][1]() if name in REFERENCES else load_reference(name)
+    """One of :data:`REFERENCES`, a preset or a JSON file."""
+    if name in REFERENCES:
+        return REFERENCES[name][1]()
+    try:
+        return load_reference(name)
+    except InputError as err:
+        raise InputError(f"{err}, nor one of this study's ({', '.join(REFERENCES)})") from None
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,12 @@ class PFODEConfig:
     def __post_init__(self):
         if not self.references:
             raise InputError("references must name at least one reference")
+        for name in self.references:  # refused before any point runs: unknown names, bad files, levels
+            _levels(reference_named(name), self.taus)
         if self.samples < 1:
             raise InputError("samples must be >= 1")
+        if not (0.0 < self.rtol < 1.0 and self.ratio > 1.0):
+            raise InputError("need 0 < rtol < 1 and ratio > 1")
         if not self.taus or not all(0.0 <= t < 1.0 for t in self.taus):
             raise InputError("taus must be a non-empty list of levels in [0, 1)")
         get_schedule(self.schedule)

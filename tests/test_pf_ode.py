@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import studies
+from pathkl.cli import main
 from pathkl.errors import InputError
 from pathkl.pf_ode import asymmetry, asymmetry_index, flow_map
 from pathkl.presets import fixed_rotation, ocm_grid, rotated_mixture, rotated_product
@@ -162,3 +163,17 @@ def test_study_rows_and_figure(tmp_path):
     lowest = min(r["tau"] for r in points)
     expected = sorted(r["asymmetry"] for r in points if r["tau"] == lowest)
     assert sorted(plotted["data:empirical-3"].get_offsets()[:, 1].tolist()) == expected
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("samples=0", "samples"),
+    ("references=nope", "nor one of this study's"),
+    ("taus=0.0", "needs a level > 0"),  # the small config has the three points: refused before any point runs
+    ("ratio=1", "ratio > 1"),
+])
+def test_study_bad_configuration_is_one_line_exit_2_nothing_written(tmp_path, capsys, assignment, message):
+    out = tmp_path / "r"
+    assert main(["study", "run", "pf_ode_ot", "--small", "--set", assignment, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pathkl study: error:") and message in err
+    assert not out.exists()
