@@ -14,8 +14,10 @@ at a noise level ``(abar, 1 - abar)`` is a product of the (n, d) batch with the 
   term is then small instead of a difference of ``|m|^2``-sized sums, so ``C v`` and ``diag C`` keep
   their relative accuracy; each costs O(n K d) in two GEMMs.
 
-Used by the image-dimension sampling study (``studies/image_sampling.py``); the small-d methods
-(Hessian, dense covariance, path-space KL by quadrature) are the inherited mixture ones.
+The Hessian's products and trace (the diffusion Fisher, ``pathkl.fisher``) follow from ``C`` by
+Tweedie: ``H = -I / (1 - abar) + abar C / (1 - abar)^2``. Used by the image-dimension sampling study
+(``studies/image_sampling.py``); the small-d methods (dense Hessian, dense covariance, path-space KL
+by quadrature) are the inherited mixture ones.
 """
 
 from __future__ import annotations
@@ -114,6 +116,17 @@ class EmpiricalReference(MixtureReference):
         sq = (others @ (self.means**2).sum(-1) - 2.0 * ((others @ self.means) * anchors).sum(-1)
               + others.sum(-1) * (anchors**2).sum(-1))
         return (sq - (delta**2).sum(-1)).clamp_min(0.0)
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``H v = -v / sigma^2 + (abar / sigma^4) C v`` (``sigma^2 = 1 - abar``; Wang et al. 2025,
+        arXiv 2505.23264, Prop. 1), O(n K d) by :meth:`posterior_cov_matvec`."""
+        var = lv.one_minus_abar
+        return (lv.abar / var**2) * self.posterior_cov_matvec(x, v, lv) - v / var
+
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``tr H = -d / sigma^2 + (abar / sigma^4) tr C`` per row, O(n K d) by :meth:`posterior_trace`."""
+        var = lv.one_minus_abar
+        return (lv.abar / var**2) * self.posterior_trace(x, lv) - self.dim / var
 
     def posterior_trace_estimate(self, lv: NoiseLevel, *, samples: int = 256, seed: int = 0) -> Estimate:
         """Monte Carlo ``E_{q_t} tr C(x_t) / d`` over ``samples`` seeded draws, with its standard error."""

@@ -169,6 +169,10 @@ class GaussianReference:
     def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return -self.basis.apply(1.0 / self.marginal_eigenvalues(lv), v)
 
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``tr H = -sum_i 1 / nu_i`` (the same at every row of x)."""
+        return -(1.0 / self.marginal_eigenvalues(lv)).sum().expand(x.shape[:-1])
+
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         h = -self.basis.dense(1.0 / self.marginal_eigenvalues(lv))
         return h.expand(x.shape[0], -1, -1)

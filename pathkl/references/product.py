@@ -91,6 +91,9 @@ class ProductReference:
     def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return torch.cat([f.hvp(xb, vb, lv) for f, xb, vb in zip(self.factors, self._split(x), self._split(v))], -1)
 
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return sum(f.hessian_trace(xb, lv) for f, xb in zip(self.factors, self._split(x)))
+
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         parts = zip(self.factors, self._split(x), self._split(v))
         return torch.cat([f.posterior_cov_matvec(xb, vb, lv) for f, xb, vb in parts], -1)
