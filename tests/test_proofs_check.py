@@ -129,6 +129,12 @@ MUTATIONS = [
      + eye / var**2, "df.outer-product"),
     (diffusion_fisher, "claimed_trace",
      lambda w, y, a, var: y.shape[1] / var - a**2 / var**2 * (w @ (y**2).sum(-1)), "df.trace-matvec"),
+    (diffusion_fisher, "claimed_plugin_bound", lambda a, var, e2, em, n: a**2 / var**2 * (e2 + 2 * n * em),
+     "df.plugin-bound"),
+    (diffusion_fisher, "claimed_topk_bound", lambda a, var, rho, dist: a**2 / var**2 * rho * dist**2 / 4,
+     "df.topk-bound"),
+    (diffusion_fisher, "claimed_topk_mean_bound", lambda rho, dist: rho * dist / 2, "df.topk-bound"),
+    (diffusion_fisher, "claimed_hutchinson_variance", lambda frob, diag: 2 * frob, "df.hutchinson-variance"),
 ]
 
 

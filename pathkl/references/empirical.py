@@ -51,13 +51,23 @@ class EmpiricalReference(MixtureReference):
         mix = MixtureReference.empirical(points, weights=weights)
         return EmpiricalReference(mix.weights, mix.means, mix.eigenvalues, mix.covs)
 
+    def _data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The data mean c, the centred points ``m - c``, their squared norms and ``|m_k|^2``: formed
+        once per reference (each is an O(K d) pass, as costly as the products themselves)."""
+        data = self._cache.get("data")
+        if data is None:
+            centre = self.means.mean(0)
+            points = self.means - centre
+            data = (centre, points, (points**2).sum(-1), (self.means**2).sum(-1))
+            self._cache["data"] = data
+        return data
+
     def _weights(self, x: torch.Tensor, lv: NoiseLevel) -> _Weights:
         root, var = lv.abar.sqrt(), lv.one_minus_abar
-        centre = self.means.mean(0)
-        points = self.means - centre
+        centre, points, points_sq, _ = self._data()
         shifted = x - root * centre
         dist2 = ((shifted**2).sum(-1, keepdim=True) - 2.0 * root * shifted @ points.T
-                 + lv.abar * (points**2).sum(-1)).clamp_min(0.0)
+                 + lv.abar * points_sq).clamp_min(0.0)
         joint = torch.log(self.weights) - dist2 / (2.0 * var)
         log_normaliser = torch.logsumexp(joint, -1)
         weights = torch.exp(joint - log_normaliser[:, None])
@@ -112,9 +122,9 @@ class EmpiricalReference(MixtureReference):
 
     def posterior_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``tr C(x) = sum_{k != r} w_k |m_k - m_r|^2 - |delta|^2`` per row, (n,)."""
-        others, anchors, delta, _ = self._anchored(x, lv)
-        sq = (others @ (self.means**2).sum(-1) - 2.0 * ((others @ self.means) * anchors).sum(-1)
-              + others.sum(-1) * (anchors**2).sum(-1))
+        others, anchors, delta, anchor = self._anchored(x, lv)
+        norms = self._data()[3]
+        sq = (others @ norms - 2.0 * ((others @ self.means) * anchors).sum(-1) + others.sum(-1) * norms[anchor])
         return (sq - (delta**2).sum(-1)).clamp_min(0.0)
 
     def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
