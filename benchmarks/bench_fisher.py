@@ -107,14 +107,16 @@ def report(name: str, reference, log_q, lv: NoiseLevel, *, repeats: int, trace_c
 
     exact_mv = fisher_matvec(reference, x, v, lv)
     auto_mv = autodiff_fisher_matvec(log_q, x, v)
-    t_mv = min_time(lambda: fisher_matvec(reference, x, v, lv), repeats)
+    # A fresh copy of x per call: EmpiricalReference keeps the weights of the last x it saw, so a
+    # repeated x would time only the second GEMM (Hutchinson below does use that: M products, one x).
+    t_mv = min_time(lambda: fisher_matvec(reference, x.clone(), v, lv), repeats)
     t_auto_mv = min_time(lambda: autodiff_fisher_matvec(log_q, x, v), repeats)
     print(f"  matvec  (a) closed form   {t_mv * 1e3:9.3f} ms")
     print(f"          (b) autodiff HVP  {t_auto_mv * 1e3:9.3f} ms  ({t_auto_mv / t_mv:6.1f}x)  "
           f"max rel diff to (a) {relative(auto_mv, exact_mv):.1e}")
 
     exact_tr = fisher_trace(reference, x, lv)
-    t_tr = min_time(lambda: fisher_trace(reference, x, lv), repeats)
+    t_tr = min_time(lambda: fisher_trace(reference, x.clone(), lv), repeats)
     print(f"  trace   (a) closed form   {t_tr * 1e3:9.3f} ms  tr F = {float(exact_tr[0]):.10g}")
     if d <= 4 * trace_chunk:
         auto_tr = autodiff_fisher_trace(log_q, x[0], chunk=trace_chunk)
