@@ -124,6 +124,9 @@ MUTATIONS = [
     (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-mixture"),
     (reeves_pfister, "claimed_gap", lambda d, m, i: (d * m).sum() - i, "rp.riemann-gap"),
     (reeves_pfister, "claimed_gap_bound", lambda d, tr: 0.1 * d * tr, "rp.gap-bound"),
+    (reeves_pfister, "claimed_step_mean_penalty", lambda e2, var: e2 / var, "rp.imperfect-mean"),
+    (reeves_pfister, "claimed_mean_error_term", lambda d, e2: (d * e2).sum(), "rp.imperfect-mean"),
+    (reeves_pfister, "claimed_snr_step", lambda ap, a: ap - a, "rp.imperfect-mean"),
     (diffusion_fisher, "claimed_fisher",
      lambda w, y, a, var, eye: _FISHER(w, y, a, var, eye) - eye / var
      + eye / var**2, "df.outer-product"),
