@@ -15,7 +15,7 @@ the error in units of its standard error. Times are the minimum of repeats, one 
 
     python3 benchmarks/bench_fisher.py            # d = 3x64x64 = 12288, N = 2000 (the issue's figure)
     python3 benchmarks/bench_fisher.py --small    # d = 3x8x8 = 192, N = 200 (seconds)
-    python3 benchmarks/bench_fisher.py --N 10000  # more points
+    python3 benchmarks/bench_fisher.py --N 10000 --levels 2 --probes 16  # more points, spread posterior
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import torch
 from pathkl.fisher import autodiff_fisher_matvec, autodiff_fisher_trace, fisher_matvec, fisher_trace, hutchinson_trace
 from pathkl.references import EmpiricalReference, MixtureReference
 from pathkl.schedules import DTYPE, NoiseLevel
-
-PROBES = (16, 256)
 
 
 def min_time(fn, repeats: int) -> float:
@@ -97,7 +95,8 @@ def relative(approx, exact) -> float:
     return float((approx - exact).abs().max() / exact.abs().max())
 
 
-def report(name: str, reference, log_q, lv: NoiseLevel, *, repeats: int, trace_chunk: int, seed: int) -> None:
+def report(name: str, reference, log_q, lv: NoiseLevel, *, probe_counts: tuple[int, ...], repeats: int,
+           trace_chunk: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     x = reference.sample(1, lv, generator=gen)
     v = torch.randn(1, reference.dim, generator=gen, dtype=DTYPE)
@@ -131,9 +130,9 @@ def report(name: str, reference, log_q, lv: NoiseLevel, *, repeats: int, trace_c
         closed_partial = (-reference.hvp(x.expand(trace_chunk, d), basis, lv)).diagonal().sum()
         print(f"          (b) autodiff, d HVPs ~{t_auto_tr:8.1f} s   ({t_auto_tr / t_tr:6.0f}x; {trace_chunk} of {d} "
               f"timed and scaled)  rel diff to (a) on them {float((partial - closed_partial).abs() / closed_partial.abs()):.1e}")
-    for probes in PROBES:
+    for probes in probe_counts:
         routes = [("closed-form", lambda u: fisher_matvec(reference, x, u, lv))]
-        if probes == PROBES[0]:  # the same probes through autodiff: the same estimate, at its cost
+        if probes == probe_counts[0]:  # the same probes through autodiff: the same estimate, at its cost
             routes.append(("autodiff", lambda u: autodiff_fisher_matvec(log_q, x, u)))
         for route, matvec in routes:
             estimate = hutchinson_trace(matvec, (1, d), probes, generator=torch.Generator().manual_seed(seed + probes))
@@ -152,6 +151,11 @@ def main(argv=None) -> None:
     parser.add_argument("--small", action="store_true", help="d = 3x8x8, N = 200: a fast check")
     parser.add_argument("--N", type=int, default=None, help="points of the empirical data (default 2000, 200 small)")
     parser.add_argument("--K", type=int, default=10, help="components of the mixture")
+    parser.add_argument("--levels", default="0,1,2",
+                        help="which of the three noise levels to run (comma-separated indices into "
+                             "abar = 0.5, 20 / s, 2 / s, s the mean squared distance between points)")
+    parser.add_argument("--probes", default="16,256", help="Hutchinson probe counts M (comma-separated; the "
+                                                           "first also through autodiff)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -171,13 +175,15 @@ def main(argv=None) -> None:
     spread = float(torch.cdist(empirical.means[:64], empirical.means[:64]).pow(2).mean())
     # abar = s sigma^2 / (mean squared distance between points): the posterior spreads over many points
     # for s ~ 1 and collapses to one for s >> 1 (abar = 0.5 at image dimension).
-    for abar in (0.5, 20.0 / spread, 2.0 / spread):
-        lv = level(abar)
+    levels = (0.5, 20.0 / spread, 2.0 / spread)
+    probe_counts = tuple(int(m) for m in args.probes.split(","))
+    for index in (int(i) for i in args.levels.split(",")):
+        lv = level(levels[index])
         report(f"empirical, N = {n}, 3x{side}x{side}", empirical, empirical_log_density(empirical.means, lv), lv,
-               repeats=args.repeats, trace_chunk=64, seed=args.seed)
+               probe_counts=probe_counts, repeats=args.repeats, trace_chunk=64, seed=args.seed)
         report(f"mixture, K = {args.K} diagonal components, 3x{side}x{side}", mixture,
                mixture_log_density(mixture.weights, mixture.means, mixture.eigenvalues, lv), lv,
-               repeats=args.repeats, trace_chunk=64, seed=args.seed)
+               probe_counts=probe_counts, repeats=args.repeats, trace_chunk=64, seed=args.seed)
 
 
 if __name__ == "__main__":
