@@ -26,7 +26,13 @@ import time
 
 import torch
 
-from pathkl.fisher import autodiff_fisher_matvec, autodiff_fisher_trace, fisher_matvec, fisher_trace, hutchinson_trace
+from pathkl.fisher import (
+    autodiff_fisher_matvec,
+    autodiff_fisher_trace,
+    fisher_matvec,
+    fisher_trace,
+    hutchinson_trace,
+)
 from pathkl.references import EmpiricalReference, MixtureReference
 from pathkl.schedules import DTYPE, NoiseLevel
 
@@ -124,7 +130,7 @@ def report(name: str, reference, log_q, lv: NoiseLevel, *, probe_counts: tuple[i
               f"rel diff to (a) {float((auto_tr - exact_tr[0]).abs() / exact_tr[0].abs()):.1e}")
     else:
         basis = torch.eye(d, dtype=DTYPE)[:trace_chunk]
-        chunk = lambda: autodiff_fisher_matvec(log_q, x.expand(trace_chunk, d).contiguous(), basis)  # noqa: E731
+        chunk = lambda: autodiff_fisher_matvec(log_q, x.expand(trace_chunk, d).contiguous(), basis)
         t_auto_tr = min_time(chunk, max(1, repeats // 3)) * d / trace_chunk
         partial = chunk().diagonal().sum()
         closed_partial = (-reference.hvp(x.expand(trace_chunk, d), basis, lv)).diagonal().sum()

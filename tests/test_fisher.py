@@ -19,8 +19,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pathkl.errors import InputError
-from pathkl.fisher import autodiff_fisher_matvec, autodiff_fisher_trace, fisher_matvec, fisher_trace, hutchinson_trace
-from pathkl.references import EmpiricalReference, GaussianReference, MixtureReference, ProductReference
+from pathkl.fisher import (
+    autodiff_fisher_matvec,
+    autodiff_fisher_trace,
+    fisher_matvec,
+    fisher_trace,
+    hutchinson_trace,
+)
+from pathkl.references import (
+    EmpiricalReference,
+    GaussianReference,
+    MixtureReference,
+    ProductReference,
+)
 from pathkl.schedules import DTYPE, NoiseLevel
 from proofs_check import diffusion_fisher as df
 
