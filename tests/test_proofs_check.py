@@ -124,11 +124,20 @@ MUTATIONS = [
     (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-mixture"),
     (reeves_pfister, "claimed_gap", lambda d, m, i: (d * m).sum() - i, "rp.riemann-gap"),
     (reeves_pfister, "claimed_gap_bound", lambda d, tr: 0.1 * d * tr, "rp.gap-bound"),
+    (reeves_pfister, "claimed_step_mean_penalty", lambda e2, var: e2 / var, "rp.imperfect-mean"),
+    (reeves_pfister, "claimed_mean_error_term", lambda d, e2: (d * e2).sum(), "rp.imperfect-mean"),
+    (reeves_pfister, "claimed_snr_step", lambda ap, a: ap - a, "rp.imperfect-mean"),
     (diffusion_fisher, "claimed_fisher",
      lambda w, y, a, var, eye: _FISHER(w, y, a, var, eye) - eye / var
      + eye / var**2, "df.outer-product"),
     (diffusion_fisher, "claimed_trace",
      lambda w, y, a, var: y.shape[1] / var - a**2 / var**2 * (w @ (y**2).sum(-1)), "df.trace-matvec"),
+    (diffusion_fisher, "claimed_plugin_bound", lambda a, var, e2, em, n: a**2 / var**2 * (e2 + 2 * n * em),
+     "df.plugin-bound"),
+    (diffusion_fisher, "claimed_topk_bound", lambda a, var, rho, dist: a**2 / var**2 * rho * dist**2 / 4,
+     "df.topk-bound"),
+    (diffusion_fisher, "claimed_topk_mean_bound", lambda rho, dist: rho * dist / 2, "df.topk-bound"),
+    (diffusion_fisher, "claimed_hutchinson_variance", lambda frob, diag: 2 * frob, "df.hutchinson-variance"),
 ]
 
 
