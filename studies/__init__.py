@@ -27,4 +27,5 @@ from . import (  # noqa: F401
     image_sampling_study,
     lanczos_decay,
     mixture_rates,
+    optimal_grids,
 )
