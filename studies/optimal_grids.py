@@ -51,8 +51,9 @@ class OptimalGridsConfig:
     family at ``mixture_rtol`` (a point of paper_figs/results/optimal_grids took 12 to 21 minutes
     wall at a load of ~10 on the shared 2-core machine; a serial run at low load did all three in
     14.5 minutes). So the mixture's K stops at 16, and with N fixed the DP's advantage over the
-    asymptotic grid fades as K grows (at K >= 8 the asymptotic grid is up to 9% better on ``full``:
-    the lattice, not the DP, is the limit). The Gaussian image has N = 1000 (seconds per family).
+    asymptotic grid turns into a loss as K grows (3-4% for ``analytic`` and ``diag``, 9% for
+    ``full`` at K = 10: the lattice, not the DP, is the limit). The Gaussian image has N = 1000
+    (seconds per family).
     """
 
     gaussian: str = "image-3x64x64"
