@@ -1,6 +1,6 @@
 """Covariance families of the Gaussian reverse model and the theory each one claims.
 
-Every family replaces the optimal reverse covariance (DESIGN.md section 2)
+Every family replaces the optimal reverse covariance (docs/theory.md section 3.2)
 
     Sigma*_t = beta_t I + (beta_t^2 / alpha_t) G = beta~_t I + gamma_t^2 C,
     G = H + I (H = hess log q_t),  C = Cov[x_0 | x_t],  gamma_t^2 = abar_{t-1} beta_t^2 / (1 - abar_t)^2,

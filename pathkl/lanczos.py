@@ -7,15 +7,16 @@ Then ``f(A) z ~ ||z|| V_k f(T_k) e_1``, which is exact for every polynomial ``f`
 
 The Lanczos Gaussian sampler (LGS paper, section 4) takes ``z ~ N(0, I)`` and returns
 ``y_k = ||z|| V_k T_k^{1/2} e_1 ~ A^{1/2} z``, a draw from ``N(0, A)`` up to the Krylov error, using
-k operator products. Its a priori error bound (NOTES.md, "derived") is
+k operator products. Its a priori error bound (docs/theory.md section 8.2) is
 
     ||y_k - A^{1/2} z|| <= 2 ||z|| E_{k-1}(sqrt; [lambda_min, lambda_max]),
 
 with ``E_n`` the best uniform error of degree-n polynomials on the spectrum interval, because
 ``p(A) z = ||z|| V_k p(T_k) e_1`` for deg p <= k - 1 and the Ritz values lie in that interval.
-:func:`sqrt_error_bound` bounds ``E_n`` through Chebyshev's theorem on the Bernstein ellipse
-(Trefethen, *Approximation Theory and Approximation Practice*, Thm 8.2), giving geometric decay at
-rate ``1 / rho`` with ``rho = (sqrt(kappa) + 1) / (sqrt(kappa) - 1)``.
+:func:`sqrt_error_bound` bounds ``E_n`` explicitly by the binomial series of ``sqrt`` on the
+interval (its Chebyshev coefficients are at most ``2 s |binom(1/2, j)| r^j``), giving decay like
+``n^{-3/2} rho^{-n}`` with ``rho = (sqrt(kappa) + 1) / (sqrt(kappa) - 1)``, the Bernstein ellipse
+through the branch point 0 (Trefethen, *Approximation Theory and Approximation Practice*, ch. 8).
 
 Every function is batched over n starting vectors (shape ``(n, d)``) and runs on the device and
 dtype of ``z``; the operator may differ per row (e.g. ``Sigma*_t(x_i)`` for each point ``x_i``).
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arrays import array_arguments
 from .errors import InputError
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -81,6 +83,7 @@ def _orthogonalise(w: torch.Tensor, basis: torch.Tensor, passes: int) -> torch.T
     return w
 
 
+@array_arguments
 def lanczos(
     matvec: Matvec,
     z: torch.Tensor,
@@ -162,6 +165,7 @@ def krylov_matfun(
     return torch.einsum("nj,njd->nd", krylov_coefficients(decomposition, f, k=k), decomposition.basis[:, :k])
 
 
+@array_arguments
 def lanczos_matfun(
     matvec: Matvec,
     z: torch.Tensor,
@@ -207,6 +211,7 @@ def lanczos_sampler(k: int, *, reortho: bool = True) -> Callable[[Matvec, torch.
     if not isinstance(k, int) or k < 1:
         raise InputError(f"the number of Lanczos steps k must be a positive integer, got {k!r}")
 
+    @array_arguments
     def sample(matvec: Matvec, z: torch.Tensor) -> LanczosSample:
         decomposition = lanczos(matvec, z, k, reortho=reortho)
         c = krylov_coefficients(decomposition, _sqrt_nonnegative)

@@ -1,6 +1,6 @@
 """Covariance-vector products of the optimal reverse covariance, without forming it.
 
-A reverse step from ``x_t`` (DDPM, or DDIM with parameter eta; DESIGN.md section 2) draws
+A reverse step from ``x_t`` (DDPM, or DDIM with parameter eta; docs/theory.md section 2.1) draws
 ``x_{t-1} = m_t(x_t) + noise`` with the exact mean and, for the optimal kernel, the covariance
 
     Sigma_t(x) = s_t^2 I + lam_t^2 C(x),   C(x) = Cov[x_0 | x_t = x],

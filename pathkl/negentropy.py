@@ -1,7 +1,7 @@
 """The reverse kernel's negentropy J, in whitened coordinates: the integrands every rule shares.
 
 One step's KL at ``x = x_t`` splits exactly (the model mean is exact, and ``E_q log N`` sees only q's
-first two moments; docs/errors.md):
+first two moments; docs/theory.md section 4.2, docs/errors.md):
 
     KL(q(.|x) || N(mu*, Sigma_t)) = J(x) + KL(N(mu*, Sigma*(x)) || N(mu*, Sigma_t(x))),
 

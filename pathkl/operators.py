@@ -1,6 +1,6 @@
 """Batches of symmetric operators, as the covariance families see them.
 
-A reverse-step covariance is described by symmetric operators (DESIGN.md section 2): either diagonal
+A reverse-step covariance is described by symmetric operators (docs/theory.md section 3.3): either diagonal
 in a fixed orthonormal basis (:class:`Spectral`: Gaussian references, O(d) per step) or dense
 (:class:`Dense`: state-dependent covariances of mixtures in small d). Both answer the same four
 questions, so each covariance family is written once for all references.

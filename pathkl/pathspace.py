@@ -1,4 +1,4 @@
-"""The path-space KL engine (docs/errors.md):
+"""The path-space KL engine (docs/theory.md section 4.1, docs/errors.md):
 
     KL(q(x_{0:T}) || p(x_{0:T})) = KL(q_T || N(0, I)) + sum_t E_{x_t ~ q_t} KL(q(.|x_t) || p(.|x_t)),
 

@@ -1,7 +1,7 @@
 """Convergence rates: ladders of T, fitted orders with intervals, and predicted leading constants.
 
-A family that claims ``steps = C T^-p (1 + c_1/T + O(T^-2))`` (pathkl.covariances) is checked two
-ways on a ladder of T:
+A family that claims ``steps = C T^-p (1 + c_1/T + O(T^-2))`` (pathkl.covariances; the derivation of
+each order and constant: docs/theory.md section 6) is checked two ways on a ladder of T:
 
 - the order: least squares of ``log steps = a - s log T + b / T`` on the tail of the ladder (the
   ``b / T`` term is the Richardson correction), with a 95% interval that is the larger of the
@@ -28,8 +28,11 @@ import torch
 
 from .covariances import Family
 from .errors import InputError
-from .pathspace import leading_integrand, path_kl
-from .schedules import DTYPE, Schedule
+from .pathspace import leading_integrand, method, path_kl
+from .references import MixtureReference
+from .references.product import blocks
+from .rules import MonteCarlo
+from .schedules import DTYPE, Schedule, check_steps
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,27 @@ class FamilyRates:
                 "constant_predicted_error": self.predicted and self.predicted.error}
 
 
+def check_rate_inputs(reference, ladder: Sequence[int]) -> None:
+    """Refuse, before any work, what has no rate to fit: a ladder of fewer than 4 strictly increasing
+    T >= 1 or one too large for memory, a mixture in d > 3 (Monte Carlo step KLs, no quadrature for the
+    predicted constant), or empirical data (``q(x_0 | x_1)`` is discrete, so every family's step
+    t = 1 is +inf at every T)."""
+    if len(ladder) < 4 or min(ladder) < 1 or list(ladder) != sorted(set(ladder)):
+        raise InputError("a ladder of T needs at least 4 strictly increasing integers >= 1")
+    check_steps(ladder[-1], what="the largest T of the ladder")
+    if MonteCarlo.name in method(reference):
+        raise InputError("a mixture in d > 3 has Monte Carlo step KLs and no quadrature for the predicted "
+                         "constants; rates need d <= 3 blocks (compute path_kl per T instead)")
+    if any(isinstance(b, MixtureReference) and bool((b.eigenvalues == 0).any()) for b in blocks(reference)):
+        raise InputError("empirical data (point masses) has q(x_0 | x_1) discrete, so step t = 1 of every "
+                         "family is +inf at every T and there is no rate to fit")
+
+
 def family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], *, rtol: float = 1e-6,
                  progress: Callable[[int, int], None] | None = None) -> FamilyRates:
     """``family`` on the uniform grids of ``ladder`` (``beta_tilde``, with no vanishing rate, summed
-    from t = 2). ``progress(i, n)`` is called before each T."""
+    from t = 2), after :func:`check_rate_inputs`. ``progress(i, n)`` is called before each T."""
+    check_rate_inputs(reference, ladder)
     first = 1 if family.order is not None else 2
     kls, errors, met = [], [], True
     for i, steps in enumerate(ladder):

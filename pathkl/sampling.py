@@ -3,7 +3,7 @@
 Each reverse step (notation of :mod:`pathkl.matvecs`) draws
 ``x_{t-1} = lam_t xhat_0(x_t) + kappa_t x_t + Sigma_t^{1/2} z``, ``z ~ N(0, I)``, where ``Sigma_t``
 is the family's stand-in for the optimal ``s_t^2 I + lam_t^2 Cov[x_0 | x_t]`` (for DDPM, eta = 1,
-that is ``Sigma*_t``; the isotropic, diagonal and full families of DESIGN.md section 2):
+that is ``Sigma*_t``; the isotropic, diagonal and full families of docs/theory.md section 3.2):
 
 - ``beta`` (DDPM only): ``beta_t I``;  ``beta_tilde``: ``s_t^2 I`` (plain DDIM for eta < 1);
 - ``analytic``: ``(s^2 + lam^2 E_{q_t} tr C / d) I`` with the reference's exact expectation;

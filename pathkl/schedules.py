@@ -1,4 +1,4 @@
-"""Noise schedules and time grids (DESIGN.md section 2).
+"""Noise schedules and time grids (docs/theory.md section 1).
 
 A schedule gives ``log abar(tau)`` for ``tau in [0, 1]``; a :class:`Grid` fixes the steps
 ``0 = tau_0 < ... < tau_T = 1`` and holds every per-step quantity in float64. Each step's

@@ -1,6 +1,6 @@
 """Cancellation-free scalar kernels shared by every KL computation.
 
-Per-step KLs are O(T^-2) to O(T^-3), so the two functions below are evaluated without ever
+Per-step KLs are O(T^-2) to O(T^-3) (docs/theory.md section 3.3), so the two functions below are evaluated without ever
 subtracting nearly equal numbers.
 """
 

@@ -1,6 +1,6 @@
 """``||grad^3 log q_t||_F^2`` for mixtures: the integrand of ``full``'s leading constant
 (pathkl.covariances), from the cumulant structure of the component scores under the posterior weights
-(docs/errors.md, "Leading constants").
+(docs/theory.md sections 5.2 and 6.2; docs/errors.md, "Leading constants").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Claims of Bao et al., "Analytic-DPM" (ICLR 2022), as stated in the slides in papers/.
+"""Claims of Bao et al., "Analytic-DPM" (ICLR 2022, arXiv 2201.06503), as stated in the authors' slides.
 
 Theorem 1 (optimal mean and isotropic variance in score and noise-prediction forms), its proof
 (moment matching, law of total variance with the DDPM posterior of eq. (7)), the byproduct bounds

@@ -2,7 +2,8 @@
 
 For empirical data ``{y_i}`` with weights ``1/N`` and ``x_t = alpha_t y + sigma_t eps``:
 ``F_t(x) = -hess log q_t(x) = I/sigma^2 - (alpha^2/sigma^4)[sum_i w_i y_i y_i^T - ybar ybar^T]``,
-``w = softmax(-||x - alpha y_i||^2 / (2 sigma^2))``, ``ybar = sum_i w_i y_i`` (papers/NOTES.md).
+``w = softmax(-||x - alpha y_i||^2 / (2 sigma^2))``, ``ybar = sum_i w_i y_i`` (their Proposition 1;
+docs/theory.md section 5.4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Per-step path-KL expansions behind the rates of Akhtar et al., "LGS / path-KL covariance
-matching" (arXiv 2605.22723; abstract only) as made precise in DESIGN.md section 3.
+matching" (arXiv 2605.22723; abstract only) as made precise in docs/theory.md section 6.
 
 With ``Sigma* = (beta/alpha)(I + beta H)`` (``H = hess log q_t``) the per-step KL of an isotropic or
 diagonal family is ``(beta^2/4) ||D||_F^2 + O(beta^3)`` (``D = H + I`` for ``beta``,
@@ -28,22 +28,23 @@ from .ocm import symmetric_matrix
 from .registry import Outcome, claim
 from .spot import dense_reverse_kernel, gaussian_case
 
-LGS = "Akhtar et al. 2026 (LGS path KL, abstract) + DESIGN.md section 3"
+LGS = "Akhtar et al. 2026 (LGS path KL, arXiv 2605.22723, abstract)"
 beta_sym = sp.Symbol("beta", positive=True)
 
 
 def claimed_isotropic_coefficient() -> sp.Rational:
-    """DESIGN.md section 3: per-step KL ~ ``(1/4) ||Sigma*/sigma^2 - I||_F^2 = (beta^2/4)||D||_F^2``."""
+    """docs/theory.md section 6.1: per-step KL ~ ``(1/4) ||Sigma*/sigma^2 - I||_F^2
+    = (beta^2/4)||D||_F^2``."""
     return sp.Rational(1, 4)
 
 
 def claimed_negentropy_coefficient() -> sp.Rational:
-    """DESIGN.md section 3: ``full`` per-step KL ~ ``(1/12) beta^3 ||grad^3 log q||_F^2``."""
+    """docs/theory.md section 6.2: ``full`` per-step KL ~ ``(1/12) beta^3 ||grad^3 log q||_F^2``."""
     return sp.Rational(1, 12)
 
 
 def claimed_defect(name: str, hess: sp.Matrix, c=None) -> sp.Matrix:
-    """DESIGN.md section 3: the defect D of each order-1 family (``c`` is the analytic level)."""
+    """docs/theory.md section 6.1: the defect D of each order-1 family (``c`` is the analytic level)."""
     d = hess.shape[0]
     if name == "beta":
         return hess + sp.eye(d)
@@ -137,7 +138,8 @@ def _offdiag_sq(h):
     return (h**2).sum() - (torch.diagonal(h) ** 2).sum()
 
 
-@claim(id="lgs.kl-beta-family", source=f"{LGS}; Ho et al. 2020 (Sigma = beta I)",
+@claim(id="lgs.kl-beta-family",
+       source=f"{LGS} + docs/theory.md section 6.1; Ho et al. 2020 (Sigma = beta I)",
        statement="KL(N(Sigma*)||N(beta I)) = (beta^2/4)||H + I||_F^2 + O(beta^3)", method="both")
 def check_beta_family() -> Outcome:
     eye4 = torch.eye(4, dtype=torch.float64)
@@ -145,7 +147,8 @@ def check_beta_family() -> Outcome:
                    _leading_term_convergence("beta", lambda h: ((h + eye4) ** 2).sum())])
 
 
-@claim(id="lgs.kl-analytic-family", source=f"{LGS}; Bao et al. 2022 (Analytic-DPM)",
+@claim(id="lgs.kl-analytic-family",
+       source=f"{LGS} + docs/theory.md section 6.1; Bao et al. 2022 (Analytic-DPM)",
        statement="KL(N(Sigma*)||N(sigma^2 I)), sigma^2=(beta/alpha)(1+beta c): (beta^2/4)||H - cI||^2"
                  " + O(beta^3), E of which is minimal at c = E tr H/d", method="both")
 def check_analytic_family() -> Outcome:
@@ -165,7 +168,8 @@ def check_analytic_family() -> Outcome:
     ])
 
 
-@claim(id="lgs.kl-diag-family", source=f"{LGS}; Ou et al. 2025 (OCM, diagonal target)",
+@claim(id="lgs.kl-diag-family",
+       source=f"{LGS} + docs/theory.md section 6.1; Ou et al. 2025 (OCM, diagonal target)",
        statement="KL(N(Sigma*)||N(diag Sigma*)) = (beta^2/4)||offdiag H||_F^2 + O(beta^3)",
        method="both")
 def check_diag_family() -> Outcome:
@@ -304,7 +308,8 @@ def _mixture_negentropy_mp(beta, x):
     return neg, mpmath.diff(log_q, x / mpmath.sqrt(alpha), 3)
 
 
-@claim(id="lgs.kl-full-negentropy", source=f"{LGS}: full covariance matching, O(1/T^2)",
+@claim(id="lgs.kl-full-negentropy",
+       source=f"{LGS} + docs/theory.md section 6.2: full covariance matching, O(1/T^2)",
        statement="KL(q(x_{t-1}|x_t) || N(mu*, Sigma*)) = (beta^3/12)||grad^3 log q||_F^2 + O(beta^4) (1-D, 2-D)",
        method="both")
 def check_negentropy() -> Outcome:
@@ -342,7 +347,8 @@ def check_negentropy() -> Outcome:
 
 
 def claimed_sqrt_on_ellipse(lam_min, lam_max, theta):
-    """NOTES.md (derived, behind the LGS error bound): on ``lambda = (a+b)/2 + (b-a)/2 cos theta``,
+    """docs/theory.md section 8.2 (derived, behind the LGS error bound): on
+    ``lambda = (a+b)/2 + (b-a)/2 cos theta``,
     ``sqrt(lambda) = s |1 + r e^{i theta}|``, ``s = (sqrt a + sqrt b)/2``,
     ``r = (sqrt b - sqrt a)/(sqrt b + sqrt a)`` (so the error decays like ``r^k``)."""
     s = (sp.sqrt(lam_min) + sp.sqrt(lam_max)) / 2
@@ -350,7 +356,8 @@ def claimed_sqrt_on_ellipse(lam_min, lam_max, theta):
     return s * sp.sqrt(1 + r**2 + 2 * r * sp.cos(theta))  # |1 + r e^{i theta}|, r real
 
 
-@claim(id="lgs.lanczos-sampler", source="Akhtar et al. 2026 (LGS), section 4; NOTES.md (derived)",
+@claim(id="lgs.lanczos-sampler",
+       source="Akhtar et al. 2026 (LGS), section 4; bound derived in docs/theory.md section 8.2",
        statement="LGS draw ||z|| V_k T_k^{1/2} e_1 of Sigma*_t: error <= 2||z|| E_{k-1}(sqrt) "
                  "(geometric in k), exact at k = d", method="both")
 def check_lanczos() -> Outcome:

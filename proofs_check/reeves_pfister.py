@@ -1,5 +1,5 @@
 """Claims of Reeves & Pfister, "Information-theoretic proofs for diffusion sampling"
-(arXiv 2502.02305; abstract and Figure 1 caption only, see papers/NOTES.md).
+(arXiv 2502.02305; abstract and Figure 1 caption only; docs/theory.md section 9).
 
 Observation process ``Y_t = t X + W(t)`` (SNR t), ``M(t) = E||X - E[X|Y_t]||^2``.  The sampler
 ``Y^_{k+1} = Y^_k + delta_k E[X | Y_k = Y^_k] + sqrt(delta_k) Z_k`` is compared with the exact

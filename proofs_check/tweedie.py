@@ -52,7 +52,7 @@ def claimed_noise_form(eps_second_moment, score, alpha, beta):
 
 
 def claimed_jvp_cov(jacobian_of_mean, alpha, beta):
-    """DESIGN.md section 2: ``Sigma*_t = (beta_t / sqrt(alpha_t)) d mu*_t / dx``."""
+    """docs/theory.md section 2.3: ``Sigma*_t = (beta_t / sqrt(alpha_t)) d mu*_t / dx``."""
     return beta / sqrt(alpha) * jacobian_of_mean
 
 
@@ -142,7 +142,8 @@ def _jvp_residual(p, alpha, beta):
     return claimed_jvp_cov(jac, alpha, beta) - p.posterior_cov
 
 
-@claim(id="tweedie.jvp-covariance", source="DESIGN.md section 2 (LGS: one JVP per Lanczos step)",
+@claim(id="tweedie.jvp-covariance",
+       source=f"{OCM}, eqs. (26) and (32) (docs/theory.md section 2.3); LGS: one JVP per Lanczos step",
        statement="Sigma*_t(x) = (beta_t / sqrt(alpha_t)) d mu*_t(x) / dx", method="both")
 def check_jvp() -> Outcome:
     case = gaussian_case()

@@ -1,26 +1,14 @@
 """Registered studies: ``REGISTRY[name]`` is a :class:`studies.runner.Study`.
 
-Each study lives in its own module and uses only pathkl's public API; results go to
-``results/<name>/`` (outside the package), figures to ``paper_figs/``.
+Each study lives in its own module, defines ``STUDY`` and uses only pathkl's public API; results go
+to ``results/<name>/`` (outside the package), figures to ``paper_figs/``.
 """
 
 from __future__ import annotations
 
-from .runner import Study
+from pathkl.errors import InputError
 
-REGISTRY: dict[str, Study] = {}
-
-
-def register(study: Study) -> Study:
-    """Add ``study`` to :data:`REGISTRY` (names are unique)."""
-    if study.name in REGISTRY:
-        raise ValueError(f"study {study.name!r} registered twice")
-    REGISTRY[study.name] = study
-    return study
-
-
-# Each study module registers itself on import.
-from . import (  # noqa: F401
+from . import (
     covariance_error,
     few_step_sampling,
     gaussian_rates,
@@ -29,3 +17,19 @@ from . import (  # noqa: F401
     mixture_rates,
     optimal_grids,
 )
+from .runner import Study
+
+_MODULES = (covariance_error, few_step_sampling, gaussian_rates, image_sampling_study, lanczos_decay, mixture_rates,
+            optimal_grids)
+
+REGISTRY: dict[str, Study] = {m.STUDY.name: m.STUDY for m in _MODULES}
+if len(REGISTRY) != len(_MODULES):
+    raise ValueError("two studies share a name")
+
+
+def get_study(name: str) -> Study:
+    """The registered study ``name`` (``InputError`` listing the known ones otherwise)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown study {name!r}; known: {', '.join(REGISTRY)}") from None

@@ -5,7 +5,7 @@ With the exact mean, the only error of step t is the covariance's, measured by t
 ``KL(N(mu*, Sigma*_t) || N(mu*, Sigma_t))`` ``~ (1/4) ||Sigma_t^{-1/2} Sigma*_t Sigma_t^{-1/2} - I||_F^2``
 (the ``per_step`` entries of :func:`pathkl.pathspace.path_kl`; for non-Gaussian data the expected KL
 of the exact kernel). A family of order p has ``T^(p+1) KL_t -> c beta(tau)^(p+1) E_{q_tau}||D||^2``
-(DESIGN.md section 3), the integrand of its predicted leading constant, so the rows carry both the
+(docs/theory.md section 6), the integrand of its predicted leading constant, so the rows carry both the
 scaled measurement and that closed-form ``leading`` curve at the step's midpoint ``tau``.
 One point is one (reference, family, T); it returns one row per step t.
 """
@@ -24,7 +24,6 @@ from pathkl.pathspace import leading_integrand, path_kl
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule
 
-from . import register
 from .results import ResultsTable
 from .runner import Study, figure_suffix
 
@@ -119,7 +118,7 @@ def figures(table: ResultsTable) -> dict:
     return out
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="covariance_error",
     description="covariance error (kernel KL with the exact mean) vs noise level, per family",
     config_type=CovarianceErrorConfig,
@@ -130,4 +129,4 @@ STUDY = register(Study(
     value_columns=("tau", "kernel_kl", "scaled", "leading"),
     small={"T": (10, 20), "families": ("beta", "analytic", "full")},
     figures=figures,
-))
+)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import rate_study, register
+from . import rate_study
 from .runner import Study
 
 
@@ -16,7 +16,7 @@ class GaussianRatesConfig(rate_study.RateConfig):
     references: tuple[str, ...] = ("gaussian-5d", "gaussian-5d-axis")
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="gaussian_rates",
     description="path KL vs T on Gaussian data: isotropic families Theta(1/T), full exactly 0",
     config_type=GaussianRatesConfig,
@@ -29,4 +29,4 @@ STUDY = register(Study(
     figures=rate_study.figures,
     prepare=rate_study.prepare,
     install=rate_study.install,
-))
+)

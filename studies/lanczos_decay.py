@@ -19,7 +19,6 @@ from pathkl import plotting
 from pathkl.errors import InputError
 from pathkl.lanczos import convergence_rate, krylov_matfun, lanczos, sqrt_error_bound
 
-from . import register
 from .results import ResultsTable
 from .runner import Study
 
@@ -96,7 +95,7 @@ def figures(table: ResultsTable) -> dict:
     return {"": fig}
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="lanczos_decay",
     description="Lanczos Gaussian sampler error vs k against its a priori bound, per condition number",
     config_type=LanczosDecayConfig,
@@ -107,4 +106,4 @@ STUDY = register(Study(
     value_columns=("error_mean", "error_stderr", "error_max", "bound", "estimate_mean", "rate"),
     small={"kappas": (10.0, 1000.0), "dim": 60, "k_max": 12, "samples": 8},
     figures=figures,
-))
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import rate_study, register
+from . import rate_study
 from .runner import Study
 
 #: Preset names of the rotated correlated 2-D mixture and the OCM paper's 3x3 grid toy.
@@ -21,7 +21,7 @@ class MixtureRatesConfig(rate_study.RateConfig):
     T: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="mixture_rates",
     description="path KL vs T on the rotated mixture and the OCM 3x3 grid, every family",
     config_type=MixtureRatesConfig,
@@ -33,4 +33,4 @@ STUDY = register(Study(
     figures=rate_study.figures,
     prepare=rate_study.prepare,
     install=rate_study.install,
-))
+)

@@ -36,7 +36,6 @@ from pathkl.pathspace import path_kl
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule, grid_from_taus
 
-from . import register
 from .results import ResultsTable
 from .runner import Study, figure_suffix
 
@@ -199,7 +198,7 @@ def figures(table: ResultsTable) -> dict:
     return out
 
 
-STUDY = register(Study(
+STUDY = Study(
     name="optimal_grids",
     description="exact path KL vs K of uniform, quadratic, cosine, asymptotic and DP-optimal grids",
     config_type=OptimalGridsConfig,
@@ -211,4 +210,4 @@ STUDY = register(Study(
     small={"gaussian": "gaussian-5d", "mixture": "mog-1d", "families": ("analytic", "full"), "K": (2, 4, 8),
            "mixture_K": (2,), "candidates": 40, "mixture_candidates": 4, "mixture_rtol": 1e-3},
     figures=figures,
-))
+)

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -225,6 +226,7 @@ class ResultsStore:
         meta = read_meta(self.json_path)
         self._check_meta(meta)
         self.meta = meta
+        self._remove_dead_temporaries()
         if not extends(meta["config"], self.config):
             return False  # this configuration is contained in the stored one
         differ = extends(self.config, meta["config"])
@@ -240,6 +242,17 @@ class ResultsStore:
                 atomic_write_text(self.json_path, json.dumps(meta, indent=2) + "\n")
         self.meta = meta
         return True
+
+    def _remove_dead_temporaries(self, age: float = 600.0) -> None:
+        """Delete temporary files of writes killed mid-way (SIGKILL): only those older than ``age``
+        seconds, since a live writer's temporary file exists for milliseconds (deleting fresh ones
+        made concurrent runs fail with FileNotFoundError)."""
+        now = time.time()
+        for folder in (self.directory, self.points_dir, self.directory / RUNS_DIR):
+            for tmp in folder.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    if now - tmp.stat().st_mtime > age:
+                        tmp.unlink()
 
     def _write_new_meta(self, meta: dict[str, Any]) -> None:
         """Create the sidecar unless a concurrent writer just did (``os.link`` fails if present)."""
@@ -393,7 +406,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} is not a pathkl results sidecar (left untouched)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path} has results format version {meta.get('format_version')}, "
-                         f"this pathkl reads {FORMAT_VERSION}")
+                         f"this pathkl reads {FORMAT_VERSION}: run the study into a new --out")
     return meta
 
 

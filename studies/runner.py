@@ -18,7 +18,6 @@ import collections
 import contextlib
 import datetime
 import hashlib
-import importlib.metadata
 import math
 import multiprocessing
 import os
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import pathkl
 from pathkl.errors import InputError
 
 from . import config as cfg
@@ -121,14 +121,8 @@ def git_commit(path: Path) -> str | None:
 
 def environment(config: Any) -> dict[str, Any]:
     """Versions, commit and device recorded beside the results."""
-    try:
-        version = importlib.metadata.version("pathkl")
-    except importlib.metadata.PackageNotFoundError:
-        import pathkl
-
-        version = getattr(pathkl, "__version__", None)
     return {
-        "pathkl_version": version,
+        "pathkl_version": pathkl.__version__,
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -1,7 +1,7 @@
 """Independent high-precision (mpmath, 40 digits) implementations used only by the tests.
 
-They follow DESIGN.md's formulas literally (naive subtractions are harmless at 40 digits), sharing
-no code with pathkl except the float64 grid nodes they are given.
+They follow the formulas of docs/theory.md sections 2.2, 3.3 and 4.4 literally (naive subtractions
+are harmless at 40 digits), sharing no code with pathkl except the float64 grid nodes they are given.
 """
 
 from __future__ import annotations

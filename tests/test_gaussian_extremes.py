@@ -1,7 +1,7 @@
 """The exact Gaussian path KL at the edges of float64 (issue 12): eigenvalues from 1e-300 to 1e3,
 nearly equal ones, and the first step, where Sigma* is far below the family's Sigma_t.
 
-The reference is tests/mp_reference.py (DESIGN.md's literal formulas) at 400 digits: its
+The reference is tests/mp_reference.py (the literal formulas of docs/theory.md sections 2.2 and 3.3) at 400 digits: its
 ``Sigma* = (beta/alpha)(1 - beta/nu)`` loses about log10(beta_1 / lambda) <= 305 digits at the first
 step, and ``r - 1 - log r`` twice the digits of ``r - 1`` for nearly equal eigenvalues, which 400
 digits leave room for. The tolerance is the error pathkl states: its rounding bound (64 ulps of each

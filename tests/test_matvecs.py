@@ -37,7 +37,7 @@ def points(ref, lv, n=6, seed=0):
 
 @pytest.mark.parametrize("t", [1, 2, 5, 10])
 def test_ddpm_products_match_hessian_form(ref, grid, t) -> None:
-    """Both routes equal ``(beta/alpha)(I + beta H) v`` (DESIGN.md), formed from the reference's
+    """Both routes equal ``(beta/alpha)(I + beta H) v`` (docs/theory.md section 2.2), formed from the reference's
     Hessian: a third, independent expression of Sigma*_t. Tolerance: a few ulps of the entries."""
     step = StepCoefficients.at(grid, t)
     x = points(ref, step.level)

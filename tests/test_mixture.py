@@ -100,7 +100,7 @@ def test_reverse_kernel_is_bayes_rule(reference):
     forward = -0.5 * ((x - alpha.sqrt() * y) ** 2).sum(-1) / beta - 0.5 * d * torch.log(2 * math.pi * beta)
     bayes = reference.log_prob(y, prev) + forward - reference.log_prob(x, lv)
     assert torch.allclose(kernel.log_prob(y), bayes, rtol=1e-11, atol=1e-11)
-    # Its moments are the optimal reverse mean and covariance (DESIGN.md section 2).
+    # Its moments are the optimal reverse mean and covariance (docs/theory.md sections 2.2 and 5.3).
     mean = (x + beta * reference.score(x, lv)) / alpha.sqrt()
     post = reference.posterior(x, lv.abar, lv.one_minus_abar)
     cov = beta * torch.eye(d, dtype=torch.float64) + beta**2 / alpha * reference.excess(post, lv.abar)

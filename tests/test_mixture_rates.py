@@ -123,7 +123,7 @@ def test_ocm_grid_rates(ocm_ladder, name):
 @pytest.mark.slow
 def test_ocm_grid_constants(ocm_ladder):
     """analytic: T steps at T = 4096 within 1% of the prediction (measured 5e-4). full: T^2 steps at
-    4096 is still 1.3% low (the slow approach to 1/T^2 of DESIGN.md), so the 1% band is checked on
+    4096 is still 1.3% low (the slow approach to 1/T^2, docs/theory.md section 6.2), so the 1% band is checked on
     the Richardson-extrapolated constant (measured 6e-4 off, with an error estimate of 0.2%)."""
     reference, kls = ocm_ladder
     analytic = measured_constant(DEEP, kls["analytic"], 1)

@@ -1,6 +1,6 @@
 """The Gaussian path-space KL against two independent computations:
 
-1. 40-digit mpmath from DESIGN.md's literal formulas (Sigma* = (beta/alpha)(I + beta H)), relative
+1. 40-digit mpmath from the literal formulas of docs/theory.md section 2.2 (Sigma* = (beta/alpha)(I + beta H)), relative
    error <= 1e-10 for T from 2 to 10^6;
 2. one dense KL between the two (T+1)d-dimensional joint Gaussians of x_{0:T} (small T*d), which
    also checks the mean structure and the terminal term;

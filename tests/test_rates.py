@@ -1,5 +1,5 @@
 """Rate fits on synthetic ladders with known answers, and the claimed rates and leading constants of
-the Gaussian families (DESIGN.md section 3), with the constants also integrated independently in mpmath."""
+the Gaussian families (docs/theory.md section 6), with the constants also integrated independently in mpmath."""
 
 import math
 

@@ -7,13 +7,16 @@ samples are checked against that propagation, which shares no code with the samp
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from pathkl.errors import InputError
 from pathkl.matvecs import StepCoefficients, closed_form_cov_matvec
-from pathkl.metrics import OCM_BANDWIDTHS, mmd, sliced_wasserstein
+from pathkl.metrics import MMD_MAX_DIM, OCM_BANDWIDTHS, mmd, sample_quality, sliced_wasserstein
 from pathkl.presets import PRESETS
+from pathkl.references import GaussianReference
 from pathkl.sampling import NoiseFamily, reverse_noise, sample
 from pathkl.schedules import get_schedule
 
@@ -294,3 +297,17 @@ def test_sliced_wasserstein_standard_error_is_calibrated() -> None:
     mean_se = sum(errors) / len(errors)
     # 40 replicates: the sample std is within ~ +-25 % (2 SE) of the truth; block SEs are noisier
     assert 0.6 < mean_se / spread < 1.6
+
+
+def test_sample_quality_of_exact_draws_sits_at_its_floor():
+    """Exact samples are as far from fresh exact samples as two exact samples are from each other:
+    ``sw`` and ``sw_floor`` agree within their standard errors; MMD^2 is unbiased, so it is 0 within
+    its error; beyond MMD_MAX_DIM only the SW pair is reported."""
+    reference = PRESETS["gaussian-5d"][1]()
+    exact = reference.sample(2000, generator=torch.Generator().manual_seed(7))
+    got = sample_quality(exact, reference, seed=3)
+    assert set(got) == {"sw", "sw_floor", "mmd"}
+    assert abs(got["sw"].value - got["sw_floor"].value) < 4 * math.hypot(got["sw"].stderr, got["sw_floor"].stderr)
+    assert abs(got["mmd"].value) < 4 * got["mmd"].stderr
+    wide = GaussianReference.from_eigenvalues(torch.linspace(0.5, 2.0, MMD_MAX_DIM + 1, dtype=torch.float64))
+    assert set(sample_quality(wide.sample(200), wide)) == {"sw", "sw_floor"}

@@ -251,7 +251,7 @@ def test_dask_worker_killed_mid_run_loses_only_its_point(tmp_path):
 
 
 def test_figs_redraws_from_saved_results_and_run_recomputes(tmp_path):
-    from pathkl.cli.figs import build_figures
+    from studies.figures import build_figures
 
     res, figs = tmp_path / "results", tmp_path / "figs"
     study = studies.REGISTRY["gaussian_rates"]
@@ -264,3 +264,30 @@ def test_figs_redraws_from_saved_results_and_run_recomputes(tmp_path):
     build_figures(["gaussian_rates"], results=res, out=figs, small=True, progress=False, run=True)
     assert len(list(points.glob("*.json"))) == total
     assert sorted(p.name for p in res.iterdir()) == ["gaussian_rates"]  # no fresh/old folder left
+
+
+def test_only_dead_temporary_files_are_removed(tmp_path):
+    out = tmp_path / "res"
+    run_study(TOY, ToyConfig(T=(2,)), out, progress=False)
+    dead, live = out / "points" / ".x.json.dead.tmp", out / "points" / ".y.json.live.tmp"
+    dead.write_text("{")
+    live.write_text("{")
+    os.utime(dead, (0, 0))  # a write killed long ago
+    run_study(TOY, ToyConfig(T=(2, 4)), out, progress=False)
+    assert not dead.exists() and live.exists()  # another writer's file of a moment ago stays
+
+
+def test_study_run_results_root_is_where_figs_reads(tmp_path, capsys):
+    """``study run --results ROOT`` writes ROOT/NAME, the folder ``figs --results ROOT`` reads (and
+    then draws without running anything: the points are all there)."""
+    from pathkl.cli import main
+
+    root = tmp_path / "root"
+    assert main(["study", "run", "lanczos_decay", "--small", "--quiet", "--results", str(root)]) == 0
+    points = sorted((root / "lanczos_decay" / "points").iterdir())
+    assert points
+    stamps = [p.stat().st_mtime_ns for p in points]
+    assert main(["figs", "lanczos_decay", "--quiet", "--results", str(root), "--out", str(tmp_path / "f")]) == 0
+    assert [p.stat().st_mtime_ns for p in sorted((root / "lanczos_decay" / "points").iterdir())] == stamps
+    assert (tmp_path / "f" / "lanczos_decay.pdf").exists()
+    capsys.readouterr()

@@ -8,7 +8,7 @@ from ..errors import InputError
 from .common import formatter, print_json
 
 _EXAMPLES = """
-Each claim of the source papers (papers/) is a registered check: a symbolic derivation (sympy)
+Each claim of the sources (docs/theory.md#references) is a registered check: a symbolic derivation (sympy)
 and/or a numeric comparison with pathkl's own closed forms against an independent answer.
 An ID may also be a source prefix (tweedie, ocm, adpm, lgs, rp, df).
 Exit code 0 if every selected check passes, 1 if any fails, 2 for an unknown ID.

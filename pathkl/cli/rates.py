@@ -83,38 +83,21 @@ def _print_table(rows: list[dict], header: str) -> None:
         print(f"{row['cov']:<11}{order:>6}  {slope:<31}{const}")
 
 
-def _point_masses(reference) -> bool:
-    """Whether some block is empirical data (zero-variance components)."""
-    from ..pathspace import blocks
-    from ..references import MixtureReference
-
-    return any(isinstance(b, MixtureReference) and bool((b.eigenvalues == 0).any()) for b in blocks(reference))
-
-
 def run(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.cov.split(",") if name.strip()]
     if not names:
         raise InputError(f"--cov names no family; give a comma-separated list from {', '.join(FAMILY_NAMES)}")
     ladder = parse_number_list(args.steps, parse_integer, "--steps")
-    if len(ladder) < 4 or any(t < 1 for t in ladder) or ladder != sorted(set(ladder)):
-        raise InputError("--steps needs at least 4 strictly increasing integers >= 1")
     plot_path = check_output_path(args.plot, _PLOT_SUFFIXES) if args.plot else None
 
     from ..covariances import get_family
-    from ..pathspace import method
-    from ..rates import family_rates
-    from ..schedules import check_steps, get_schedule
+    from ..rates import check_rate_inputs, family_rates
+    from ..schedules import get_schedule
 
     families = [get_family(name) for name in names]
     schedule = get_schedule(args.schedule)
-    check_steps(ladder[-1], what="--steps")  # the largest grid of the ladder, before any work
     reference = reference_from(args)
-    if "monte carlo" in method(reference):
-        raise InputError(f"{args.ref}: a mixture in d > 3 has Monte Carlo step KLs and no quadrature for the "
-                         "predicted constants; pathkl rates needs d <= 3 blocks (use pathkl kl per T)")
-    if _point_masses(reference):
-        raise InputError(f"{args.ref}: empirical data (point masses) has q(x_0 | x_1) discrete, so step t = 1 of "
-                         "every family is +inf at every T and there is no rate to fit")
+    check_rate_inputs(reference, ladder)
     rows = []
     for family in families:
         rates = family_rates(reference, schedule, family, ladder, rtol=args.rtol,

@@ -17,8 +17,6 @@ from .common import (
     reference_from,
 )
 
-#: MMD (OCM bandwidths) is reported up to this dimension; sliced Wasserstein always.
-MMD_MAX_DIM = 16
 #: What each reported number is, printed beside it.
 METRIC_NAMES = {"sw": "SW_2^2, full sample, 256 directions",
                 "sw_floor": "SW_2^2 of two exact samples (its finite-sample floor)",
@@ -80,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cov is not None:
         _sized_family(args.cov)
 
-    import torch
-
-    from ..metrics import mmd, sliced_wasserstein
+    from ..metrics import sample_quality
     from ..sampling import sample
 
     reference = reference_from(args)
@@ -90,14 +86,7 @@ def run(args: argparse.Namespace) -> int:
     grid = make_grid(args.schedule, steps=args.steps, taus=None, indices=None)
     out = sample(reference, grid, cov, n=args.n, eta=args.eta, route=args.route, seed=args.seed,
                  device=args.device)
-    x = out.samples.cpu()
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    target, other = reference.sample(args.n, generator=gen), reference.sample(args.n, generator=gen)
-    blocks = max(2, min(10, args.n // 20))
-    metrics = {"sw": sliced_wasserstein(x, target, blocks=blocks, seed=args.seed).as_dict(),
-               "sw_floor": sliced_wasserstein(other, target, blocks=blocks, seed=args.seed).as_dict()}
-    if reference.dim <= MMD_MAX_DIM:
-        metrics["mmd"] = mmd(x, target, blocks=blocks).as_dict()
+    metrics = {key: value.as_dict() for key, value in sample_quality(out.samples, reference, seed=args.seed).items()}
     result = {"ref": args.ref, "schedule": args.schedule, "T": grid.T, "cov": cov, "eta": args.eta,
               "route": args.route, "device": str(out.samples.device), "n": args.n, "d": reference.dim,
               **metrics, "seconds": out.seconds, "mean_evals": out.mean_evals, "cov_products": out.cov_products}

@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
 from .common import positive_int
 
 DEFAULT_RESULTS = Path("results")
@@ -19,6 +18,7 @@ _EXAMPLES = """examples:
   pathkl study run gaussian_rates --small --jobs 2     # the CI-sized configuration, 2 processes
   pathkl study run lanczos_decay --set kappas=10,1000 --set k_max=20 --out results/lz
   pathkl study run few_step_sampling --config my.toml  # TOML keys override the defaults
+  pathkl study run gaussian_rates --results paper_figs/results  # where pathkl figs reads it
   pathkl study run gaussian_rates --set schedules=vp-linear,cosine --set T=10,20,40  # a sweep
   pathkl study run gaussian_rates --executor dask --scheduler tcp://HOST:8786  # on a Dask cluster
   pathkl study run gaussian_rates --shard 2/4 --out results/g-2  # one of 4 batch jobs
@@ -26,16 +26,6 @@ _EXAMPLES = """examples:
 
 Re-running the same command resumes: finished points are skipped. Several runs may share one --out
 (each point is computed once); a configuration whose lists contain the stored ones extends it."""
-
-
-def get_study(name: str):
-    """The registered study ``name`` (``InputError`` listing the known ones otherwise)."""
-    import studies
-
-    try:
-        return studies.REGISTRY[name]
-    except KeyError:
-        raise InputError(f"unknown study {name!r}; known: {', '.join(studies.REGISTRY)}") from None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -52,11 +42,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from studies import get_study
     from studies.runner import parse_shard, run_study
 
     study = get_study(args.name)
     config = study.config(small=args.small, toml_path=args.config, assignments=args.set)
-    out = args.out if args.out is not None else DEFAULT_RESULTS / study.name
+    out = args.out if args.out is not None else args.results / study.name
     shard = parse_shard(args.shard) if args.shard is not None else None
     try:
         summary = run_study(study, config, out, jobs=args.jobs, progress=not args.quiet,
@@ -69,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from studies import get_study
     from studies.runner import merge
 
     study = get_study(args.name)
@@ -104,7 +96,11 @@ def register(subparsers) -> None:
                        help="override one configuration key (lists: comma-separated); repeatable")
     p_run.add_argument("--small", action="store_true",
                        help="start from the study's small (CI) configuration")
-    p_run.add_argument("--out", type=Path, help="results directory (default results/NAME)")
+    p_run.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="ROOT",
+                       help="folder of studies' results, as in pathkl figs: the study goes to ROOT/NAME"
+                            " (default: results)")
+    p_run.add_argument("--out", type=Path, metavar="DIR",
+                       help="this study's own results directory, instead of ROOT/NAME")
     p_run.add_argument("--jobs", type=positive_int, default=1, help="worker processes (default 1)")
     p_run.add_argument("--executor", choices=("local", "dask"), default="local",
                        help="local: --jobs processes here; dask: a dask.distributed cluster")

@@ -1,4 +1,5 @@
-"""Empirical data ``q_0 = sum_k pi_k delta_{m_k}`` at image dimension: matrix-free closed forms by GEMM.
+"""Empirical data ``q_0 = sum_k pi_k delta_{m_k}`` at image dimension: matrix-free closed forms by GEMM
+(docs/theory.md section 5.4).
 
 :meth:`MixtureReference.empirical` is the same law, but its generic mixture forms hold (n, K, d)
 intermediates (one per point, component and pixel: gigabytes at d = 3x64x64). Here every quantity
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arrays import array_arguments
 from ..estimate import Estimate
 from ..schedules import DTYPE, NoiseLevel
 from .mixture import MixtureReference
@@ -61,17 +63,21 @@ class EmpiricalReference(MixtureReference):
         weights = torch.exp(joint - log_normaliser[:, None])
         return _Weights(weights, log_normaliser, weights.argmax(-1))
 
+    @array_arguments
     def log_prob(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``log sum_k pi_k N(x; sqrt(abar) m_k, (1 - abar) I)``."""
         lw = self._weights(x, lv)
         return lw.log_normaliser - 0.5 * self.dim * torch.log(2.0 * math.pi * lv.one_minus_abar)
 
+    @array_arguments
     def posterior_weights(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._weights(x, lv).weights
 
+    @array_arguments
     def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._weights(x, lv).weights @ self.means
 
+    @array_arguments
     def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return (lv.abar.sqrt() * self.posterior_mean(x, lv) - x) / lv.one_minus_abar
 
@@ -94,6 +100,7 @@ class EmpiricalReference(MixtureReference):
         delta = others @ self.means - others.sum(-1, keepdim=True) * anchors
         return others, anchors, delta, lw.anchor
 
+    @array_arguments
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``C v = sum_{k != r} w_k e_k (e_k . v) - delta (delta . v)``, O(n K d)."""
         others, anchors, delta, anchor = self._anchored(x, lv)
@@ -102,12 +109,14 @@ class EmpiricalReference(MixtureReference):
         spread = inner @ self.means - inner.sum(-1, keepdim=True) * anchors
         return spread - delta * (delta * v).sum(-1, keepdim=True)
 
+    @array_arguments
     def posterior_cov_diagonal(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``diag C = sum_{k != r} w_k e_k^2 - delta^2`` (elementwise squares), O(n K d)."""
         others, anchors, delta, _ = self._anchored(x, lv)
         second = others @ self.means**2 - 2.0 * anchors * (others @ self.means) + others.sum(-1, keepdim=True) * anchors**2
         return (second - delta**2).clamp_min(0.0)
 
+    @array_arguments
     def posterior_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``tr C(x) = sum_{k != r} w_k |m_k - m_r|^2 - |delta|^2`` per row, (n,)."""
         others, anchors, delta, _ = self._anchored(x, lv)

@@ -1,4 +1,5 @@
-"""Gaussian data ``x_0 ~ N(m, S)``, ``S = U diag(lambda) U^T``: every quantity in closed form.
+"""Gaussian data ``x_0 ~ N(m, S)``, ``S = U diag(lambda) U^T``: every quantity in closed form
+(docs/theory.md section 5.1).
 
 At a noise level ``(abar, 1 - abar)`` the marginal is ``q_t = N(sqrt(abar) m, U diag(nu) U^T)`` with
 ``nu = (1 - abar) + abar lambda`` (a sum of positive terms), and
@@ -38,6 +39,7 @@ from functools import cached_property
 
 import torch
 
+from ..arrays import array_arguments
 from ..bases import Basis, DenseBasis, FourierBasis, StandardBasis
 from ..covariances import ReverseStep
 from ..errors import InputError
@@ -157,22 +159,27 @@ class GaussianReference:
     def _centred(self, x, lv):
         return x - lv.abar.sqrt() * self.mean
 
+    @array_arguments
     def log_prob(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         nu = self.marginal_eigenvalues(lv)
         y = self._centred(x, lv)
         quad = (y * self.basis.apply(1.0 / nu, y)).sum(-1)
         return -0.5 * (quad + torch.log(2 * math.pi * nu).sum())
 
+    @array_arguments
     def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return -self.basis.apply(1.0 / self.marginal_eigenvalues(lv), self._centred(x, lv))
 
+    @array_arguments
     def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return -self.basis.apply(1.0 / self.marginal_eigenvalues(lv), v)
 
+    @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         h = -self.basis.dense(1.0 / self.marginal_eigenvalues(lv))
         return h.expand(x.shape[0], -1, -1)
 
+    @array_arguments
     def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         gain = lv.abar.sqrt() * self.eigenvalues / self.marginal_eigenvalues(lv)
         return self.mean + self.basis.apply(gain, self._centred(x, lv))
@@ -185,13 +192,16 @@ class GaussianReference:
         """``g = abar (lambda - 1) / nu``: the eigenvalues of ``G = H + I``."""
         return _excess(self.eigenvalues, lv.abar, lv.one_minus_abar)
 
+    @array_arguments
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.basis.dense(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1, -1)
 
+    @array_arguments
     def posterior_cov_diagonal(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``diag Cov[x_0 | x_t]`` (n, d) without forming the matrix (O(d) for the Fourier basis)."""
         return self.basis.diagonal(self.posterior_eigenvalues(lv)).expand(x.shape[0], -1)
 
+    @array_arguments
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.basis.apply(self.posterior_eigenvalues(lv), v)
 
@@ -200,6 +210,7 @@ class GaussianReference:
         z = torch.randn(n, self.dim, dtype=DTYPE, generator=generator)
         return lv.abar.sqrt() * self.mean + self.basis.apply(self.marginal_eigenvalues(lv).sqrt(), z)
 
+    @array_arguments
     def reverse_kernel(self, x: torch.Tensor, grid: Grid, t: int) -> GaussianKernel:
         """The exact ``q(x_{t-1} | x_t = x) = N((x + beta_t score)/sqrt(alpha_t), Sigma*_t)`` with
         ``Sigma*_t = U diag(beta_t nu_{t-1} / nu_t) U^T`` (``(beta/alpha)(1 - beta/nu_t)`` rewritten with

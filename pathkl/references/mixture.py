@@ -6,7 +6,7 @@ of ``q_t`` is ``N(sqrt(abar) m_k, V_k)``, ``V_k = U_k diag(nu_k) U_k^T``, ``nu_k
 lambda_k`` (a sum of positive terms). With ``y_k = x - sqrt(abar) m_k``, the component scores
 ``s_k = -V_k^{-1} y_k`` and the posterior weights ``w_k(x) = softmax_k(log pi_k + log N_k(x))`` (log
 domain) every derivative of ``log q_t`` is a cumulant of the component scores under ``w``
-(DESIGN.md section 3):
+(docs/theory.md section 5.2):
 
 - score ``E_w s``; Hessian ``H = E_w[-V^{-1}] + Cov_w(s)``; ``G = H + I = E_w[U diag(abar (lambda - 1)
   / nu) U^T] + Cov_w(s)`` (no cancellation);
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..arrays import array_arguments
 from ..errors import InputError
 from ..schedules import DTYPE, Grid, NoiseLevel
 from ..stable import logsumexp_last
@@ -274,13 +275,16 @@ class MixtureReference:
     def _at(self, x, lv: NoiseLevel) -> Posterior:
         return self.posterior(x, lv.abar, lv.one_minus_abar)
 
+    @array_arguments
     def log_prob(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._at(x, lv).log_prob
 
+    @array_arguments
     def posterior_weights(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``P(component k | x_t = x)``, shape (n, K)."""
         return self._at(x, lv).weights
 
+    @array_arguments
     def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._at(x, lv).score
 
@@ -296,10 +300,12 @@ class MixtureReference:
         within = (w[..., None, None] * self.covs.dense(values)).sum(-3)
         return within + torch.einsum("...k,...ki,...kj->...ij", w, c, c)
 
+    @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         post = self._at(x, lv)
         return self._weighted_dense(post, -1.0 / post.nu)
 
+    @array_arguments
     def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``H v = -E_w[V^{-1} v] + E_w[c (c . v)]``, O(n K d) (matrix-free)."""
         post = self._at(x, lv)
@@ -313,6 +319,7 @@ class MixtureReference:
         root = torch.as_tensor(abar, dtype=DTYPE).sqrt()[..., None, None]
         return self.means - root * self.covs.apply(self.eigenvalues.expand_as(post.nu), post.scores)
 
+    @array_arguments
     def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         post = self._at(x, lv)
         return (post.weights[..., None] * self.component_means(post, lv.abar)).sum(-2)
@@ -331,13 +338,16 @@ class MixtureReference:
         dense = (w[..., None, None] * self.covs.dense(within)).sum(-3)
         return dense + torch.einsum("...k,...ki,...kj->...ij", w, centred, centred)
 
+    @array_arguments
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self.posterior_cov_dense(self._at(x, lv), lv.abar, lv.one_minus_abar)
 
+    @array_arguments
     def posterior_cov_diagonal(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         w, centred, within = self._posterior_parts(self._at(x, lv), lv.abar, lv.one_minus_abar)
         return (w[..., None] * (self.covs.diagonal(within) + centred**2)).sum(-2)
 
+    @array_arguments
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         w, centred, within = self._posterior_parts(self._at(x, lv), lv.abar, lv.one_minus_abar)
         inner = self.covs.apply(within, v[..., None, :].expand_as(centred))
@@ -351,6 +361,7 @@ class MixtureReference:
         noise = scale * z if self.covs.rotations is None else (self.covs.rotations[k] @ (scale * z)[..., None])[..., 0]
         return lv.abar.sqrt() * self.means[k] + noise
 
+    @array_arguments
     def reverse_kernel(self, x: torch.Tensor, grid: Grid, t: int) -> MixtureKernel:
         """The exact ``q(x_{t-1} | x_t = x)`` as a mixture (module docstring)."""
         lv = grid.level(t)

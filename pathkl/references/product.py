@@ -1,7 +1,7 @@
 """Independent blocks: ``x = (x^(1), ..., x^(B))`` with ``q_0 = prod_b q_0^(b)``, each block any reference.
 
 Noising acts on each coordinate separately, so every ``q_t`` and every reverse kernel ``q(x_{t-1}|x_t)``
-is again a product of the blocks' (DESIGN.md section 2). Hence, with ``G = H + I`` block diagonal:
+is again a product of the blocks' (docs/theory.md section 5.5). Hence, with ``G = H + I`` block diagonal:
 
 - log-density, score, Hessian, posterior moments: sums, concatenations and block-diagonal matrices;
 - ``KL(q_T || N(0, I))`` and the reverse kernel's negentropy ``J`` (KL against its moment-matched
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arrays import array_arguments
 from ..errors import InputError
 from ..schedules import DTYPE, NoiseLevel
 
@@ -73,24 +74,31 @@ class ProductReference:
         return out
 
     # ---- per-point closed forms ---------------------------------------------------------------
+    @array_arguments
     def log_prob(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return sum(f.log_prob(xb, lv) for f, xb in zip(self.factors, self._split(x)))
 
+    @array_arguments
     def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._concat("score", x, lv)
 
+    @array_arguments
     def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._concat("posterior_mean", x, lv)
 
+    @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._block_diag("hessian", x, lv)
 
+    @array_arguments
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._block_diag("posterior_cov", x, lv)
 
+    @array_arguments
     def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return torch.cat([f.hvp(xb, vb, lv) for f, xb, vb in zip(self.factors, self._split(x), self._split(v))], -1)
 
+    @array_arguments
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         parts = zip(self.factors, self._split(x), self._split(v))
         return torch.cat([f.posterior_cov_matvec(xb, vb, lv) for f, xb, vb in parts], -1)

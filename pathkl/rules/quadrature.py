@@ -384,7 +384,7 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
 
 
 def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
-    """Route (b), the entropy chain rule (docs/errors.md):
+    """Route (b), the entropy chain rule (docs/theory.md section 4.3, docs/errors.md):
     ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})``, ``k = beta_t / alpha_t``. Only
     outer integrals, so it is cheap where route (a) is dear (strongly non-Gaussian kernels, small T);
     its terms are O(1) and cancel to E J_t, so its error is large where E J_t is tiny (large T), and
