@@ -42,6 +42,8 @@ _EXPORTS = {
     "mmd": "pathkl.metrics",
     "sliced_wasserstein": "pathkl.metrics",
     "sample_quality": "pathkl.metrics",
+    "flow_map": "pathkl.pf_ode",
+    "asymmetry": "pathkl.pf_ode",
     "Estimate": "pathkl.estimate",
     "MonteCarlo": "pathkl.rules",
     "select_rule": "pathkl.rules",

@@ -75,7 +75,7 @@ def figures(table: ResultsTable) -> dict:
     for reference in table.distinct("reference"):
         fig, (ax,) = plotting.new_figure(columns=1, aspect=1.05)
         noise = 2.0 * statistics.median(r["metric_stderr"] for r in table.rows if r["reference"] == reference)
-        ax.axhspan(-noise, noise, color="0.9", lw=0, zorder=0, label="$\pm 2$ median s.e.")
+        ax.axhspan(-noise, noise, color="0.9", lw=0, zorder=0, label=r"$\pm 2$ median s.e.")
         for family in table.distinct("family"):
             colour, marker = plotting.family_style(family)
             rows = [r for r in table.rows if (r["reference"], r["family"]) == (reference, family)]
