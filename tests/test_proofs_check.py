@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from proofs_check import (
     get_claim,
     lgs,
     ocm,
+    optimal_grids,
     reeves_pfister,
     run_claim,
     tweedie,
@@ -35,7 +37,7 @@ CI = settings.get_profile("ci")
 CLAIMS = all_claims()
 _POSTERIOR_PARAMS = analytic_dpm.claimed_posterior_params
 _FISHER = diffusion_fisher.claimed_fisher
-PREFIXES = {"tweedie", "ocm", "adpm", "lgs", "rp", "df"}
+PREFIXES = {"tweedie", "ocm", "adpm", "lgs", "rp", "df", "grids"}
 
 
 def test_registry_is_complete_and_traceable():
@@ -138,6 +140,13 @@ MUTATIONS = [
      "df.topk-bound"),
     (diffusion_fisher, "claimed_topk_mean_bound", lambda rho, dist: rho * dist / 2, "df.topk-bound"),
     (diffusion_fisher, "claimed_hutchinson_variance", lambda frob, diag: 2 * frob, "df.hutchinson-variance"),
+    (optimal_grids, "claimed_law_variable", lambda lam, abar: sp.log(abar * lam), "grids.gaussian-law"),
+    (optimal_grids, "claimed_two_eigenvalue_law_variable",
+     lambda l1, l2, abar: sp.log((1 - abar + abar * l1) / (1 - abar + abar * l2)) / 2, "grids.gaussian-law"),
+    (optimal_grids, "claimed_ddim_log_error", lambda lam, s, h: lam * h**2 / (lam + s**2) ** 2, "grids.tangent-law"),
+    (optimal_grids, "claimed_tangent_levels",  # uniform in arctan(s), the coefficient 1 instead of sqrt(lambda)
+     lambda lam, s_max, k: torch.tan(torch.arange(k, -1, -1, dtype=torch.float64) / k * math.atan(s_max)),
+     "grids.tangent-law"),
 ]
 
 
