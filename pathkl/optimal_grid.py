@@ -47,6 +47,8 @@ from .schedules import (
     grid_from_taus,
 )
 
+#: Candidate lattices of :meth:`Candidates.uniform`.
+SPACINGS = ("uniform", "quadratic")
 #: Most candidate levels the O(N^2) pair-cost matrix may have (about 200 MB of float64 arrays).
 MAX_CANDIDATES = 5000
 
@@ -61,14 +63,21 @@ class Candidates:
     chain_length: int | None = None
 
     @staticmethod
-    def uniform(schedule: Schedule, n: int) -> Candidates:
-        """``tau = k / n``, k = 0..n; for ddpm-linear every index of the chain of length n."""
+    def uniform(schedule: Schedule, n: int, *, spacing: str = "uniform") -> Candidates:
+        """``tau = k / n`` (``spacing="uniform"``) or ``(k / n)^2`` (``"quadratic"``: finer at low
+        noise, where the asymptotic density of pathkl.asymptotic_grid concentrates), k = 0..n; for
+        ddpm-linear every index of the chain of length n (uniform only)."""
         if not isinstance(n, int) or not 1 <= n <= MAX_CANDIDATES:
             raise InputError(f"the number of candidate steps N must be an integer in 1..{MAX_CANDIDATES}, got {n!r}")
+        if spacing not in SPACINGS:
+            raise InputError(f"unknown candidate spacing {spacing!r}; choose from {', '.join(SPACINGS)}")
         if isinstance(schedule, DDPMLinear):
+            if spacing != "uniform":
+                raise InputError("ddpm-linear's candidates are its chain's indices: the spacing is uniform")
             schedule.chain_betas(n)  # checks the chain length
             return Candidates(schedule, torch.arange(n + 1, dtype=DTYPE) / n, n)
-        return Candidates(schedule, torch.linspace(0.0, 1.0, n + 1, dtype=DTYPE))
+        k = torch.arange(n + 1, dtype=DTYPE)
+        return Candidates(schedule, k / n if spacing == "uniform" else (k * k) / (n * n))
 
     @staticmethod
     def from_taus(schedule: Schedule, taus: Sequence[float] | torch.Tensor) -> Candidates:
@@ -297,16 +306,17 @@ def default_candidates(reference) -> int:
 
 
 def choose_grid(reference, schedule: Schedule, family: Family, steps: int, *, method: str = "dp",
-                candidates: int | None = None, rtol: float = 1e-6, rule: str | Rule | None = None,
-                density_nodes: int | None = None) -> GridChoice:
+                candidates: int | None = None, spacing: str = "uniform", rtol: float = 1e-6,
+                rule: str | Rule | None = None, density_nodes: int | None = None) -> GridChoice:
     """A ``steps``-step grid for ``family`` on ``reference`` and ``schedule``: ``method="dp"`` the
     best subsequence of :meth:`Candidates.uniform` (``candidates`` = N, default
-    :func:`default_candidates`; for ddpm-linear the chain length), ``"asymptotic"`` the grid of the
-    leading-term density (pathkl.asymptotic_grid); its exact path KL and the uniform grid's."""
+    :func:`default_candidates`, for ddpm-linear the chain length; ``spacing`` its lattice),
+    ``"asymptotic"`` the grid of the leading-term density (pathkl.asymptotic_grid); its exact path
+    KL and the uniform grid's."""
     if candidates is None:
         candidates = default_candidates(reference)
     if method == "dp":
-        pool = Candidates.uniform(schedule, candidates)
+        pool = Candidates.uniform(schedule, candidates, spacing=spacing)
         if steps > pool.n:
             raise InputError(f"K = {steps} steps need at least as many candidate steps, got N = {pool.n}")
         best = best_grid(pair_costs(reference, pool, family, rtol=rtol, rule=rule), steps)

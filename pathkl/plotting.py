@@ -96,12 +96,14 @@ def family_label(family: str) -> str:
     return _FAMILY_LABEL.get(base, base.replace("_", " "))
 
 
-def new_figure(*, columns: int = 1, aspect: float = 0.75, ncols: int = 1) -> tuple[Figure, list[Axes]]:
-    """A figure one or two columns wide (``aspect`` = height / width of each panel)."""
+def new_figure(*, columns: int = 1, aspect: float = 0.75, ncols: int = 1,
+               nrows: int = 1) -> tuple[Figure, list[Axes]]:
+    """A figure one or two columns wide (``aspect`` = height / width of each panel), its panels in
+    ``nrows`` rows of ``ncols`` (row by row)."""
     width = ONE_COLUMN if columns == 1 else TWO_COLUMN
-    fig = Figure(figsize=(width, width / ncols * aspect), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    fig = Figure(figsize=(width, width / ncols * aspect * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
 
 
 def reference_slopes(ax: Axes, x: Sequence[float], *, anchor: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -48,6 +49,18 @@ def rotated_mixture() -> MixtureReference:
     covs = torch.stack([rotated_covariance(0.5, (0.5, 0.1)), rotated_covariance(-0.7, (0.4, 0.08)),
                         rotated_covariance(1.2, (0.3, 0.15))])
     return MixtureReference.from_components([0.3, 0.4, 0.3], [[-1.5, 0.5], [0.5, 1.0], [1.0, -1.2]], covs=covs)
+
+
+def rotated_product(d: int = 3, *, seed: int = 0) -> MixtureReference:
+    """A product of d 1-D mixtures (2, 3, 2, ... components, unequal weights and widths) rotated by
+    :func:`fixed_rotation`: a non-Gaussian law whose Hessians all share one eigenbasis
+    (the rotation's), so that the PF-ODE map is symmetric."""
+    lines = [((0.3, -1.0, 0.5), (0.7, 1.5, 0.8)), ((0.2, -2.0, 0.3), (0.5, 0.0, 0.4), (0.3, 2.0, 0.25))]
+    # Each component: one (weight, mean, std) per coordinate, shape (K, d, 3).
+    parts = torch.tensor(list(itertools.product(*(lines[i % 2] for i in range(d)))), dtype=DTYPE)
+    rotation = fixed_rotation(d, seed)
+    covs = rotation @ torch.diag_embed(parts[..., 2] ** 2) @ rotation.T
+    return MixtureReference.from_components(parts[..., 0].prod(-1), parts[..., 1] @ rotation.T, covs=covs)
 
 
 def power_law_spectrum(shape, *, exponent: float = 2.0, floor: float = 1.0, variance: float = 1.0) -> torch.Tensor:

@@ -26,6 +26,7 @@ SOURCE_MODULES = (
     "proofs_check.lgs",
     "proofs_check.reeves_pfister",
     "proofs_check.diffusion_fisher",
+    "proofs_check.optimal_grids",
 )
 
 

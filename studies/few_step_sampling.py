@@ -11,6 +11,7 @@ family spent. Reference draws use seed ``seed + 10^6`` so they are independent o
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -66,10 +67,15 @@ def run_point(config: FewStepSamplingConfig, point) -> dict:
 
 
 def figures(table: ResultsTable) -> dict:
-    """Per reference: the metric against T (log x), mean over seeds, with standard errors."""
+    """Per reference: the metric against T (log x), mean over seeds, with standard errors, on a
+    symmetric-log y axis: linear within twice the median standard error of 0 (the shaded band, where
+    a value cannot be told from 0), logarithmic beyond, so that the families close to the floor stay
+    apart from the one far above them (``beta_tilde`` at small T)."""
     out = {}
     for reference in table.distinct("reference"):
-        fig, (ax,) = plotting.new_figure(columns=1, aspect=0.8)
+        fig, (ax,) = plotting.new_figure(columns=1, aspect=1.05)
+        noise = 2.0 * statistics.median(r["metric_stderr"] for r in table.rows if r["reference"] == reference)
+        ax.axhspan(-noise, noise, color="0.9", lw=0, zorder=0, label=r"$\pm 2$ median s.e.")
         for family in table.distinct("family"):
             colour, marker = plotting.family_style(family)
             rows = [r for r in table.rows if (r["reference"], r["family"]) == (reference, family)]
@@ -83,11 +89,12 @@ def figures(table: ResultsTable) -> dict:
                         gid=f"data:{family}", label=plotting.family_label(family))
         ax.axhline(0.0, color="0.6", lw=0.6)
         metric = table.meta["config"]["metric"]
+        ax.set_yscale("symlog", linthresh=noise, linscale=0.6)
         ax.set(xscale="log", xlabel="number of steps $T$",
                ylabel="MMD$^2$" if metric == "mmd" else "SW$_2^2$",
                title=f"sampling with the exact mean, {reference}")
         plotting.integer_log_ticks(ax, sorted(table.distinct("T")))  # after the log scale is set
-        ax.legend(loc="upper right", ncols=2)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize="small")
         out[figure_suffix(reference)] = fig
     return out
 

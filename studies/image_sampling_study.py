@@ -33,8 +33,9 @@ def run_point(config: ImageSamplingConfig, point) -> dict:
 
 def figures(table: ResultsTable) -> dict:
     """(a) ``SW_2^2`` to exact samples and (b) the spectrum error against T per family, each with the
-    floor of two exact samples (dotted): values at the floor are indistinguishable from exact."""
-    fig, (ax, bx) = plotting.new_figure(columns=2, aspect=0.8, ncols=2)
+    floor of two exact samples (dotted): values at the floor are indistinguishable from exact. One
+    legend below both panels names every line, the floor included."""
+    fig, (ax, bx) = plotting.new_figure(columns=2, aspect=0.95, ncols=2)
     ts = sorted(table.distinct("T"))
     for family in table.distinct("family"):
         colour, marker = plotting.family_style(family)
@@ -54,7 +55,8 @@ def figures(table: ResultsTable) -> dict:
     reference = table.meta["config"]["ref"].rsplit("/", 1)[-1]
     ax.set(ylabel="SW$_2^2$ to exact samples", title=f"(a) {reference}")
     bx.set(ylabel=r"mean $|\hat v_k / \lambda_k - 1|$", title="(b) power spectrum error")
-    ax.legend(loc="best", ncols=2)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=4)
     return {"": fig}
 
 

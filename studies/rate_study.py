@@ -111,13 +111,14 @@ def _constant_panel(bx, ts, steps, order: int, predicted: float, colour, marker,
     ratio = [t**order * s / predicted for t, s in zip(ts, steps)]
     label = f"{plotting.family_label(name)}: $C = {predicted:.4g}$"
     if len(ts) >= 3:
-        label += f", measured ${measured_constant(ts, steps, order).value:.4g}$"
+        measured = measured_constant(ts, steps, order)
+        label += f", measured ${measured.value:.4g} \\pm {measured.error:.1g}$"
     bx.plot(ts, ratio, marker=marker, color=colour, gid=f"scaled:{name}", label=label)
 
 
 def rate_figure(table: ResultsTable, reference: str, schedule: str):
     """The two-panel rate figure of one reference on one schedule."""
-    fig, (ax, bx) = plotting.new_figure(columns=2, aspect=0.8, ncols=2)
+    fig, (ax, bx) = plotting.new_figure(columns=2, aspect=1.2, ncols=2)
     exact_zero, anchor, all_t = [], 0.0, []
     for family in table.distinct("family"):
         rows = sorted((r for r in table.rows if (r["reference"], r["schedule"], r["family"])
@@ -157,10 +158,10 @@ def rate_figure(table: ResultsTable, reference: str, schedule: str):
     ax.set(xscale="log", yscale="log", xlabel="number of steps $T$",
            ylabel="path KL, sum of steps", title=f"(a) {reference}, {schedule}")
     bx.axhline(1.0, color="0.4", ls="--", lw=0.8)
-    bx.set(xscale="log", xlabel="number of steps $T$", ylabel="$T^p\\,$steps $/\\, C$",
+    bx.set(xscale="log", xlabel="number of steps $T$", ylabel="$T^p \\times$ steps, over\nits predicted limit $C$",
            title="(b) against the predicted constant $C$")
-    ax.legend(loc="lower left")
-    bx.legend(loc="best")
+    for panel in (ax, bx):
+        panel.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), fontsize="small")
     return fig
 
 

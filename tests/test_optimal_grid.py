@@ -11,6 +11,7 @@
 import itertools
 import json
 import math
+from fractions import Fraction
 
 import mpmath as mp
 import numpy as np
@@ -81,6 +82,27 @@ def test_dp_finds_the_brute_force_minimum_mixture(family):
         assert abs(chosen.value - kl.total) <= chosen.error + kl.total_error
         assert kl.total <= minimum + chosen.regret_bound + kl.total_error + best_error
         assert chosen.lower <= minimum + best_error
+
+
+@pytest.mark.parametrize("family", ["analytic", "diag"])
+def test_dp_over_the_quadratic_lattice_finds_the_brute_force_minimum(family):
+    """``spacing="quadratic"``: the levels are exactly ``(k / n)^2`` (fractions, exact in float64 for
+    n = 8), and the DP over them picks the brute-force minimum of path_kl on every subsequence."""
+    schedule, n = get_schedule("vp-linear"), 8
+    pool = Candidates.uniform(schedule, n, spacing="quadratic")
+    assert pool.taus.tolist() == [float(Fraction(k, n) ** 2) for k in range(n + 1)]
+    costs = pair_costs(REFERENCE, pool, FAMILIES[family])
+    for steps in (2, 3, 4):
+        minimum, argmin = _brute_force(REFERENCE, pool, FAMILIES[family], steps)
+        chosen = best_grid(costs, steps)
+        assert chosen.value == pytest.approx(minimum, rel=REL) and chosen.positions == argmin
+
+
+def test_candidate_spacing_is_checked():
+    with pytest.raises(InputError, match="unknown candidate spacing"):
+        Candidates.uniform(get_schedule("vp-linear"), 8, spacing="cubic")
+    with pytest.raises(InputError, match="spacing is uniform"):
+        Candidates.uniform(get_schedule("ddpm-linear"), 50, spacing="quadratic")
 
 
 def test_shortest_path_against_enumeration_on_random_costs():
@@ -268,6 +290,7 @@ def test_cli_grid_prints_chain_indices_for_ddpm_linear(capsys, tmp_path):
     (["--cov", "beta_tilde", "--candidates", "10"], "infinite"),
     (["--cov", "full", "--method", "asymptotic"], "vanishing"),
     (["--save", "grid.csv"], "unsupported file type"),
+    (["--schedule", "ddpm-linear", "--spacing", "quadratic"], "spacing is uniform"),
 ])
 def test_cli_grid_bad_input_is_one_line(extra, message, capsys, tmp_path, monkeypatch):
     from tests.test_cli import run

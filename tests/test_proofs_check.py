@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from proofs_check import (
     get_claim,
     lgs,
     ocm,
+    optimal_grids,
     reeves_pfister,
     run_claim,
     tweedie,
@@ -35,7 +37,7 @@ CI = settings.get_profile("ci")
 CLAIMS = all_claims()
 _POSTERIOR_PARAMS = analytic_dpm.claimed_posterior_params
 _FISHER = diffusion_fisher.claimed_fisher
-PREFIXES = {"tweedie", "ocm", "adpm", "lgs", "rp", "df"}
+PREFIXES = {"tweedie", "ocm", "adpm", "lgs", "rp", "df", "grids"}
 
 
 def test_registry_is_complete_and_traceable():
@@ -130,11 +132,27 @@ MUTATIONS = [
     (reeves_pfister, "claimed_immse_derivative", lambda m: m, "rp.immse-mixture"),
     (reeves_pfister, "claimed_gap", lambda d, m, i: (d * m).sum() - i, "rp.riemann-gap"),
     (reeves_pfister, "claimed_gap_bound", lambda d, tr: 0.1 * d * tr, "rp.gap-bound"),
+    (reeves_pfister, "claimed_step_mean_penalty", lambda e2, var: e2 / var, "rp.imperfect-mean"),
+    (reeves_pfister, "claimed_mean_error_term", lambda d, e2: (d * e2).sum(), "rp.imperfect-mean"),
+    (reeves_pfister, "claimed_snr_step", lambda ap, a: ap - a, "rp.imperfect-mean"),
     (diffusion_fisher, "claimed_fisher",
      lambda w, y, a, var, eye: _FISHER(w, y, a, var, eye) - eye / var
      + eye / var**2, "df.outer-product"),
     (diffusion_fisher, "claimed_trace",
      lambda w, y, a, var: y.shape[1] / var - a**2 / var**2 * (w @ (y**2).sum(-1)), "df.trace-matvec"),
+    (diffusion_fisher, "claimed_plugin_bound", lambda a, var, e2, em, n: a**2 / var**2 * (e2 + 2 * n * em),
+     "df.plugin-bound"),
+    (diffusion_fisher, "claimed_topk_bound", lambda a, var, rho, dist: a**2 / var**2 * rho * dist**2 / 4,
+     "df.topk-bound"),
+    (diffusion_fisher, "claimed_topk_mean_bound", lambda rho, dist: rho * dist / 2, "df.topk-bound"),
+    (diffusion_fisher, "claimed_hutchinson_variance", lambda frob, diag: 2 * frob, "df.hutchinson-variance"),
+    (optimal_grids, "claimed_law_variable", lambda lam, abar: sp.log(abar * lam), "grids.gaussian-law"),
+    (optimal_grids, "claimed_two_eigenvalue_law_variable",
+     lambda l1, l2, abar: sp.log((1 - abar + abar * l1) / (1 - abar + abar * l2)) / 2, "grids.gaussian-law"),
+    (optimal_grids, "claimed_ddim_log_error", lambda lam, s, h: lam * h**2 / (lam + s**2) ** 2, "grids.tangent-law"),
+    (optimal_grids, "claimed_tangent_levels",  # uniform in arctan(s), the coefficient 1 instead of sqrt(lambda)
+     lambda lam, s_max, k: torch.tan(torch.arange(k, -1, -1, dtype=torch.float64) / k * math.atan(s_max)),
+     "grids.tangent-law"),
 ]
 
 

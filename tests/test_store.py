@@ -275,3 +275,19 @@ def test_only_dead_temporary_files_are_removed(tmp_path):
     os.utime(dead, (0, 0))  # a write killed long ago
     run_study(TOY, ToyConfig(T=(2, 4)), out, progress=False)
     assert not dead.exists() and live.exists()  # another writer's file of a moment ago stays
+
+
+def test_study_run_results_root_is_where_figs_reads(tmp_path, capsys):
+    """``study run --results ROOT`` writes ROOT/NAME, the folder ``figs --results ROOT`` reads (and
+    then draws without running anything: the points are all there)."""
+    from pathkl.cli import main
+
+    root = tmp_path / "root"
+    assert main(["study", "run", "lanczos_decay", "--small", "--quiet", "--results", str(root)]) == 0
+    points = sorted((root / "lanczos_decay" / "points").iterdir())
+    assert points
+    stamps = [p.stat().st_mtime_ns for p in points]
+    assert main(["figs", "lanczos_decay", "--quiet", "--results", str(root), "--out", str(tmp_path / "f")]) == 0
+    assert [p.stat().st_mtime_ns for p in sorted((root / "lanczos_decay" / "points").iterdir())] == stamps
+    assert (tmp_path / "f" / "lanczos_decay.pdf").exists()
+    capsys.readouterr()

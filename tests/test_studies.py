@@ -382,3 +382,44 @@ def test_sidecar_records_configuration_environment_and_timings(tmp_path):
     assert env["git_commit"] is None or len(env["git_commit"].split("+")[0]) == 40
     assert len(meta["point_seconds"]) == 12 and all(v >= 0 for v in meta["point_seconds"].values())
     assert meta["runs"][0]["completed"] and meta["runs"][0]["points_run"] == 12
+
+
+def test_optimal_grids_dp_is_the_brute_force_minimum_and_beats_the_grids_it_contains(tmp_path):
+    """The small run's DP rows against independent routes: on the mixture, path_kl of every K-step
+    subsequence of the candidates (brute force, not the pair costs) is no lower than the DP grid's
+    KL beyond the regret bound and both KLs' errors; on the Gaussian, where the quadratic grid
+    (k/K)^2 lies in the quadratic lattice (K divides N), the DP's KL is at most its KL (rounding:
+    1e-12 relative). The figure plots the table's numbers."""
+    import itertools
+
+    from pathkl.covariances import get_family
+    from pathkl.optimal_grid import Candidates
+    from pathkl.pathspace import path_kl
+    from pathkl.refspec import load_reference
+    from pathkl.schedules import get_schedule
+
+    study = _registered("optimal_grids")
+    config = study.config(small=True)
+    run_study(study, config, tmp_path, progress=False)
+    table = load(tmp_path)
+    pool = Candidates.uniform(get_schedule("vp-linear"), config.mixture_candidates, spacing=config.spacing)
+    mixture = load_reference(config.mixture)
+    for family in config.families:
+        for steps in config.mixture_K:
+            (dp,) = [r for r in table.rows if (r["reference"], r["family"], r["grid"], r["K"])
+                     == (config.mixture, family, "dp", steps)]
+            assert {float(t) for t in dp["taus"].split()} <= set(pool.taus.tolist())
+            for inner in itertools.combinations(range(1, pool.n), steps - 1):
+                kl = path_kl(mixture, pool.grid((0, *inner, pool.n)), get_family(family),
+                             rtol=config.mixture_rtol)
+                assert dp["total"] <= kl.total + dp["regret_bound"] + dp["total_error"] + kl.total_error
+        for steps in config.K:
+            if config.candidates % steps == 0 and family != "full":
+                by_grid = {r["grid"]: r["total"] for r in table.rows
+                           if (r["reference"], r["family"], r["K"]) == (config.gaussian, family, steps)}
+                assert by_grid["dp"] <= by_grid["quadratic"] * (1 + 1e-12)
+    fig = study.figures(table)[config.gaussian]
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    x, y = lines[f"data:{config.families[0]}:dp"].get_data()
+    assert list(x) == table.column("K", reference=config.gaussian, family=config.families[0], grid="dp")
+    assert list(y) == table.column("steps", reference=config.gaussian, family=config.families[0], grid="dp")

@@ -23,10 +23,10 @@ _EXAMPLES = """
 Chooses the K levels 0 = tau_0 < ... < tau_K = 1 of a sampling grid for one covariance family and
 prints them with the grid's exact path KL (terminal + steps, as pathkl kl), the uniform K-step grid's
 and their ratio.
-  --method dp          the best K-step subsequence of N + 1 candidate levels tau = k/N (for
-                       ddpm-linear: of the indices of the chain of length N), exactly, by dynamic
-                       programming over the pair costs (each step's KL depends on its two levels
-                       only); also prints how far the chosen grid can be from the true optimum given
+  --method dp          the best K-step subsequence of N + 1 candidate levels tau = k/N (or (k/N)^2
+                       with --spacing quadratic, finer at low noise; for ddpm-linear: the indices of
+                       the chain of length N), exactly, by dynamic programming over the pair costs
+                       (each step's KL depends on its two levels only); also prints how far the chosen grid can be from the true optimum given
                        the pair costs' errors (0 up to rounding for Gaussians)
   --method asymptotic  the grid of density rho ~ (beta^(p+1) E||D||^2)^(1/(p+1)), the minimiser of the
                        leading term of an order-p family (docs/grids.md)
@@ -39,7 +39,7 @@ examples:
   pathkl grid --ref image-3x64x64 --cov diag --steps 25 --save grid.txt
   pathkl kl --ref image-3x64x64 --cov diag --taus @grid.txt
   pathkl grid --ref gaussian-5d --schedule ddpm-linear --cov beta --steps 10 --json
-  pathkl grid --ref mog-rotated --cov full --steps 8 --candidates 16 --rtol 1e-4
+  pathkl grid --ref mog-rotated --cov full --steps 8 --candidates 24 --spacing quadratic --rtol 1e-4
   pathkl grid --ref gaussian-5d --cov analytic --steps 10 --method asymptotic
 """
 
@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--candidates", type=positive_int, default=None,
                    help="N: candidate levels tau = k/N (ddpm-linear: the chain length); "
                         "default 1000 for Gaussian references, 32 otherwise")
+    p.add_argument("--spacing", default="uniform", choices=("uniform", "quadratic"),
+                   help="candidate lattice: tau = k/N, or (k/N)^2, finer at low noise (default: uniform)")
     p.add_argument("--rtol", type=positive_float, default=1e-6,
                    help="relative error the quadrature climbs to, mixtures in d <= 3 (default: 1e-6)")
     p.add_argument("--save", help="write the grid's taus (ddpm-linear: chain indices) to this .txt file")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out = None if args.save is None else check_output_path(args.save, (".txt",))
     family = get_family(args.cov)
     result = choose_grid(reference_from(args), get_schedule(args.schedule), family, args.steps, method=args.method,
-                         candidates=args.candidates, rtol=args.rtol)
+                         candidates=args.candidates, spacing=args.spacing, rtol=args.rtol)
     summary = {"ref": args.ref, "schedule": args.schedule, "cov": family.name, **result.as_dict()}
     levels = summary.get("indices", summary["taus"])
     line = ", ".join(repr(v) for v in levels)

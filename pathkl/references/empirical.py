@@ -15,8 +15,10 @@ at a noise level ``(abar, 1 - abar)`` is a product of the (n, d) batch with the 
   term is then small instead of a difference of ``|m|^2``-sized sums, so ``C v`` and ``diag C`` keep
   their relative accuracy; each costs O(n K d) in two GEMMs.
 
-Used by the image-dimension sampling study (``studies/image_sampling.py``); the small-d methods
-(Hessian, dense covariance, path-space KL by quadrature) are the inherited mixture ones.
+The Hessian's products and trace (the diffusion Fisher, ``pathkl.fisher``) follow from ``C`` by
+Tweedie: ``H = -I / (1 - abar) + abar C / (1 - abar)^2``. Used by the image-dimension sampling study
+(``studies/image_sampling.py``); the small-d methods (dense Hessian, dense covariance, path-space KL
+by quadrature) are the inherited mixture ones.
 """
 
 from __future__ import annotations
@@ -51,13 +53,23 @@ class EmpiricalReference(MixtureReference):
         mix = MixtureReference.empirical(points, weights=weights)
         return EmpiricalReference(mix.weights, mix.means, mix.eigenvalues, mix.covs)
 
+    def _data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The data mean c, the centred points ``m - c``, their squared norms and ``|m_k|^2``: formed
+        once per reference (each is an O(K d) pass, as costly as the products themselves)."""
+        data = self._cache.get("data")
+        if data is None:
+            centre = self.means.mean(0)
+            points = self.means - centre
+            data = (centre, points, (points**2).sum(-1), (self.means**2).sum(-1))
+            self._cache["data"] = data
+        return data
+
     def _weights(self, x: torch.Tensor, lv: NoiseLevel) -> _Weights:
         root, var = lv.abar.sqrt(), lv.one_minus_abar
-        centre = self.means.mean(0)
-        points = self.means - centre
+        centre, points, points_sq, _ = self._data()
         shifted = x - root * centre
         dist2 = ((shifted**2).sum(-1, keepdim=True) - 2.0 * root * shifted @ points.T
-                 + lv.abar * (points**2).sum(-1)).clamp_min(0.0)
+                 + lv.abar * points_sq).clamp_min(0.0)
         joint = torch.log(self.weights) - dist2 / (2.0 * var)
         log_normaliser = torch.logsumexp(joint, -1)
         weights = torch.exp(joint - log_normaliser[:, None])
@@ -119,10 +131,23 @@ class EmpiricalReference(MixtureReference):
     @array_arguments
     def posterior_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``tr C(x) = sum_{k != r} w_k |m_k - m_r|^2 - |delta|^2`` per row, (n,)."""
-        others, anchors, delta, _ = self._anchored(x, lv)
-        sq = (others @ (self.means**2).sum(-1) - 2.0 * ((others @ self.means) * anchors).sum(-1)
-              + others.sum(-1) * (anchors**2).sum(-1))
+        others, anchors, delta, anchor = self._anchored(x, lv)
+        norms = self._data()[3]
+        sq = (others @ norms - 2.0 * ((others @ self.means) * anchors).sum(-1) + others.sum(-1) * norms[anchor])
         return (sq - (delta**2).sum(-1)).clamp_min(0.0)
+
+    @array_arguments
+    def hvp(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``H v = -v / sigma^2 + (abar / sigma^4) C v`` (``sigma^2 = 1 - abar``; Wang et al. 2025,
+        arXiv 2505.23264, Prop. 1), O(n K d) by :meth:`posterior_cov_matvec`."""
+        var = lv.one_minus_abar
+        return (lv.abar / var**2) * self.posterior_cov_matvec(x, v, lv) - v / var
+
+    @array_arguments
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``tr H = -d / sigma^2 + (abar / sigma^4) tr C`` per row, O(n K d) by :meth:`posterior_trace`."""
+        var = lv.one_minus_abar
+        return (lv.abar / var**2) * self.posterior_trace(x, lv) - self.dim / var
 
     def posterior_trace_estimate(self, lv: NoiseLevel, *, samples: int = 256, seed: int = 0) -> Estimate:
         """Monte Carlo ``E_{q_t} tr C(x_t) / d`` over ``samples`` seeded draws, with its standard error."""

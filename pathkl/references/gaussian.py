@@ -175,6 +175,11 @@ class GaussianReference:
         return -self.basis.apply(1.0 / self.marginal_eigenvalues(lv), v)
 
     @array_arguments
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``tr H = -sum_i 1 / nu_i`` (the same at every row of x)."""
+        return -(1.0 / self.marginal_eigenvalues(lv)).sum().expand(x.shape[:-1])
+
+    @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         h = -self.basis.dense(1.0 / self.marginal_eigenvalues(lv))
         return h.expand(x.shape[0], -1, -1)

@@ -314,6 +314,14 @@ class MixtureReference:
         inv_v = self.covs.apply(1.0 / post.nu, v[..., None, :].expand_as(c))
         return (w[..., None] * (-inv_v + c * (c * v[..., None, :]).sum(-1, keepdim=True))).sum(-2)
 
+    @array_arguments
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``tr H = -E_w tr V_k^{-1} + E_w |c_k|^2`` per row, O(n K d) (no d x d matrix)."""
+        post = self._at(x, lv)
+        inverse_trace = (1.0 / post.nu).sum(-1) * (self.dim // post.nu.shape[-1])  # (..., K)
+        spread = (post.centred_scores**2).sum(-1)
+        return (post.weights * (spread - inverse_trace)).sum(-1)
+
     def component_means(self, post: Posterior, abar) -> torch.Tensor:
         """``E[x_0 | x_t, k] = m_k + sqrt(abar) S_k V_k^{-1} y_k = m_k - sqrt(abar) S_k s_k``, (..., K, d)."""
         root = torch.as_tensor(abar, dtype=DTYPE).sqrt()[..., None, None]

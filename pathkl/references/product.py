@@ -99,6 +99,10 @@ class ProductReference:
         return torch.cat([f.hvp(xb, vb, lv) for f, xb, vb in zip(self.factors, self._split(x), self._split(v))], -1)
 
     @array_arguments
+    def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        return sum(f.hessian_trace(xb, lv) for f, xb in zip(self.factors, self._split(x)))
+
+    @array_arguments
     def posterior_cov_matvec(self, x: torch.Tensor, v: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         parts = zip(self.factors, self._split(x), self._split(v))
         return torch.cat([f.posterior_cov_matvec(xb, vb, lv) for f, xb, vb in parts], -1)
