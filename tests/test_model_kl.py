@@ -261,19 +261,21 @@ def test_claimed_error_covers_the_true_error(d, seed, steps, scale):
 
 
 def test_monte_carlo_interval_has_its_coverage():
-    """Over 60 seeds the 95% interval of the mean part covers the closed form at least 51 times
-    (binomial(60, 0.95): P(< 51) ~ 0.3%), and the claimed standard error matches the seeds' spread."""
+    """Over 100 seeds at the default 256 draws the 95% interval of the mean part covers the closed form
+    at least 89 times (binomial(100, 0.95): P(< 89) ~ 1%), and the claimed standard error matches the
+    seeds' spread (its sampling error at 100 seeds is ~7%). At 64 draws the quadratic control variates
+    (7 regressors) make the standard error ~13% low (docs/learned.md section 2)."""
     reference = GaussianReference.from_eigenvalues(torch.tensor([0.3, 1.0, 2.0], dtype=DTYPE))
     grid = SCHEDULE.grid(3)
     a, b, factors = instance(3, 7, 0.5)
     variances = star_diagonals(reference, grid) * factors
     model = linear_error_model(reference, a, b, variances)
     want = float(closed_form(reference, grid, a, b, variances)[0].sum())
-    results = [model_path_kl(reference, grid, model, rule=MonteCarlo(outer=64, seed=s)).mean for s in range(60)]
+    results = [model_path_kl(reference, grid, model, rule=MonteCarlo(seed=s)).mean for s in range(100)]
     covered = sum(abs(r.value - want) <= r.error for r in results)
     spread = torch.tensor([r.value for r in results], dtype=DTYPE).std()
     claimed = sum(r.stderr for r in results) / len(results)
-    assert covered >= 51 and 0.7 <= claimed / float(spread) <= 1.4, (covered, claimed, spread)
+    assert covered >= 89 and 0.8 <= claimed / float(spread) <= 1.25, (covered, claimed, spread)
 
 
 def test_protocol_and_bad_input():
