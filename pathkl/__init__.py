@@ -37,7 +37,7 @@ _EXPORTS = {
     "family_rates": "pathkl.rates",
     "fit_order": "pathkl.rates",
     "lanczos_sampler": "pathkl.lanczos",
-    "lanczos_accuracy": "pathkl.lanczos_accuracy",
+    "lanczos_accuracy": "pathkl.lgs_accuracy",
     "sample": "pathkl.sampling",
     "mmd": "pathkl.metrics",
     "sliced_wasserstein": "pathkl.metrics",

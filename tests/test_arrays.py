@@ -3,6 +3,8 @@ gives the same numbers; what it cannot take it refuses in one line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,9 @@ def test_non_numeric_input_is_refused_in_one_line(bad, words):
 def test_every_front_door_name_resolves():
     for name in pathkl.__all__:
         assert getattr(pathkl, name) is not None, name
+
+
+def test_no_front_door_name_is_a_submodule():
+    """``import pathkl.X`` sets ``pathkl.X`` to the module, shadowing an exported function named X."""
+    modules = {p.stem for p in Path(pathkl.__file__).parent.iterdir() if p.suffix == ".py" or p.is_dir()}
+    assert not modules & set(pathkl.__all__)

@@ -15,7 +15,7 @@ from .common import (
     reference_from,
 )
 
-TARGETS = ("reverse", "x0")  # pathkl.lanczos_accuracy.TARGETS, named here so --help loads no torch
+TARGETS = ("reverse", "x0")  # pathkl.lgs_accuracy.TARGETS, named here so --help loads no torch
 
 _EXAMPLES = """
 For points x ~ q_tau and z ~ N(0, I) it compares the LGS draw y_k = |z| V_k T_k^(1/2) e_1 with the exact
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     ks = parse_number_list(args.k, parse_integer, "--k")
 
-    from ..lanczos_accuracy import lanczos_accuracy
+    from ..lgs_accuracy import lanczos_accuracy
     from ..schedules import get_schedule
 
     result = lanczos_accuracy(reference_from(args), get_schedule(args.schedule), ks, tau=args.tau,

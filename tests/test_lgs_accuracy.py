@@ -1,4 +1,4 @@
-"""pathkl.lanczos_accuracy against an independent numpy route.
+"""pathkl.lgs_accuracy against an independent numpy route.
 
 For a Gaussian N(0, S) the target ``Cov[x_0 | x_tau] = S - abar S (abar S + (1 - abar) I)^{-1} S`` does
 not depend on x, and the one-step Lanczos draw is ``y_1 = sqrt(z^T A z / z^T z) z`` (the Krylov space
@@ -13,7 +13,7 @@ import torch
 
 from pathkl.cli import lanczos as cli_lanczos
 from pathkl.errors import InputError
-from pathkl.lanczos_accuracy import TARGETS, lanczos_accuracy
+from pathkl.lgs_accuracy import TARGETS, lanczos_accuracy
 from pathkl.references import GaussianReference
 from pathkl.schedules import get_schedule
 
