@@ -31,16 +31,6 @@ CI = settings.get_profile("ci")
 SCHEDULE = get_schedule("vp-linear")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The rules' arrays here are a few hundred points: on a shared two-core machine each torch op's
-    thread barrier waits for a descheduled worker (an einsum took 22 ms with two threads, 0.2 ms with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mixture_1d():
     return MixtureReference.from_components([0.3, 0.7], [[-1.0], [1.5]], stds=[0.4, 0.6])
 
