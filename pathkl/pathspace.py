@@ -23,6 +23,7 @@ from .estimate import Estimate, StepKLs
 from .references.product import blocks
 from .rules import MonteCarlo, Rule, select_rule
 from .schedules import Grid, NoiseLevel
+from .threads import one_thread
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,14 @@ def path_kl(reference, grid: Grid, family: Family, *, rtol: float = 1e-6, rule: 
         raise InputError(f"first step must be between 1 and T = {grid.T}, got {first_step}")
     if not rtol > 0:
         raise InputError(f"rtol must be > 0, got {rtol}")
-    per_step = step_kls(reference, grid, family, rtol=rtol, rule=rule)
+    with one_thread():  # pathkl.threads: cache-sized arrays, and shared machines
+        per_step = step_kls(reference, grid, family, rtol=rtol, rule=rule)
+        terminal = terminal_kl(reference, grid.level(grid.T), rtol=rtol, rule=rule)
     # A Monte Carlo estimate may dip below 0 within its noise; a bounded one may not beyond its bound.
     sampled = bool((per_step.stderr > 0).any())
     if not sampled and (per_step.values < -per_step.bound).any():
         raise ArithmeticError("a per-step KL came out negative beyond its error: this is a bug, please report it")
     steps = per_step.total(first_step)
-    terminal = terminal_kl(reference, grid.level(grid.T), rtol=rtol, rule=rule)
     total = steps + terminal
     total_error = 0.0 if math.isinf(total.value) else total.error
     return PathKL(terminal.value, steps.value, total.value, terminal.error, steps.error, total_error,

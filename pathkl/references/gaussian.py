@@ -30,7 +30,6 @@ overflows for grids of up to 10^8 steps.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from ..errors import InputError
 from ..operators import Spectral
 from ..schedules import DTYPE, Grid, NoiseLevel
 from ..stable import u_minus_log1p
+from ..threads import one_thread
 
 # Elements per chunk of steps: each torch call is amortised over many elements, each (chunk, d)
 # float64 temporary is 1 MiB; far smaller chunks spend their time in per-call overhead (3x slower at
@@ -261,7 +261,7 @@ class GaussianReference:
         given = itertools.repeat(None) if mean_g is None else mean_g[:, None].split(chunk)
         workspace = torch.empty(_Steps.SLOTS + 3, chunk, spectrum.values.numel(), dtype=DTYPE)
         out = []
-        with _one_thread():
+        with one_thread():
             for rows, own in zip(zip(*(x.split(chunk) for x in columns)), given):
                 *slots, s, s2, phi = workspace[:, : rows[0].shape[0]]
                 step = _Steps(spectrum, *rows, work=slots).reverse_step(own)
@@ -391,16 +391,3 @@ class _Deferred(Spectral):
 
     def centred_eigvals(self):
         return super().centred_eigvals() if self._centred is None else self._centred()
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on the calling thread only: per-step arithmetic on cache-sized chunks gains little from a
-    second thread, and on a shared machine each op's barrier waits for a descheduled worker (6x slower
-    at d = 12288 on two busy cores). Not thread-safe: torch's thread count is process-wide."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
