@@ -58,7 +58,8 @@ def _operator(reference, args):
     """The matvec of the chosen covariance at points x ~ q_tau, and a description of it."""
     import torch
 
-    from ..matvecs import StepCoefficients, closed_form_cov_matvec
+    from ..covariances import ReverseStep
+    from ..matvecs import closed_form_cov_matvec
     from ..schedules import get_schedule
 
     schedule = get_schedule(args.schedule)
@@ -68,7 +69,7 @@ def _operator(reference, args):
         return (lambda v: reference.posterior_cov_matvec(x, v, level)), {"tau": args.tau}
     grid = schedule.grid(args.steps)
     t = min(max(1, round(args.tau * args.steps)), args.steps)
-    step = StepCoefficients.at(grid, t)
+    step = ReverseStep.ddim(grid, t)
     x = reference.sample(args.n, step.level, generator=torch.Generator().manual_seed(args.seed))
     return closed_form_cov_matvec(reference, x, step), {"tau": float(grid.taus[t]), "step": t, "T": grid.T}
 

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--steps needs at least 4 strictly increasing integers >= 1")
     plot_path = check_output_path(args.plot, _PLOT_SUFFIXES) if args.plot else None
 
-    from ..covariances import get_family
+    from ..families import get_family
     from ..pathspace import method
     from ..rates import family_rates
     from ..schedules import check_steps, get_schedule
