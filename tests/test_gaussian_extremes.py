@@ -18,8 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathkl.covariances import FAMILIES
 from pathkl.errors import InputError
+from pathkl.families import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import fixed_rotation
 from pathkl.references import GaussianReference

@@ -20,8 +20,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pathkl.asymptotic_grid import asymptotic_density, asymptotic_grid
-from pathkl.covariances import FAMILIES
 from pathkl.errors import InputError
+from pathkl.families import FAMILIES
 from pathkl.optimal_grid import Candidates, best_grid, choose_grid, pair_costs, shortest_path
 from pathkl.pathspace import path_kl
 from pathkl.presets import PRESETS, fixed_rotation
