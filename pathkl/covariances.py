@@ -173,10 +173,12 @@ class Family:
     """A covariance family: how it forms ``Sigma_t`` for the KL, how it draws its noise in a sampler,
     its legend label and style, and its rate (entries: :mod:`pathkl.families`).
 
-    ``noise(family, reference, x, step, matvec, z, generator)`` draws ``N(0, Sigma_t(x))`` from
-    standard normals ``z`` (n, d) for a sampler's :meth:`ReverseStep.ddim` step (``matvec``:
-    ``v -> Sigma*_t(x) v``). Families with ``relative_eigvals`` None (``lanczos:k``, ``rademacher:M``)
-    draw a random or probe-dependent kernel and have no exact path KL. ``general_rate``: the rate where
+    ``kl_eigvals(step)``: the relative eigenvalues ``e`` of ``Sigma_t`` (module docstring), or None
+    where ``e = 0``; ``kl_ratios(step)``: ``1 + e`` from ``step.sigma_star``. ``draw(family, reference, x,
+    step, matvec, z, generator)`` draws ``N(0, Sigma_t(x))`` from standard normals ``z`` (n, d) for a
+    sampler's :meth:`ReverseStep.ddim` step (``matvec``: ``v -> Sigma*_t(x) v``). Families with no
+    ``kl_eigvals`` (``lanczos:k``, ``rademacher:M``) draw a random or probe-dependent kernel and have
+    no exact path KL. ``general_rate``: the rate where
     the reference does not make ``Sigma_t = Sigma*_t``; ``optimal_on(reference)`` says where it does
     (known from the reference's structure), and ``optimal`` that it does on every reference.
     ``colour`` is an Okabe-Ito colour; ``shade`` (1..8, sized families) orders several sizes in one
@@ -189,10 +191,10 @@ class Family:
     label: str
     colour: str
     marker: str
-    _noise: Callable[..., torch.Tensor]
-    _relative_eigvals: Callable[[ReverseStep], torch.Tensor | None] | None = None  # None: e = 0 (Sigma_t = Sigma*)
-    # 1 + e from step.sigma_star; None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
-    _ratios: Callable[[ReverseStep], torch.Tensor] | None = None
+    draw: Callable[..., torch.Tensor]
+    kl_eigvals: Callable[[ReverseStep], torch.Tensor | None] | None = None
+    # None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
+    kl_ratios: Callable[[ReverseStep], torch.Tensor] | None = None
     general_rate: Rate = NO_RATE
     optimal_on: Callable[[object], bool] = _never
     optimal: bool = False
@@ -208,7 +210,7 @@ class Family:
     @property
     def has_kl(self) -> bool:
         """Whether the family forms a Gaussian ``Sigma_t`` of its own, so that its path KL is exact."""
-        return self._relative_eigvals is not None
+        return self.kl_eigvals is not None
 
     @property
     def products_per_step(self) -> int:
@@ -217,7 +219,7 @@ class Family:
 
     def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
         """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
-        e = self._relative_eigvals(step)
+        e = self.kl_eigvals(step)
         return torch.zeros_like(step.g.eigvals()) if e is None else e
 
     def gaussian_step_kl(self, step: ReverseStep, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
@@ -225,10 +227,10 @@ class Family:
         from ``step.sigma_star`` where phi needs it (module docstring); exactly 0, with no pass over
         the eigenvalues, where ``Sigma_t = Sigma*``. ``work``: three tensors shaped like the
         eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
-        e = self._relative_eigvals(step)
+        e = self.kl_eigvals(step)
         if e is None:
             return step.beta.new_zeros(step.g.batch_shape)
-        ratios = None if self._ratios is None or step.sigma_star is None else (lambda: self._ratios(step))
+        ratios = None if self.kl_ratios is None or step.sigma_star is None else (lambda: self.kl_ratios(step))
         return 0.5 * step.spectral_sum(u_minus_log1p(e, one_plus_u=ratios, work=work))
 
     def rate(self, reference) -> Rate:
@@ -245,4 +247,4 @@ class Family:
     def noise(self, reference, x: torch.Tensor, step: ReverseStep, matvec, z: torch.Tensor, *,
               generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw from ``N(0, Sigma_t(x))`` for a sampler's step, from standard normals ``z`` (n, d)."""
-        return self._noise(self, reference, x, step, matvec, z, generator)
+        return self.draw(self, reference, x, step, matvec, z, generator)

@@ -227,18 +227,23 @@ def _lanczos_noise(family, reference, x, step, matvec, z, generator):
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("beta", "Ho et al. 2020: Sigma_t = beta_t I", r"$\beta_t I$", OKABE_ITO[0], "o", _beta_noise,
-               _beta, _beta_ratios, Rate(1, _ORDER_ONE, _beta_defect), _standard_normal_covariance,
+        Family("beta", source="Ho et al. 2020: Sigma_t = beta_t I", label=r"$\beta_t I$",
+               colour=OKABE_ITO[0], marker="o", draw=_beta_noise, kl_eigvals=_beta, kl_ratios=_beta_ratios,
+               general_rate=Rate(1, _ORDER_ONE, _beta_defect), optimal_on=_standard_normal_covariance,
                ddpm_only=True),
-        Family("beta_tilde", "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)", r"$\tilde\beta_t I$",
-               OKABE_ITO[5], "v", _beta_tilde_noise, _beta_tilde, general_rate=NO_RATE, first_step=2),
-        Family("analytic", "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
-               r"analytic $\sigma_t^2 I$", OKABE_ITO[1], "s", _analytic_noise, _analytic, _analytic_ratios,
-               Rate(1, _ORDER_ONE, _analytic_defect), _isotropic_gaussian, uses_mean_g=True),
-        Family("diag", "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", "diag", OKABE_ITO[2], "^", _diag_noise,
-               _diag, _diag_ratios, Rate(1, _ORDER_ONE, _offdiagonal_sq_norm), _diagonal_hessian),
-        Family("full", "full covariance matching: Sigma_t = Sigma*_t", "full", OKABE_ITO[3], "D", _full_noise,
-               _full, general_rate=MATCHED, optimal=True),
+        Family("beta_tilde", source="Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
+               label=r"$\tilde\beta_t I$", colour=OKABE_ITO[5], marker="v", draw=_beta_tilde_noise,
+               kl_eigvals=_beta_tilde, general_rate=NO_RATE, first_step=2),
+        Family("analytic", source="Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
+               label=r"analytic $\sigma_t^2 I$", colour=OKABE_ITO[1], marker="s", draw=_analytic_noise,
+               kl_eigvals=_analytic, kl_ratios=_analytic_ratios, general_rate=Rate(1, _ORDER_ONE, _analytic_defect),
+               optimal_on=_isotropic_gaussian, uses_mean_g=True),
+        Family("diag", source="Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", label="diag",
+               colour=OKABE_ITO[2], marker="^", draw=_diag_noise, kl_eigvals=_diag, kl_ratios=_diag_ratios,
+               general_rate=Rate(1, _ORDER_ONE, _offdiagonal_sq_norm), optimal_on=_diagonal_hessian),
+        Family("full", source="full covariance matching: Sigma_t = Sigma*_t", label="full",
+               colour=OKABE_ITO[3], marker="D", draw=_full_noise, kl_eigvals=_full, general_rate=MATCHED,
+               optimal=True),
     )
 }
 
@@ -282,12 +287,12 @@ SIZED_FAMILIES: dict[str, SizedFamily] = {
     s.kind: s
     for s in (
         SizedFamily("M", 2, "Rademacher probes (two or more give a standard error)",
-                    Family("rademacher", "Ou et al. 2025 (OCM), eq. 9: diag(Sigma*_t) from M Rademacher probes",
-                           "rademacher", OKABE_ITO[4], "P", _rademacher_noise),
+                    Family("rademacher", source="Ou et al. 2025 (OCM), eq. 9: diag(Sigma*_t) from M Rademacher probes",
+                           label="rademacher", colour=OKABE_ITO[4], marker="P", draw=_rademacher_noise),
                     int.bit_length),  # about log2 M + 1
         SizedFamily("k", 1, "Lanczos steps (covariance-vector products per reverse step)",
-                    Family("lanczos", "Akhtar et al. 2026 (LGS): the Lanczos Gaussian sampler, k products",
-                           "lanczos", OKABE_ITO[7], "X", _lanczos_noise),
+                    Family("lanczos", source="Akhtar et al. 2026 (LGS): the Lanczos Gaussian sampler, k products",
+                           label="lanczos", colour=OKABE_ITO[7], marker="X", draw=_lanczos_noise),
                     int),
     )
 }
