@@ -174,13 +174,13 @@ class Family:
     its legend label and style, and its rate (entries: :mod:`pathkl.families`).
 
     ``kl_eigvals(step)``: the relative eigenvalues ``e`` of ``Sigma_t`` (module docstring), or None
-    where ``e = 0``; ``kl_ratios(step)``: ``1 + e`` from ``step.sigma_star``. ``draw(family, reference, x,
-    step, matvec, z, generator)`` draws ``N(0, Sigma_t(x))`` from standard normals ``z`` (n, d) for a
-    sampler's :meth:`ReverseStep.ddim` step (``matvec``: ``v -> Sigma*_t(x) v``). Families with no
-    ``kl_eigvals`` (``lanczos:k``, ``rademacher:M``) draw a random or probe-dependent kernel and have
-    no exact path KL. ``general_rate``: the rate where
-    the reference does not make ``Sigma_t = Sigma*_t``; ``optimal_on(reference)`` says where it does
-    (known from the reference's structure), and ``optimal`` that it does on every reference.
+    where ``e = 0``; ``kl_ratios(step)``: ``1 + e`` from ``step.sigma_star``. ``draw(family, reference,
+    x, step, matvec, z, generator)`` draws ``N(0, Sigma_t(x))`` from standard normals ``z`` (n, d) for
+    a sampler's :meth:`ReverseStep.ddim` step (``matvec``: ``v -> (s2 I + lam^2 C(x)) v``). Families
+    with no ``kl_eigvals`` (``lanczos:k``, ``rademacher:M``) draw a random or probe-dependent kernel
+    and have no exact path KL. ``general_rate``: the rate where the reference does not make
+    ``Sigma_t = Sigma*_t``; ``optimal_on(reference)`` says where it does (known from the reference's
+    structure), and ``optimal`` that it does on every reference.
     ``colour`` is an Okabe-Ito colour; ``shade`` (1..8, sized families) orders several sizes in one
     figure (pathkl.plotting). ``size``: k of ``lanczos:k``, M of ``rademacher:M`` (0 otherwise), each
     one covariance-vector product per reverse step.
