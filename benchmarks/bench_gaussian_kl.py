@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from pathkl.covariances import FAMILIES
+from pathkl.families import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import PRESETS, power_law_spectrum
 from pathkl.references import GaussianReference
@@ -60,8 +60,9 @@ ATANH_TAIL = [1.0 / (2 * k + 3) for k in range(14)]
 
 
 def first_step(name: str) -> int:
-    """beta_tilde's step t = 1 is infinite (beta~_1 = 0): every route sums it from t = 2."""
-    return 2 if name == "beta_tilde" else 1
+    """The family's first finite step (beta_tilde's step t = 1 is infinite, beta~_1 = 0): every route
+    sums from it."""
+    return FAMILIES[name].first_step
 
 
 def min_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -12,16 +12,17 @@ Times are medians of repeated runs (wall clock, synchronised on CUDA).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
+from pathkl.covariances import ReverseStep
 from pathkl.lanczos import lanczos_sampler
 from pathkl.matvecs import (
     DifferenceCovariance,
     JvpCovariance,
-    StepCoefficients,
     closed_form_cov_matvec,
     rademacher_diagonal,
 )
@@ -58,7 +59,7 @@ def cost_jvp_route(device, dtype, k=3):
     for p in net.parameters():
         p.requires_grad_(False)
     grid = get_schedule("vp-linear").grid(20)
-    step = StepCoefficients.at(grid, 10)
+    step = ReverseStep.ddim(grid, 10)
     x = torch.randn(n, d, device=device, dtype=dtype)
     z = torch.randn(n, d, device=device, dtype=dtype)
     one_eval = median_time(lambda: net(x), device)
@@ -78,8 +79,8 @@ def cost_jvp_route(device, dtype, k=3):
 def cost_closed_route(device, dtype, k=3):
     ref = to_device(PRESETS["image-3x32x32"][1](), device)
     grid = get_schedule("vp-linear").grid(20)
-    step = StepCoefficients.at(grid, 10)
-    step = StepCoefficients(step.t, to_device(step.level, device), step.lam, step.kappa, step.s2, step.beta, step.alpha)
+    step = ReverseStep.ddim(grid, 10)
+    step = dataclasses.replace(step, level=to_device(step.level, device))
     n = 64
     x = ref.sample(n, None).to(device)
     z = torch.randn(n, ref.dim, device=device, dtype=torch.float64)
@@ -98,8 +99,8 @@ def cost_closed_route(device, dtype, k=3):
 def step_comparison(device, t):
     ref = to_device(PRESETS["image-3x32x32"][1](), device)
     grid = get_schedule("vp-linear").grid(20)
-    s = StepCoefficients.at(grid, t)
-    step = StepCoefficients(s.t, to_device(s.level, device), s.lam, s.kappa, s.s2, s.beta, s.alpha)
+    s = ReverseStep.ddim(grid, t)
+    step = dataclasses.replace(s, level=to_device(s.level, device))
     n, d = 64, ref.dim
     gen = torch.Generator(device=device).manual_seed(0)
     x = ref.sample(n, None).to(device)

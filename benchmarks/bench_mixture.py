@@ -31,7 +31,7 @@ import time
 import torch
 
 from pathkl import third_derivative as td
-from pathkl.covariances import FAMILIES
+from pathkl.families import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import ocm_grid
 from pathkl.references import MixtureReference
@@ -47,7 +47,7 @@ def ocm(args) -> None:
     start = time.perf_counter()
     for family in FAMILIES.values():
         t0 = time.perf_counter()
-        result = path_kl(reference, grid, family, first_step=2 if family.name == "beta_tilde" else 1)
+        result = path_kl(reference, grid, family, first_step=family.first_step)
         print(f"  {family.name:10s} steps={result.steps:.12e}  ({time.perf_counter() - t0:.1f} s)")
     print(f"OCM 3x3 (product form), T={args.T}, all five families: {time.perf_counter() - start:.1f} s")
 

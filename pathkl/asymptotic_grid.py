@@ -35,11 +35,12 @@ GAUSSIAN_NODES, MIXTURE_NODES = 256, 64
 
 def leading_density(reference, schedule: Schedule, family: Family, taus: torch.Tensor) -> np.ndarray:
     """``f(tau)^(1/(p+1)) = beta(tau) (E_{q_tau} ||D||_F^2)^(1/(p+1))`` at ``taus`` (unnormalised)."""
-    if family.order is None:
+    order = family.order(reference)
+    if order is None:
         raise InputError(f"family {family.name!r} claims no vanishing rate, so it has no asymptotic grid")
     continuum = schedule.continuum() if isinstance(schedule, DDPMLinear) else schedule
     inner = np.array([leading_integrand(reference, family, continuum.level(t)).value for t in taus])
-    return continuum.beta_rate(taus).numpy() * np.maximum(inner, 0.0) ** (1.0 / (family.order + 1))
+    return continuum.beta_rate(taus).numpy() * np.maximum(inner, 0.0) ** (1.0 / (order + 1))
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,20 @@ precision, which ``e_i`` (known to an ulp of 1) does not carry: the family then 
 the eigenvalues of ``Sigma_t^{-1/2} Sigma* Sigma_t^{-1/2}``, from ``Sigma*`` itself, given by the
 reference as a positive form (:attr:`ReverseStep.sigma_star`).
 
-Each family also declares its rate: ``steps = Theta(T^-order)``, with the leading constant
+Each family also declares its rate (:class:`Rate`): ``steps = Theta(T^-order)``, with the leading constant
 
     lim T^order * steps = coefficient * int_0^1 beta(tau)^(order + 1) E_{q_tau} ||D||_F^2 dtau
 
 (``order = 1``: ``coefficient = 1/4`` and ``D`` the family's defect; ``order = 2`` (``full``):
-``coefficient = 1/12`` and ``||D||^2 = ||grad^3 log q_tau||_F^2``).
+``coefficient = 1/12`` and ``||D||^2 = ||grad^3 log q_tau||_F^2``). The rate may depend on the
+reference (:meth:`Family.rate`): where the reference makes ``Sigma_t = Sigma*_t`` at every x and t
+(``diag`` on data whose Hessian is diagonal, e.g. product-form data) the family has ``full``'s rate.
+The entries themselves live in :mod:`pathkl.families`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,36 +36,73 @@ import torch
 
 from .errors import InputError
 from .operators import SymmetricOperator
-from .schedules import Grid
+from .schedules import Grid, NoiseLevel
 from .stable import u_minus_log1p
 
 
 @dataclass(frozen=True)
 class ReverseStep:
-    """What a family needs about step(s) t: per-step scalars (broadcastable against eigenvalues of
-    shape (..., d)) and the operators ``G = H + I`` and ``C = Cov[x_0|x_t]`` at ``x_t``.
+    """Reverse step(s) t of a grid, from ``x_t`` to ``x_{t-1}``: what a covariance family's KL and a
+    sampler need about them.
 
-    ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by ``analytic``), or None
-    where it is G's own mean eigenvalue (G independent of x_t: a Gaussian block on its own), which
-    ``g.centred_eigvals`` and ``sigma_star.mean_trace`` then give without cancellation.
-    ``sigma_star``: ``Sigma*_t`` as an operator whose eigenvalues are positive forms (not
-    ``beta + (beta^2/alpha) g``), where the reference has one; None for mixtures.
-    The Gaussian closed form passes operators that compute their eigenvalues only when asked.
+    DDIM(eta) (eta = 1 is DDPM) draws ``x_{t-1} = lam xhat_0(x_t) + kappa x_t + noise`` with the optimal
+    noise covariance ``s2 I + lam^2 C`` (pathkl.matvecs); for DDPM that is
+    ``Sigma*_t = beta I + (beta^2 / alpha) G = beta~ I + gamma^2 C`` (``s2 = beta~``, ``lam^2 = gamma^2``).
+
+    A family's step KL (:meth:`at`) reads the DDPM scalars ``beta, alpha, beta_tilde, gamma2``
+    (broadcastable against eigenvalues of shape (..., d)) and the operators ``G = H + I`` and
+    ``C = Cov[x_0|x_t]`` at ``x_t``. ``mean_g`` is ``E_{q_t} tr(G) / d`` (an expectation over x_t, needed by
+    ``analytic``), or None where it is G's own mean eigenvalue (G independent of x_t: a Gaussian block
+    on its own), which ``g.centred_eigvals`` and ``sigma_star.mean_trace`` then give without
+    cancellation. ``sigma_star``: ``Sigma*_t`` as an operator whose eigenvalues are positive forms (not
+    ``beta + (beta^2/alpha) g``), where the reference has one; None for mixtures. The Gaussian closed
+    form passes operators that compute their eigenvalues only when asked.
+
+    A sampler's step (:meth:`ddim`: one step t, Python floats) also carries ``level`` (the noise level
+    of ``x_t``) and the DDIM coefficients ``lam, kappa, s2``; it has no operators (a sampler reads the
+    reference through covariance-vector products, pathkl.matvecs).
     """
 
-    beta: torch.Tensor
-    alpha: torch.Tensor
-    beta_tilde: torch.Tensor
-    gamma2: torch.Tensor
-    g: SymmetricOperator
-    c: SymmetricOperator
-    mean_g: torch.Tensor | None
+    beta: torch.Tensor | float
+    alpha: torch.Tensor | float
+    beta_tilde: torch.Tensor | float
+    gamma2: torch.Tensor | float
+    g: SymmetricOperator | None = None
+    c: SymmetricOperator | None = None
+    mean_g: torch.Tensor | None = None
     sigma_star: SymmetricOperator | None = None
+    level: NoiseLevel | None = None
+    lam: float | None = None
+    kappa: float | None = None
+    s2: float | None = None
 
     @staticmethod
     def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> ReverseStep:
         """Scalars of step(s) ``t`` (an int, or a 1-D tensor of steps, giving shape (n, 1))."""
         return ReverseStep(*ReverseStep.scalars(grid, t), g, c, torch.as_tensor(mean_g))
+
+    @staticmethod
+    def ddim(grid: Grid, t: int, *, eta: float = 1.0) -> ReverseStep:
+        """Step ``t`` (1..T) of ``grid`` for a DDIM(eta) sampler; eta = 1 is DDPM's exact reverse kernel:
+        ``s2 = eta^2 beta~_t``, ``kappa = sqrt(1 - abar_{t-1} - s2) / sqrt(1 - abar_t)``,
+        ``lam = sqrt(abar_{t-1}) - kappa sqrt(abar_t)`` (pathkl.matvecs)."""
+        if not 1 <= t <= grid.T:
+            raise InputError(f"step t = {t} outside 1..{grid.T}")
+        if not 0.0 <= eta <= 1.0:
+            raise InputError(f"DDIM eta must lie in [0, 1], got {eta}")
+        abar_prev, abar = float(grid.abar[t - 1]), float(grid.abar[t])
+        one_minus_prev, one_minus = float(grid.one_minus_abar[t - 1]), float(grid.one_minus_abar[t])
+        beta, alpha, beta_tilde = float(grid.beta[t - 1]), float(grid.alpha[t - 1]), float(grid.beta_tilde[t - 1])
+        s2 = eta**2 * beta_tilde
+        if eta == 1.0:
+            # (1 - abar_{t-1} - beta~) = alpha (1 - abar_{t-1})^2 / (1 - abar_t): no cancellation.
+            kappa = math.sqrt(alpha) * one_minus_prev / one_minus
+            lam = math.sqrt(abar_prev) * beta / one_minus
+        else:
+            kappa = math.sqrt(max(one_minus_prev - s2, 0.0) / one_minus)
+            lam = math.sqrt(abar_prev) - kappa * math.sqrt(abar)
+        gamma2 = abar_prev * beta**2 / one_minus**2
+        return ReverseStep(beta, alpha, beta_tilde, gamma2, level=grid.level(t), lam=lam, kappa=kappa, s2=s2)
 
     @staticmethod
     def scalars(grid: Grid, t) -> tuple[torch.Tensor, ...]:
@@ -92,25 +133,93 @@ class ReverseStep:
         """``sum_i x_i`` over the eigenvalues of G or C (one basis, so the same multiplicities)."""
         return (self.c if self.g is None else self.g).spectral_sum(x)
 
+    @property
+    def jacobian_scale(self) -> float:
+        """``lam^2 (1 - abar_t) / sqrt(abar_t)``: ``lam^2 C = jacobian_scale * J_{xhat_0}`` (Tweedie)."""
+        return self.lam**2 * float(self.level.one_minus_abar) / math.sqrt(float(self.level.abar))
+
+    def mean(self, x: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+        """The step's mean ``lam xhat_0 + kappa x`` (for DDPM, ``mu*_t = (x + beta score)/sqrt(alpha)``)."""
+        return self.lam * x0_hat + self.kappa * x
+
+
+#: ``||D||_F^2`` of a family's defect at each point, from ``G`` and ``E tr G / d``.
+DefectNorm = Callable[[SymmetricOperator, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``steps = Theta(T^-order)`` (None: ``steps`` does not vanish as T grows), with the leading
+    constant ``coefficient * int_0^1 beta^(order+1) E ||D||_F^2 dtau`` (module docstring):
+    ``defect_sq_norm`` gives ``||D||^2`` for order 1; for order 2 ``D = grad^3 log q`` (None)."""
+
+    order: int | None
+    coefficient: float = 0.0
+    defect_sq_norm: DefectNorm | None = None
+
+
+#: The rate where ``Sigma_t = Sigma*_t``: the negentropy of the reverse kernel (0 for Gaussian data).
+MATCHED = Rate(2, 1.0 / 12.0)
+#: No vanishing rate.
+NO_RATE = Rate(None)
+
+
+def _never(reference) -> bool:
+    return False
+
 
 @dataclass(frozen=True)
 class Family:
-    """A covariance family: how it forms ``Sigma_t`` and which rate it claims."""
+    """A covariance family: how it forms ``Sigma_t`` for the KL, how it draws its noise in a sampler,
+    its legend label and style, and its rate (entries: :mod:`pathkl.families`).
+
+    ``kl_eigvals(step)``: the relative eigenvalues ``e`` of ``Sigma_t`` (module docstring), or None
+    where ``e = 0``; ``kl_ratios(step)``: ``1 + e`` from ``step.sigma_star``. ``draw(family, reference,
+    x, step, matvec, z, generator)`` draws ``N(0, Sigma_t(x))`` from standard normals ``z`` (n, d) for
+    a sampler's :meth:`ReverseStep.ddim` step (``matvec``: ``v -> (s2 I + lam^2 C(x)) v``). Families
+    with no ``kl_eigvals`` (``lanczos:k``, ``rademacher:M``) draw a random or probe-dependent kernel
+    and have no exact path KL. ``general_rate``: the rate where the reference does not make
+    ``Sigma_t = Sigma*_t``; ``optimal_on(reference)`` says where it does (known from the reference's
+    structure), and ``optimal`` that it does on every reference.
+    ``colour`` is an Okabe-Ito colour; ``shade`` (1..8, sized families) orders several sizes in one
+    figure (pathkl.plotting). ``size``: k of ``lanczos:k``, M of ``rademacher:M`` (0 otherwise), each
+    one covariance-vector product per reverse step.
+    """
 
     name: str
-    order: int | None  # steps = Theta(T^-order); None: steps does not vanish as T grows
-    coefficient: float
     source: str
-    _relative_eigvals: Callable[[ReverseStep], torch.Tensor | None]  # None: e = 0 (Sigma_t = Sigma*)
-    _defect_sq_norm: Callable[[SymmetricOperator, torch.Tensor], torch.Tensor] | None = None
-    # 1 + e from step.sigma_star; None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
-    _ratios: Callable[[ReverseStep], torch.Tensor] | None = None
+    label: str
+    colour: str
+    marker: str
+    draw: Callable[..., torch.Tensor]
+    kl_eigvals: Callable[[ReverseStep], torch.Tensor | None] | None = None
+    # None where e > -1/2 always (beta_tilde: e >= 0; full: e = 0).
+    kl_ratios: Callable[[ReverseStep], torch.Tensor] | None = None
+    general_rate: Rate = NO_RATE
+    optimal_on: Callable[[object], bool] = _never
+    optimal: bool = False
     #: Whether Sigma_t depends on ``step.mean_g`` (an expectation over x_t), so that its error moves the KL.
     uses_mean_g: bool = False
+    #: The first step of a finite KL (``beta_tilde``: 2, since ``beta~_1 = 0`` makes step 1 +inf).
+    first_step: int = 1
+    #: Defined for DDPM only (eta = 1), not for DDIM.
+    ddpm_only: bool = False
+    size: int = 0
+    shade: int | None = None
+
+    @property
+    def has_kl(self) -> bool:
+        """Whether the family forms a Gaussian ``Sigma_t`` of its own, so that its path KL is exact."""
+        return self.kl_eigvals is not None
+
+    @property
+    def products_per_step(self) -> int:
+        """Covariance-vector products per reverse step in a sampler (each one JVP of the posterior mean)."""
+        return self.size
 
     def relative_eigvals(self, step: ReverseStep) -> torch.Tensor:
         """Eigenvalues of ``Sigma_t^{-1/2} (Sigma*_t - Sigma_t) Sigma_t^{-1/2}``, shape (..., d)."""
-        e = self._relative_eigvals(step)
+        e = self.kl_eigvals(step)
         return torch.zeros_like(step.g.eigvals()) if e is None else e
 
     def gaussian_step_kl(self, step: ReverseStep, *, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
@@ -118,98 +227,24 @@ class Family:
         from ``step.sigma_star`` where phi needs it (module docstring); exactly 0, with no pass over
         the eigenvalues, where ``Sigma_t = Sigma*``. ``work``: three tensors shaped like the
         eigenvalues for phi to compute in (:func:`~pathkl.stable.u_minus_log1p`)."""
-        e = self._relative_eigvals(step)
+        e = self.kl_eigvals(step)
         if e is None:
             return step.beta.new_zeros(step.g.batch_shape)
-        ratios = None if self._ratios is None or step.sigma_star is None else (lambda: self._ratios(step))
+        ratios = None if self.kl_ratios is None or step.sigma_star is None else (lambda: self.kl_ratios(step))
         return 0.5 * step.spectral_sum(u_minus_log1p(e, one_plus_u=ratios, work=work))
 
-    def defect_sq_norm(self, g: SymmetricOperator, mean_g: torch.Tensor) -> torch.Tensor:
-        """``||D||_F^2`` at each point for an order-1 family (D = its defect, see module doc)."""
-        if self._defect_sq_norm is None:
-            raise InputError(f"family {self.name!r} has no order-1 defect")
-        return self._defect_sq_norm(g, mean_g)
+    def rate(self, reference) -> Rate:
+        """The rate on ``reference``: :data:`MATCHED` where it makes ``Sigma_t = Sigma*_t``, else
+        :attr:`general_rate` (diffrax's ``order(terms)``: the order may depend on the problem)."""
+        if not self.has_kl:
+            raise InputError(f"{self.name!r} has no exact path KL, so no rate")
+        return MATCHED if self.optimal or self.optimal_on(reference) else self.general_rate
 
+    def order(self, reference) -> int | None:
+        """``steps = Theta(T^-order)`` on ``reference`` (None: it does not vanish)."""
+        return self.rate(reference).order
 
-def _beta(step):
-    return (step.beta / step.alpha) * step.g.eigvals()
-
-
-def _beta_ratios(step):
-    return step.sigma_star.eigvals() / step.beta
-
-
-def _beta_tilde(step):
-    return (step.gamma2 / step.beta_tilde) * step.c.eigvals()
-
-
-def _analytic_variance(step):
-    """``sigma_t^2 = E tr Sigma*_t / d = beta + (beta^2 / alpha) mean_g``; a positive mean where mean_g
-    is G's own (the sum would cancel where Sigma* << beta, e.g. the first step for tiny eigenvalues)."""
-    if step.mean_g is None:
-        return step.sigma_star.mean_trace()[..., None]
-    return step.beta + step.curvature_scale * step.mean_g
-
-
-def _analytic(step):
-    # e = (Sigma* - sigma^2) / sigma^2 = k (G - mean_g) / sigma^2, k = beta^2 / alpha
-    centred = step.g.centred_eigvals() if step.mean_g is None else step.g.eigvals() - step.mean_g
-    return centred.mul_(step.curvature_scale / _analytic_variance(step))
-
-
-def _analytic_ratios(step):
-    return step.sigma_star.eigvals() / _analytic_variance(step)
-
-
-def _diag(step):
-    # Sigma_t = diag(Sigma*) = k S, k = beta^2 / alpha: e = eig(S^{-1/2} offdiag(G) S^{-1/2}), with S a
-    # positive form where the reference has Sigma* (beta / k + diag(G) cancels where Sigma* << beta).
-    if step.g.is_diagonal:  # diag(Sigma*) = Sigma*
-        return None
-    k = step.curvature_scale
-    scale = step.g.diagonal() + step.beta / k if step.sigma_star is None else step.sigma_star.diagonal() / k
-    return step.g.scaled_offdiagonal_eigvals(scale)
-
-
-def _diag_ratios(step):
-    return step.sigma_star.diagonal_ratio_eigvals()
-
-
-def _full(step):
-    return None
-
-
-def _offdiagonal_sq_norm(g, mean_g):
-    ones = torch.ones_like(g.diagonal())
-    # ||offdiag(G)||_F^2 = sum of squared eigenvalues of offdiag(G) (scale S = I).
-    return g.spectral_sum(g.scaled_offdiagonal_eigvals(ones) ** 2)
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family("beta", 1, 0.25, "Ho et al. 2020: Sigma_t = beta_t I", _beta,
-               lambda g, mean_g: g.spectral_sum(g.eigvals() ** 2), _beta_ratios),
-        Family("beta_tilde", None, 0.0, "Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
-               _beta_tilde),
-        Family("analytic", 1, 0.25, "Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
-               _analytic, lambda g, mean_g: g.spectral_sum((g.eigvals() - mean_g) ** 2), _analytic_ratios,
-               uses_mean_g=True),
-        Family("diag", 1, 0.25, "Ou et al. 2025 (OCM): Sigma_t = diag(Sigma*_t)", _diag,
-               _offdiagonal_sq_norm, _diag_ratios),
-        Family("full", 2, 1.0 / 12.0, "full covariance matching: Sigma_t = Sigma*_t", _full),
-    )
-}
-
-
-def get_family(name: str) -> Family:
-    """The family registered as ``name``."""
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        if name.split(":")[0] in ("lanczos", "rademacher"):
-            raise InputError(
-                f"{name!r} draws a random, non-Gaussian or probe-dependent reverse kernel, so it has no "
-                f"exact path KL; measure it with 'pathkl sample --cov {name}'"
-            ) from None
-        raise InputError(f"unknown covariance family {name!r}; choose from {', '.join(FAMILIES)}") from None
+    def noise(self, reference, x: torch.Tensor, step: ReverseStep, matvec, z: torch.Tensor, *,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw from ``N(0, Sigma_t(x))`` for a sampler's step, from standard normals ``z`` (n, d)."""
+        return self.draw(self, reference, x, step, matvec, z, generator)

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .covariances import ReverseStep
 from .errors import InputError
 from .lanczos import lanczos, lanczos_sampler, sqrt_error_bound
-from .matvecs import StepCoefficients, closed_form_cov_matvec
+from .matvecs import closed_form_cov_matvec
 from .schedules import DTYPE, Schedule
 
 #: Above this dimension the exact ``Sigma^{1/2} z`` and spectrum come from a long Lanczos run.
@@ -71,7 +72,7 @@ def covariance_operator(reference, schedule: Schedule, *, tau: float, target: st
         return (lambda v: reference.posterior_cov_matvec(x, v, level)), {"tau": tau}
     grid = schedule.grid(steps)
     t = min(max(1, round(tau * steps)), steps)
-    step = StepCoefficients.at(grid, t)
+    step = ReverseStep.ddim(grid, t)
     x = reference.sample(n, step.level, generator=torch.Generator().manual_seed(seed))
     return closed_form_cov_matvec(reference, x, step), {"tau": float(grid.taus[t]), "step": t, "T": grid.T}
 

@@ -24,61 +24,17 @@ And the diagonal estimate ``rademacher:M`` (OCM paper eq. 9): ``mean_m v_m * (Si
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .covariances import ReverseStep
 from .errors import InputError
 from .lanczos import Matvec
-from .schedules import Grid, NoiseLevel
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 """``x_t -> E[x_0 | x_t]`` row-wise, (n, d) -> (n, d), at a fixed noise level."""
-
-
-@dataclass(frozen=True)
-class StepCoefficients:
-    """The scalars of one reverse step t (see module doc): ``x_{t-1} = lam xhat_0 + kappa x_t + noise``,
-    noise covariance ``s2 I + lam^2 C``; ``level`` is the noise level of ``x_t``."""
-
-    t: int
-    level: NoiseLevel
-    lam: float
-    kappa: float
-    s2: float
-    beta: float
-    alpha: float
-
-    @staticmethod
-    def at(grid: Grid, t: int, *, eta: float = 1.0) -> StepCoefficients:
-        """Step ``t`` (1..T) of ``grid`` for DDIM(eta); eta = 1 is DDPM's exact reverse kernel."""
-        if not 1 <= t <= grid.T:
-            raise InputError(f"step t = {t} outside 1..{grid.T}")
-        if not 0.0 <= eta <= 1.0:
-            raise InputError(f"DDIM eta must lie in [0, 1], got {eta}")
-        abar_prev, abar = float(grid.abar[t - 1]), float(grid.abar[t])
-        one_minus_prev, one_minus = float(grid.one_minus_abar[t - 1]), float(grid.one_minus_abar[t])
-        beta, alpha, beta_tilde = float(grid.beta[t - 1]), float(grid.alpha[t - 1]), float(grid.beta_tilde[t - 1])
-        s2 = eta**2 * beta_tilde
-        if eta == 1.0:
-            # (1 - abar_{t-1} - beta~) = alpha (1 - abar_{t-1})^2 / (1 - abar_t): no cancellation.
-            kappa = math.sqrt(alpha) * one_minus_prev / one_minus
-            lam = math.sqrt(abar_prev) * beta / one_minus
-        else:
-            kappa = math.sqrt(max(one_minus_prev - s2, 0.0) / one_minus)
-            lam = math.sqrt(abar_prev) - kappa * math.sqrt(abar)
-        return StepCoefficients(t, grid.level(t), lam, kappa, s2, beta, alpha)
-
-    @property
-    def jacobian_scale(self) -> float:
-        """``lam^2 (1 - abar_t) / sqrt(abar_t)``: ``lam^2 C = jacobian_scale * J_{xhat_0}``."""
-        return self.lam**2 * float(self.level.one_minus_abar) / math.sqrt(float(self.level.abar))
-
-    def mean(self, x: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
-        """The step's mean ``lam xhat_0 + kappa x`` (for DDPM, ``mu*_t = (x + beta score)/sqrt(alpha)``)."""
-        return self.lam * x0_hat + self.kappa * x
 
 
 class JvpCovariance:
@@ -88,7 +44,7 @@ class JvpCovariance:
     that makes k >= 1 products costs k JVPs in all (a plain evaluation only when k = 0).
     """
 
-    def __init__(self, denoiser: Denoiser, x: torch.Tensor, step: StepCoefficients):
+    def __init__(self, denoiser: Denoiser, x: torch.Tensor, step: ReverseStep):
         self._denoiser, self._x, self._step = denoiser, x, step
         self._value: torch.Tensor | None = None
 
@@ -113,7 +69,7 @@ class DifferenceCovariance:
     for an affine one, e.g. a Gaussian reference's). Not for float32 (``sqrt(eps) ~ 3e-4``).
     """
 
-    def __init__(self, denoiser: Denoiser, x: torch.Tensor, step: StepCoefficients):
+    def __init__(self, denoiser: Denoiser, x: torch.Tensor, step: ReverseStep):
         self._denoiser, self._x, self._step = denoiser, x, step
         self._value = denoiser(x)
         self._root_eps = torch.finfo(x.dtype).eps ** 0.5
@@ -130,7 +86,7 @@ class DifferenceCovariance:
         return self._value
 
 
-def closed_form_cov_matvec(reference, x: torch.Tensor, step: StepCoefficients) -> Matvec:
+def closed_form_cov_matvec(reference, x: torch.Tensor, step: ReverseStep) -> Matvec:
     """``v -> Sigma_t(x) v = s^2 v + lam^2 Cov[x_0 | x_t = x] v`` from the reference's closed form."""
     lam2 = step.lam**2
 

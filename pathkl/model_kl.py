@@ -30,9 +30,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .covariances import ReverseStep, get_family
+from .covariances import ReverseStep
 from .errors import InputError
 from .estimate import Z95, Estimate
+from .families import get_family
 from .pathspace import PathKL, path_kl
 from .references import GaussianReference, MixtureReference
 from .rules import MONTE_CARLO, QUADRATURE, RULES, MonteCarlo, QuadratureRule

@@ -94,7 +94,7 @@ def step_kls(reference, grid: Grid, family: Family, *, rtol: float = 1e-6,
     """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T, with errors: the sum over independent
     blocks (pathkl.references.product), ``analytic`` with the global ``E tr G / d``."""
     mean_g = None
-    if family.name == "analytic":
+    if family.uses_mean_g:
         mean_g = _global_mean_g(reference, NoiseLevel(grid.abar[1:], grid.one_minus_abar[1:]), rule)
     parts = [select_rule(b, rule=rule).step_kls(b, grid, family, rtol=rtol, mean_g=mean_g) for b in blocks(reference)]
     total = parts[0]
@@ -109,12 +109,14 @@ def terminal_kl(reference, lv: NoiseLevel, *, rtol: float = 1e-6, rule: str | Ru
 
 
 def leading_integrand(reference, family: Family, lv: NoiseLevel) -> Estimate:
-    """``E_{q_tau} ||D||_F^2``, the integrand of ``family``'s leading constant (pathkl.covariances), with
-    its error: the sum over blocks (``analytic`` with the global ``E tr G / d``)."""
-    if family.order not in (1, 2):
+    """``E_{q_tau} ||D||_F^2``, the integrand of ``family``'s leading constant on ``reference``
+    (:meth:`Family.rate`, pathkl.covariances), with its error: the sum over blocks (``analytic`` with
+    the global ``E tr G / d``)."""
+    rate = family.rate(reference)
+    if rate.order is None:
         raise InputError(f"family {family.name!r} claims no vanishing rate, so it has no leading constant")
     mean_g = _global_mean_g(reference, lv, None)
-    return sum((select_rule(b).leading_integrand(b, family, lv, mean_g=mean_g) for b in blocks(reference)),
+    return sum((select_rule(b).leading_integrand(b, rate, lv, mean_g=mean_g) for b in blocks(reference)),
                Estimate(0.0))
 
 

@@ -25,22 +25,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .errors import InputError
+from .families import parse_family
+from .palette import OKABE_ITO
 
-#: Okabe & Ito (2008), "Color Universal Design".
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 #: Widths in inches of one column and of the full text of a two-column paper (NeurIPS/ICML-like).
 ONE_COLUMN = 3.25
 TWO_COLUMN = 6.75
-
-_FAMILY_STYLE = {
-    "beta": (OKABE_ITO[0], "o"),
-    "beta_tilde": (OKABE_ITO[5], "v"),
-    "analytic": (OKABE_ITO[1], "s"),
-    "diag": (OKABE_ITO[2], "^"),
-    "full": (OKABE_ITO[3], "D"),
-    "rademacher": (OKABE_ITO[4], "P"),
-    "lanczos": (OKABE_ITO[7], "X"),
-}
 
 STYLE = {
     "font.family": "serif",
@@ -72,28 +62,19 @@ def style() -> Iterator[None]:
 
 
 def family_style(family: str) -> tuple[str, str]:
-    """``(colour, marker)`` of a covariance family. A sized family (``lanczos:3``, ``rademacher:8``)
-    keeps its marker and takes its colour from the perceptually uniform, colour-vision-deficiency
-    friendly ``cividis`` map, dark to light with the size (k for lanczos, about log2 M + 1 for
-    rademacher, capped at 8), so several sizes in one figure stay apart."""
-    base, _, size = family.partition(":")
-    colour, marker = _FAMILY_STYLE.get(base, (OKABE_ITO[6], "o"))
-    if size.isdigit():
-        position = min(max(int(size).bit_length() if base == "rademacher" else int(size), 1), 8)
-        colour = matplotlib.colors.to_hex(matplotlib.colormaps["cividis"]((position - 1) / 8))
-    return colour, marker
-
-
-_FAMILY_LABEL = {"beta": r"$\beta_t I$", "beta_tilde": r"$\tilde\beta_t I$",
-                 "analytic": r"analytic $\sigma_t^2 I$", "diag": "diag", "full": "full"}
+    """``(colour, marker)`` of a covariance family (pathkl.families). A sized family (``lanczos:3``,
+    ``rademacher:8``) keeps its marker and takes its colour from the perceptually uniform,
+    colour-vision-deficiency friendly ``cividis`` map at its shade, dark to light with the size, so
+    several sizes in one figure stay apart."""
+    entry = parse_family(family)
+    if entry.shade is None:
+        return entry.colour, entry.marker
+    return matplotlib.colors.to_hex(matplotlib.colormaps["cividis"]((entry.shade - 1) / 8)), entry.marker
 
 
 def family_label(family: str) -> str:
-    """Legend name of a family: mathtext for the isotropic ones, ``lanczos k=3`` for ``lanczos:3``."""
-    base, _, arg = family.partition(":")
-    if arg:
-        return f"{base} $k={arg}$" if base == "lanczos" else f"{base} $M={arg}$"
-    return _FAMILY_LABEL.get(base, base.replace("_", " "))
+    """Legend name of a family: mathtext for the isotropic ones, ``lanczos $k=3$`` for ``lanczos:3``."""
+    return parse_family(family).label
 
 
 def new_figure(*, columns: int = 1, aspect: float = 0.75, ncols: int = 1,

@@ -127,17 +127,18 @@ def predicted_constant(family: Family, reference, schedule: Schedule) -> Predict
     error seen over QUADPACK's nodes, times the value, is added to QUADPACK's own estimate. Such an
     integrand changes rule in steps with tau, so it is smooth only to that rule's accuracy and QUADPACK
     may report roundoff; the warning is absorbed and its error floored at 1e-10 relative."""
-    if family.order is None:
+    rate = family.rate(reference)
+    if rate.order is None:
         raise InputError(f"family {family.name!r} claims no vanishing rate, so it has no leading constant")
     worst = [0.0]
 
     def integrand(tau: float) -> float:
         tau_t = torch.tensor(tau, dtype=DTYPE)
-        rate = float(schedule.beta_rate(tau_t))
+        beta = float(schedule.beta_rate(tau_t))
         inner = leading_integrand(reference, family, schedule.level(tau_t))
         if inner.value != 0:
             worst[0] = max(worst[0], inner.error / abs(inner.value))
-        return rate ** (family.order + 1) * inner.value
+        return beta ** (rate.order + 1) * inner.value
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", scipy.integrate.IntegrationWarning)
@@ -145,16 +146,18 @@ def predicted_constant(family: Family, reference, schedule: Schedule) -> Predict
     if any(issubclass(w.category, scipy.integrate.IntegrationWarning) for w in caught):
         error = max(error, 1e-10 * abs(value))
     error += worst[0] * abs(value)
-    return PredictedConstant(family.coefficient * value, family.coefficient * error)
+    return PredictedConstant(rate.coefficient * value, rate.coefficient * error)
 
 
 @dataclass(frozen=True)
 class FamilyRates:
     """One family over a ladder of T: the KLs (``steps`` of :func:`pathkl.pathspace.path_kl`, from
-    ``first_step``) with their errors, the fitted order (None when every KL is exactly 0) and, for a
-    family with a vanishing rate, the measured and predicted leading constants."""
+    ``first_step``) with their errors, the order the family declares on this reference
+    (:meth:`Family.order`), the fitted order (None when every KL is exactly 0) and, for a family with a
+    vanishing rate, the measured and predicted leading constants."""
 
     family: Family
+    order: int | None
     ladder: tuple[int, ...]
     first_step: int
     kl: tuple[float, ...]
@@ -165,7 +168,7 @@ class FamilyRates:
     predicted: PredictedConstant | None
 
     def as_dict(self) -> dict:
-        return {"cov": self.family.name, "order_declared": self.family.order, "first_step": self.first_step,
+        return {"cov": self.family.name, "order_declared": self.order, "first_step": self.first_step,
                 "T": list(self.ladder), "kl": list(self.kl), "kl_error": list(self.kl_error),
                 "met_rtol": self.met_rtol,
                 "slope": self.fit and self.fit.slope, "slope_ci": self.fit and list(self.fit.interval),
@@ -193,10 +196,10 @@ def check_rate_inputs(reference, ladder: Sequence[int]) -> None:
 
 def family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], *, rtol: float = 1e-6,
                  progress: Callable[[int, int], None] | None = None) -> FamilyRates:
-    """``family`` on the uniform grids of ``ladder`` (``beta_tilde``, with no vanishing rate, summed
-    from t = 2), after :func:`check_rate_inputs`. ``progress(i, n)`` is called before each T."""
+    """``family`` on the uniform grids of ``ladder``, summed from its first finite step (``beta_tilde``:
+    t = 2), after :func:`check_rate_inputs`. ``progress(i, n)`` is called before each T."""
     check_rate_inputs(reference, ladder)
-    first = 1 if family.order is not None else 2
+    first, order = family.first_step, family.order(reference)
     kls, errors, met = [], [], True
     for i, steps in enumerate(ladder):
         if progress is not None:
@@ -207,7 +210,7 @@ def family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence
         met = met and result.met_rtol
     fit = fit_order(ladder, kls)
     measured = predicted = None
-    if family.order is not None:
-        measured = measured_constant(ladder, kls, family.order, errors)
+    if order is not None:
+        measured = measured_constant(ladder, kls, order, errors)
         predicted = predicted_constant(family, reference, schedule)
-    return FamilyRates(family, tuple(ladder), first, tuple(kls), tuple(errors), met, fit, measured, predicted)
+    return FamilyRates(family, order, tuple(ladder), first, tuple(kls), tuple(errors), met, fit, measured, predicted)

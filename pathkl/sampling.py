@@ -25,45 +25,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .covariances import ReverseStep
 from .errors import InputError
-from .lanczos import lanczos_sampler
-from .matvecs import (
-    DifferenceCovariance,
-    JvpCovariance,
-    StepCoefficients,
-    closed_form_cov_matvec,
-    rademacher_diagonal,
-)
-from .pathspace import expected_trace_excess
+from .families import parse_family
+from .matvecs import DifferenceCovariance, JvpCovariance, closed_form_cov_matvec
 from .schedules import Grid
 
-ISOTROPIC = ("beta", "beta_tilde", "analytic")
 DENOISER_ROUTES = {"jvp": JvpCovariance, "difference": DifferenceCovariance}
 ROUTES = ("closed", *DENOISER_ROUTES)
-FAMILY_NAMES = ("beta", "beta_tilde", "analytic", "diag", "full", "rademacher:M", "lanczos:k")
-
-
-@dataclass(frozen=True)
-class NoiseFamily:
-    """A parsed covariance family name: ``kind`` plus ``size`` (M for rademacher, k for lanczos)."""
-
-    kind: str
-    size: int = 0
-
-    @staticmethod
-    def parse(name: str) -> NoiseFamily:
-        kind, _, size = name.partition(":")
-        if kind in ISOTROPIC + ("diag", "full") and not size:
-            return NoiseFamily(kind)
-        smallest = 2 if kind == "rademacher" else 1  # M >= 2 probes give a standard error
-        if kind in ("rademacher", "lanczos") and size.isdigit() and int(size) >= smallest:
-            return NoiseFamily(kind, int(size))
-        raise InputError(f"unknown covariance family {name!r}; choose from {', '.join(FAMILY_NAMES)}")
-
-    @property
-    def products_per_step(self) -> int:
-        """Covariance-vector products per reverse step (each one JVP of the posterior mean)."""
-        return self.size
 
 
 def to_device(obj, device: torch.device):
@@ -87,46 +56,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _expected_posterior_trace(reference, step: StepCoefficients) -> float:
-    """``E_{q_t} tr C / d`` from the reference's exact ``E tr G / d`` (``G = H + I``), through Tweedie
-    ``C = ((1 - abar)/abar)(I + (1 - abar) H)``: ``tr C / d = (1 - abar)(1 + (1 - abar) g / abar)``;
-    or the reference's own ``expected_posterior_trace`` where it has one (empirical data at image d)."""
-    own = getattr(reference, "expected_posterior_trace", None)
-    if own is not None:
-        return own(step.level)
-    mean_g = float(expected_trace_excess(reference, step.level)) / reference.dim
-    abar, one_minus = float(step.level.abar), float(step.level.one_minus_abar)
-    return one_minus * (1.0 + one_minus * mean_g / abar)
-
-
-def _posterior_diagonal(reference, x: torch.Tensor, step: StepCoefficients) -> torch.Tensor:
-    own = getattr(reference, "posterior_cov_diagonal", None)
-    if own is not None:
-        return own(x, step.level)
-    return torch.diagonal(reference.posterior_cov(x, step.level), dim1=-2, dim2=-1)
-
-
-def reverse_noise(family: NoiseFamily, reference, x, step: StepCoefficients, matvec, z, *, generator=None):
-    """A draw from ``N(0, Sigma_t(x))`` for the family, from standard normals ``z`` (n, d)."""
-    if family.kind == "beta":
-        return step.beta**0.5 * z
-    if family.kind == "beta_tilde":
-        return step.s2**0.5 * z
-    if family.kind == "analytic":
-        return (step.s2 + step.lam**2 * _expected_posterior_trace(reference, step)) ** 0.5 * z
-    if family.kind == "diag":
-        return (step.s2 + step.lam**2 * _posterior_diagonal(reference, x, step)).sqrt() * z
-    if family.kind == "full":
-        cov = step.lam**2 * reference.posterior_cov(x, step.level)
-        cov = cov + step.s2 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        return torch.einsum("nij,nj->ni", torch.linalg.cholesky(cov), z)
-    if family.kind == "rademacher":
-        estimate = rademacher_diagonal(matvec, tuple(x.shape), family.size, generator=generator,
-                                       dtype=x.dtype, device=x.device)
-        return estimate.diagonal.clamp_min(step.s2).sqrt() * z
-    return lanczos_sampler(family.size)(matvec, z).sample
-
-
 @dataclass(frozen=True)
 class SampleRun:
     """Samples ``x_0`` (n, d) and what they cost: posterior-mean evaluations (one per step),
@@ -146,9 +75,9 @@ def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, rout
     ``eta = 1`` is DDPM; ``eta < 1`` DDIM(eta) (``beta`` then undefined). Seeded: the same seed on
     the same device gives the same samples.
     """
-    noise_family = NoiseFamily.parse(family)
-    if noise_family.kind == "beta" and eta != 1.0:
-        raise InputError("the 'beta' family is a DDPM choice (eta = 1); use beta_tilde for DDIM")
+    noise_family = parse_family(family)
+    if noise_family.ddpm_only and eta != 1.0:
+        raise InputError(f"the {noise_family.name!r} family is a DDPM choice (eta = 1); use beta_tilde for DDIM")
     if route not in ROUTES:
         raise InputError(f"unknown covariance-product route {route!r}; use {', '.join(ROUTES)}")
     if n < 1:
@@ -160,17 +89,17 @@ def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, rout
     start = time.perf_counter()
     x = torch.randn(n, reference.dim, dtype=dtype, device=device, generator=generator)
     for t in range(grid.T, 0, -1):
-        step = StepCoefficients.at(grid, t, eta=eta)
+        step = ReverseStep.ddim(grid, t, eta=eta)
         step = dataclasses.replace(step, level=to_device(step.level, device))
         z = torch.randn(n, reference.dim, dtype=dtype, device=device, generator=generator)
         if route in DENOISER_ROUTES:
             denoiser = functools.partial(reference.posterior_mean, lv=step.level)
             matvec = DENOISER_ROUTES[route](denoiser, x, step)
-            noise = reverse_noise(noise_family, reference, x, step, matvec, z, generator=generator)
+            noise = noise_family.noise(reference, x, step, matvec, z, generator=generator)
             x0_hat = matvec.denoised()
         else:
             matvec = closed_form_cov_matvec(reference, x, step)
-            noise = reverse_noise(noise_family, reference, x, step, matvec, z, generator=generator)
+            noise = noise_family.noise(reference, x, step, matvec, z, generator=generator)
             x0_hat = reference.posterior_mean(x, step.level)
         x = step.mean(x, x0_hat) + noise
     if device.type == "cuda":

@@ -19,7 +19,7 @@ import torch
 from sympy.polys.domains import QQ
 from sympy.polys.rings import ring
 
-from pathkl.covariances import get_family
+from pathkl.families import get_family
 from pathkl.lanczos import lanczos_sampler, sqrt_error_bound
 from pathkl.schedules import get_schedule
 
@@ -95,14 +95,14 @@ def _order1_family(name: str, d: int) -> Outcome:
     hess, c, coeffs = _gaussian_kl_series(name, d)
     defect = claimed_defect(name, hess, c)
     lead = claimed_isotropic_coefficient() * sum(x**2 for x in defect)
-    family = get_family(name)
+    rate = get_family(name).general_rate
     return all_of([
         symbolic_zero(coeffs[0], f"{name}, d={d}: beta^0 coefficient"),
         symbolic_zero(coeffs[1], f"{name}, d={d}: beta^1 coefficient"),
         symbolic_zero(coeffs[2] - lead, f"{name}, d={d}: beta^2 coefficient - (1/4)||D||_F^2"),
-        Outcome(family.order == 1 and sp.Rational(family.coefficient).limit_denominator(1000)
+        Outcome(rate.order == 1 and sp.Rational(rate.coefficient).limit_denominator(1000)
                 == claimed_isotropic_coefficient(),
-                f"pathkl family {name!r} declares order {family.order}, coefficient {family.coefficient}"),
+                f"pathkl family {name!r} declares order {rate.order}, coefficient {rate.coefficient}"),
     ])
 
 
@@ -328,9 +328,10 @@ def check_negentropy() -> Outcome:
     full_kls, _ = case.reference.step_kls(get_schedule("cosine").grid(50), family)
     outcomes.append(Outcome(bool(torch.all(full_kls == 0)), "Gaussian data: pathkl 'full' step KLs "
                                                             "are exactly 0 (every kernel Gaussian)"))
-    outcomes.append(Outcome(family.order == 2 and abs(family.coefficient - 1 / 12) < 1e-15,
-                            f"pathkl family 'full' declares order {family.order}, "
-                            f"coefficient {family.coefficient:.6g}"))
+    rate = family.general_rate
+    outcomes.append(Outcome(rate.order == 2 and abs(rate.coefficient - 1 / 12) < 1e-15,
+                            f"pathkl family 'full' declares order {rate.order}, "
+                            f"coefficient {rate.coefficient:.6g}"))
     gaps = []
     with mpmath.workdps(40):
         for beta in ("1e-3", "1e-4"):

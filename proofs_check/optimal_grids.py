@@ -37,7 +37,7 @@ import sympy as sp
 import torch
 
 from pathkl.asymptotic_grid import leading_density
-from pathkl.covariances import get_family
+from pathkl.families import get_family
 from pathkl.references import GaussianReference
 from pathkl.schedules import DTYPE, get_schedule
 

@@ -19,7 +19,7 @@ import scipy.integrate
 import sympy as sp
 import torch
 
-from pathkl.covariances import get_family
+from pathkl.families import get_family
 from pathkl.pathspace import path_kl
 from pathkl.references import GaussianReference, MixtureReference
 from pathkl.schedules import NoiseLevel, get_schedule

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from pathkl import plotting
-from pathkl.covariances import get_family
 from pathkl.errors import InputError
+from pathkl.families import get_family
 from pathkl.pathspace import leading_integrand, path_kl
 from pathkl.refspec import load_reference
 from pathkl.schedules import DTYPE, get_schedule
@@ -58,11 +58,12 @@ def run_point(config: CovarianceErrorConfig, point) -> list[dict]:
     rows = []
     for t, (kl, tau) in enumerate(zip(per_step, mids), start=1):
         scaled = leading = math.nan
-        if family.order is not None:
-            p = family.order
+        rate = family.rate(reference)
+        if rate.order is not None:
+            p = rate.order
             tau_t = torch.tensor(tau, dtype=DTYPE)
             scaled = point["T"] ** (p + 1) * kl
-            leading = (family.coefficient * float(schedule.beta_rate(tau_t)) ** (p + 1)
+            leading = (rate.coefficient * float(schedule.beta_rate(tau_t)) ** (p + 1)
                        * leading_integrand(reference, family, schedule.level(tau_t)).value)
         rows.append({"t": t, "tau": tau, "kernel_kl": kl, "scaled": scaled, "leading": leading})
     return rows

@@ -18,9 +18,10 @@ import torch
 
 from pathkl import plotting
 from pathkl.errors import InputError
+from pathkl.families import parse_family
 from pathkl.metrics import mmd, sliced_wasserstein
 from pathkl.refspec import load_reference
-from pathkl.sampling import NoiseFamily, sample
+from pathkl.sampling import sample
 from pathkl.schedules import get_schedule
 
 from .results import ResultsTable
@@ -47,7 +48,7 @@ class FewStepSamplingConfig:
             raise InputError("need T >= 1 and at least 20 samples (10 blocks of 2)")
         get_schedule(self.schedule)
         for f in self.families:
-            NoiseFamily.parse(f)
+            parse_family(f)
 
 
 def points(config: FewStepSamplingConfig):

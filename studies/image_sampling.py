@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 
 from pathkl.bases import FourierBasis
-from pathkl.covariances import FAMILIES
 from pathkl.errors import InputError
 from pathkl.estimate import Estimate
+from pathkl.families import parse_family
 from pathkl.metrics import sliced_wasserstein
 from pathkl.pathspace import path_kl
 from pathkl.references import EmpiricalReference, GaussianReference
@@ -171,8 +171,8 @@ def run(config: ImageSamplingConfig) -> list[ImageSamplingRow]:
             out = sample(reference, grid, family, n=config.n, seed=config.seed, device=device)
             x = out.samples.cpu()
             sw = sliced_wasserstein(x, target, seed=config.seed)
-            exact_kl = family in FAMILIES and isinstance(reference, GaussianReference)
-            kl = path_kl(reference, grid, FAMILIES[family]).steps if exact_kl else None
+            entry = parse_family(family)
+            kl = path_kl(reference, grid, entry).steps if entry.has_kl and isinstance(reference, GaussianReference) else None
             near, fraction = nearest_distance(x, reference.means, radius=config.near_radius) if empirical else (None, None)
             rows.append(ImageSamplingRow(family, steps, sw.value, sw.stderr, floor, _spectrum_error(reference, x),
                                          spectrum_floor, kl, out.seconds, out.mean_evals, out.cov_products,

@@ -29,8 +29,8 @@ from matplotlib.ticker import NullFormatter
 
 from pathkl import plotting
 from pathkl.asymptotic_grid import asymptotic_density
-from pathkl.covariances import get_family
 from pathkl.errors import InputError
+from pathkl.families import get_family
 from pathkl.optimal_grid import Candidates, best_grid, pair_costs
 from pathkl.pathspace import path_kl
 from pathkl.refspec import load_reference

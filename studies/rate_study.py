@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 
 from pathkl import plotting
-from pathkl.covariances import get_family
 from pathkl.errors import InputError
+from pathkl.families import get_family
 from pathkl.pathspace import path_kl
 from pathkl.rates import fit_order, measured_constant, predicted_constant
 from pathkl.refspec import load_reference
@@ -64,7 +64,7 @@ def _predicted(reference: str, family: str, schedule: str) -> tuple[float, float
     key = (reference, family, schedule)
     if key not in _PREDICTED:
         fam = get_family(family)
-        if fam.order is None:
+        if fam.order(_reference(reference)) is None:
             _PREDICTED[key] = (math.nan, math.nan)
         else:
             pc = predicted_constant(fam, _reference(reference), get_schedule(schedule))
@@ -90,13 +90,14 @@ def points(config: RateConfig):
 
 def run_point(config: RateConfig, point) -> dict[str, float]:
     family = get_family(point["family"])
-    first = 2 if family.order is None else 1
+    first, reference = family.first_step, _reference(point["reference"])
+    order = family.order(reference)
     grid = get_schedule(point["schedule"]).grid(point["T"])
-    kl = path_kl(_reference(point["reference"]), grid, family, first_step=first)
+    kl = path_kl(reference, grid, family, first_step=first)
     value, error = _predicted(point["reference"], family.name, point["schedule"])
     return {"terminal": kl.terminal, "steps": kl.steps, "steps_stderr": kl.steps_stderr,
             "total": kl.total, "first_step": first,
-            "order": math.nan if family.order is None else family.order,
+            "order": math.nan if order is None else order,
             "predicted_constant": value, "predicted_constant_error": error}
 
 

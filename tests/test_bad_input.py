@@ -21,8 +21,8 @@ from hypothesis import given, settings
 import pathkl
 from pathkl import schedules
 from pathkl.cli import COMMANDS
-from pathkl.covariances import get_family
 from pathkl.errors import InputError
+from pathkl.families import get_family
 from pathkl.pathspace import path_kl
 from pathkl.references import GaussianReference, MixtureReference
 from pathkl.refspec import load_reference
@@ -402,15 +402,15 @@ def test_version_from_the_command_line_and_the_package(capsys):
 def test_parser_names_match_the_library_registries():
     """The CLI lists families, presets and schedules without importing torch: the lists must be the
     library's own."""
-    from pathkl import sampling
+    from pathkl import families, sampling
     from pathkl.cli import common
-    from pathkl.covariances import FAMILIES
     from pathkl.presets import PRESETS
     from pathkl.rules import MonteCarlo
     from pathkl.schedules import SCHEDULES
 
-    assert common.FAMILY_NAMES == tuple(FAMILIES)
-    assert common.SAMPLING_FAMILY_NAMES == sampling.FAMILY_NAMES
+    assert common.FAMILY_NAMES == tuple(families.FAMILIES)
+    assert common.SAMPLING_FAMILY_NAMES == families.FAMILY_NAMES
+    assert common.SIZED_FAMILIES == {kind: (s.letter, s.smallest, s.meaning) for kind, s in families.SIZED_FAMILIES.items()}
     assert common.SAMPLING_ROUTES == sampling.ROUTES
     assert common.PRESET_NAMES == tuple(PRESETS)
     assert common.SCHEDULE_NAMES == tuple(SCHEDULES)

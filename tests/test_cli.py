@@ -11,7 +11,7 @@ import math
 import pytest
 
 from pathkl.cli import COMMANDS, main
-from pathkl.covariances import FAMILIES, get_family
+from pathkl.families import FAMILIES, get_family
 from pathkl.pathspace import path_kl
 from pathkl.presets import PRESETS
 from pathkl.rates import fit_order, predicted_constant

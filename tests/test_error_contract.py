@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pathkl.testing  # noqa: F401  (registers the profiles)
-from pathkl.covariances import FAMILIES
+from pathkl.families import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.references import GaussianReference, MixtureReference, ProductReference
 from pathkl.rules import MonteCarlo

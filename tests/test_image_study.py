@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 
+from pathkl.covariances import ReverseStep
 from pathkl.errors import InputError
-from pathkl.matvecs import StepCoefficients, closed_form_cov_matvec
+from pathkl.families import parse_family
+from pathkl.matvecs import closed_form_cov_matvec
 from pathkl.references import EmpiricalReference, MixtureReference
 from pathkl.rules import quadrature as qr
-from pathkl.sampling import NoiseFamily, reverse_noise, sample
+from pathkl.sampling import sample
 from pathkl.schedules import get_schedule
 from studies.image_sampling import ImageSamplingConfig, empirical_points, nearest_distance, run
 
@@ -106,16 +108,16 @@ def test_lanczos_noise_at_full_rank_is_the_dense_symmetric_root() -> None:
     densely from the generic mixture covariance (eigh); ``diag`` its square-rooted diagonal."""
     data = points(6, 4, seed=8)
     fast, generic = EmpiricalReference.from_points(data), MixtureReference.empirical(data)
-    step = StepCoefficients.at(SCHEDULE.grid(10), 5)
+    step = ReverseStep.ddim(SCHEDULE.grid(10), 5)
     x = fast.sample(3, step.level, generator=torch.Generator().manual_seed(9))
     z = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(10))
     sigma = step.s2 * torch.eye(4, dtype=DT) + step.lam**2 * generic.posterior_cov(x, step.level)
     vals, vecs = torch.linalg.eigh(sigma)
     root = vecs @ torch.diag_embed(vals.sqrt()) @ vecs.transpose(1, 2)
     matvec = closed_form_cov_matvec(fast, x, step)
-    got = reverse_noise(NoiseFamily.parse("lanczos:4"), fast, x, step, matvec, z)
+    got = parse_family("lanczos:4").noise(fast, x, step, matvec, z)
     assert torch.allclose(got, torch.einsum("nij,nj->ni", root, z), rtol=0, atol=1e-11)
-    got = reverse_noise(NoiseFamily.parse("diag"), fast, x, step, matvec, z)
+    got = parse_family("diag").noise(fast, x, step, matvec, z)
     assert torch.allclose(got, torch.diagonal(sigma, dim1=1, dim2=2).sqrt() * z, rtol=0, atol=1e-13)
 
 

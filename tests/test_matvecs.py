@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from pathkl.covariances import ReverseStep
 from pathkl.errors import InputError
 from pathkl.matvecs import (
     DifferenceCovariance,
     JvpCovariance,
-    StepCoefficients,
     closed_form_cov_matvec,
     rademacher_diagonal,
 )
@@ -39,7 +39,7 @@ def points(ref, lv, n=6, seed=0):
 def test_ddpm_products_match_hessian_form(ref, grid, t) -> None:
     """Both routes equal ``(beta/alpha)(I + beta H) v`` (docs/theory.md section 2.2), formed from the reference's
     Hessian: a third, independent expression of Sigma*_t. Tolerance: a few ulps of the entries."""
-    step = StepCoefficients.at(grid, t)
+    step = ReverseStep.ddim(grid, t)
     x = points(ref, step.level)
     v = torch.randn(6, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
     hess = ref.hessian(x, step.level)
@@ -54,7 +54,7 @@ def test_ddpm_products_match_hessian_form(ref, grid, t) -> None:
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_products_jvp_equals_closed_form(ref, grid, eta) -> None:
-    step = StepCoefficients.at(grid, 4, eta=eta)
+    step = ReverseStep.ddim(grid, 4, eta=eta)
     x = points(ref, step.level)
     v = torch.randn(6, 5, dtype=DT, generator=torch.Generator().manual_seed(2))
     jvp = JvpCovariance(lambda y: ref.posterior_mean(y, step.level), x, step)(v)
@@ -63,7 +63,7 @@ def test_ddim_products_jvp_equals_closed_form(ref, grid, eta) -> None:
 
 
 def test_jvp_also_returns_the_denoised_value(ref, grid) -> None:
-    step = StepCoefficients.at(grid, 3)
+    step = ReverseStep.ddim(grid, 3)
     x = points(ref, step.level)
     products = JvpCovariance(lambda y: ref.posterior_mean(y, step.level), x, step)
     products(torch.ones_like(x))
@@ -73,7 +73,7 @@ def test_jvp_also_returns_the_denoised_value(ref, grid) -> None:
 @pytest.mark.parametrize("t", [1, 3, 10])
 def test_ddpm_mean_is_tweedie_mean(ref, grid, t) -> None:
     """``lam xhat_0 + kappa x = (x + beta score) / sqrt(alpha)`` (first-order Tweedie)."""
-    step = StepCoefficients.at(grid, t)
+    step = ReverseStep.ddim(grid, t)
     x = points(ref, step.level)
     got = step.mean(x, ref.posterior_mean(x, step.level))
     want = (x + step.beta * ref.score(x, step.level)) / math.sqrt(step.alpha)
@@ -83,7 +83,7 @@ def test_ddpm_mean_is_tweedie_mean(ref, grid, t) -> None:
 def test_ddim_zero_eta_mean_is_ddim_update(ref, grid) -> None:
     """eta = 0: ``sqrt(abar_{t-1}) xhat_0 + sqrt(1 - abar_{t-1}) epshat`` (Song et al. 2021, eq. 12)."""
     t = 6
-    step = StepCoefficients.at(grid, t, eta=0.0)
+    step = ReverseStep.ddim(grid, t, eta=0.0)
     x = points(ref, step.level)
     x0 = ref.posterior_mean(x, step.level)
     abar, abar_prev = grid.abar[t], grid.abar[t - 1]
@@ -96,16 +96,16 @@ def test_ddim_zero_eta_mean_is_ddim_update(ref, grid) -> None:
 @pytest.mark.parametrize("t", [2, 7])
 def test_eta_one_special_case_is_continuous(grid, t) -> None:
     """The cancellation-free eta = 1 branch agrees with the general formula at eta -> 1."""
-    exact, near = StepCoefficients.at(grid, t), StepCoefficients.at(grid, t, eta=1.0 - 1e-13)
+    exact, near = ReverseStep.ddim(grid, t), ReverseStep.ddim(grid, t, eta=1.0 - 1e-13)
     assert near.lam == pytest.approx(exact.lam, rel=1e-9)
     assert near.kappa == pytest.approx(exact.kappa, rel=1e-9)
 
 
 def test_bad_step_or_eta_is_refused(grid) -> None:
     with pytest.raises(InputError):
-        StepCoefficients.at(grid, 0)
+        ReverseStep.ddim(grid, 0)
     with pytest.raises(InputError):
-        StepCoefficients.at(grid, 3, eta=1.5)
+        ReverseStep.ddim(grid, 3, eta=1.5)
     with pytest.raises(InputError):
         rademacher_diagonal(lambda v: v, (2, 3), 1)
 
@@ -134,7 +134,7 @@ def test_difference_route_matches_jvp_on_a_nonlinear_denoiser(grid) -> None:
     truncation ~ h |f''| and rounding ~ eps |f| / h with h ~ sqrt(eps) (1 + |x|) / |v| give
     errors of order sqrt(eps) (1 + |x|) ~ 1e-7 here; 1e-5 relative leaves a 100x margin while
     still failing for a wrong scale or sign (those are O(1) errors)."""
-    step = StepCoefficients.at(grid, 5)
+    step = ReverseStep.ddim(grid, 5)
     w = torch.randn(4, 4, dtype=DT, generator=torch.Generator().manual_seed(4)) / 2
     denoiser = lambda y: torch.tanh(y @ w) @ w.T + 0.3 * y
     x = torch.randn(8, 4, dtype=DT, generator=torch.Generator().manual_seed(5))

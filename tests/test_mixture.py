@@ -11,8 +11,8 @@ import torch
 
 from pathkl import negentropy as neg
 from pathkl import third_derivative as td
-from pathkl.covariances import FAMILIES
 from pathkl.errors import InputError
+from pathkl.families import FAMILIES
 from pathkl.presets import rotated_covariance, rotated_mixture
 from pathkl.references import GaussianReference, MixtureReference
 from pathkl.refspec import load_reference

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pathkl.cli import main
-from pathkl.covariances import FAMILIES
+from pathkl.families import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import rotated_covariance, rotated_mixture
 from pathkl.references import GaussianReference, MixtureReference, ProductReference

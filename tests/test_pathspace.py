@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathkl.covariances import FAMILIES
+from pathkl.families import FAMILIES
 from pathkl.pathspace import path_kl
 from pathkl.presets import fixed_rotation
 from pathkl.references import GaussianReference
@@ -44,7 +44,7 @@ def test_steps_and_terminal_match_mpmath(name, family, T):
     if name == "ddpm-linear" and T <= 20:
         return  # refused (covered in test_schedules)
     grid = get_schedule(name).grid(T)
-    first = 2 if family == "beta_tilde" else 1
+    first = FAMILIES[family].first_step
     got = path_kl(REFERENCE, grid, FAMILIES[family], first_step=first)
     alpha = _mp_alphas(grid, name)
     expected = ref.step_kls(EIGS, family, alpha, basis=BASIS.tolist())

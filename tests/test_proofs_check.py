@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import proofs_check
-from pathkl import covariances
+from pathkl import families
 from pathkl.cli import main
 from pathkl.schedules import get_schedule
 from pathkl.testing import gaussian_references, noise_levels
@@ -167,11 +167,13 @@ def test_broken_formula_fails(monkeypatch, module, name, broken, claim_id):
 
 def test_wrong_declared_constant_in_pathkl_fails(monkeypatch):
     """The registry also checks the constants pathkl's covariance families declare."""
-    full = covariances.FAMILIES["full"]
-    monkeypatch.setitem(covariances.FAMILIES, "full", dataclasses.replace(full, coefficient=1 / 6))
+    full = families.FAMILIES["full"]
+    wrong = dataclasses.replace(full.general_rate, coefficient=1 / 6)
+    monkeypatch.setitem(families.FAMILIES, "full", dataclasses.replace(full, general_rate=wrong))
     assert not run_claim(get_claim("lgs.kl-full-negentropy")).outcome.passed
-    diag = covariances.FAMILIES["diag"]
-    monkeypatch.setitem(covariances.FAMILIES, "diag", dataclasses.replace(diag, order=2))
+    diag = families.FAMILIES["diag"]
+    wrong = dataclasses.replace(diag.general_rate, order=2)
+    monkeypatch.setitem(families.FAMILIES, "diag", dataclasses.replace(diag, general_rate=wrong))
     assert not run_claim(get_claim("lgs.kl-diag-family")).outcome.passed
 
 

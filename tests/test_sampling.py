@@ -12,12 +12,14 @@ import math
 import pytest
 import torch
 
+from pathkl.covariances import ReverseStep
 from pathkl.errors import InputError
-from pathkl.matvecs import StepCoefficients, closed_form_cov_matvec
+from pathkl.families import parse_family
+from pathkl.matvecs import closed_form_cov_matvec
 from pathkl.metrics import MMD_MAX_DIM, OCM_BANDWIDTHS, mmd, sample_quality, sliced_wasserstein
 from pathkl.presets import PRESETS
 from pathkl.references import GaussianReference
-from pathkl.sampling import NoiseFamily, reverse_noise, sample
+from pathkl.sampling import sample
 from pathkl.schedules import get_schedule
 
 DT = torch.float64
@@ -45,13 +47,13 @@ def exact_reverse_sigma(ref, step, x):
 
 @pytest.mark.parametrize("name", ["beta", "diag", "full", "rademacher:2", "lanczos:3"])
 def test_family_names_parse(name) -> None:
-    NoiseFamily.parse(name)
+    parse_family(name)
 
 
 @pytest.mark.parametrize("name", ["nope", "lanczos", "lanczos:0", "rademacher:1", "diag:3", "lanczos:x"])
 def test_bad_family_names_are_refused(name) -> None:
     with pytest.raises(InputError):
-        NoiseFamily.parse(name)
+        parse_family(name)
 
 
 def test_bad_sampler_options_are_refused(ref, grid) -> None:
@@ -71,7 +73,7 @@ def test_linear_families_have_the_declared_covariance(eta) -> None:
     """Noise is ``L z`` for the deterministic families; ``L L^T`` is read off with z = columns of I."""
     ref = PRESETS["gaussian-5d"][1]()
     grid = get_schedule("vp-linear").grid(10)
-    step = StepCoefficients.at(grid, 4, eta=eta)
+    step = ReverseStep.ddim(grid, 4, eta=eta)
     x0 = ref.sample(1, step.level, generator=torch.Generator().manual_seed(0))
     x = x0.expand(5, 5)
     sigma = exact_reverse_sigma(ref, step, x0)[0]
@@ -85,18 +87,18 @@ def test_linear_families_have_the_declared_covariance(eta) -> None:
         expected["beta"] = step.beta * torch.eye(5, dtype=DT)
     matvec = closed_form_cov_matvec(ref, x, step)
     for name, want in expected.items():
-        l = reverse_noise(NoiseFamily.parse(name), ref, x, step, matvec, torch.eye(5, dtype=DT)).T
+        l = parse_family(name).noise(ref, x, step, matvec, torch.eye(5, dtype=DT)).T
         assert torch.allclose(l @ l.T, want, rtol=0, atol=1e-13 * want.abs().max()), name
 
 
 def test_lanczos_at_full_dimension_is_the_symmetric_root() -> None:
     ref = PRESETS["gaussian-5d"][1]()
-    step = StepCoefficients.at(get_schedule("vp-linear").grid(10), 6)
+    step = ReverseStep.ddim(get_schedule("vp-linear").grid(10), 6)
     x = ref.sample(3, step.level, generator=torch.Generator().manual_seed(1))
     z = torch.randn(3, 5, dtype=DT, generator=torch.Generator().manual_seed(2))
     vals, vecs = torch.linalg.eigh(exact_reverse_sigma(ref, step, x))
     root = vecs @ torch.diag_embed(vals.sqrt()) @ vecs.transpose(1, 2)
-    got = reverse_noise(NoiseFamily.parse("lanczos:5"), ref, x, step, closed_form_cov_matvec(ref, x, step), z)
+    got = parse_family("lanczos:5").noise(ref, x, step, closed_form_cov_matvec(ref, x, step), z)
     assert torch.allclose(got, torch.einsum("nij,nj->ni", root, z), rtol=0, atol=1e-12)
 
 
@@ -108,7 +110,7 @@ def propagate(ref, grid, family: str, eta: float):
     d = ref.dim
     mean, cov = torch.zeros(d, dtype=DT), torch.eye(d, dtype=DT)
     for t in range(grid.T, 0, -1):
-        step = StepCoefficients.at(grid, t, eta=eta)
+        step = ReverseStep.ddim(grid, t, eta=eta)
         offset = ref.posterior_mean(torch.zeros(1, d, dtype=DT), step.level)[0]
         gain = ref.posterior_mean(torch.eye(d, dtype=DT), step.level) - offset  # rows: P e_i
         a = step.lam * gain.T + step.kappa * torch.eye(d, dtype=DT)

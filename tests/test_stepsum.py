@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathkl.covariances import FAMILIES
+from pathkl.families import FAMILIES
 from pathkl.references import MixtureReference
 from pathkl.rules import quadrature as qr
 from pathkl.rules.stepsum import interpolated_steps

@@ -204,9 +204,11 @@ def test_parallel_runs_compute_the_predicted_constants_once(tmp_path, monkeypatc
     study = studies.REGISTRY["gaussian_rates"]
     config = study.config(small=True)
     run_study(study, config, tmp_path / "par", jobs=2, progress=False)
-    from pathkl.covariances import get_family
+    from pathkl.families import get_family
+    from pathkl.refspec import load_reference
 
-    with_rate = [f for f in config.families if get_family(f).order is not None]
+    with_rate = [(r, f) for r in config.references for f in config.families
+                 if get_family(f).order(load_reference(r)) is not None]
     assert calls == [os.getpid()] * len(with_rate) and with_rate
 
 

@@ -233,7 +233,7 @@ def test_small_configuration_of_every_study_runs(tmp_path, name):
 
 def test_rate_study_rows_are_the_library_numbers(tmp_path):
     """The rows are pathkl's path_kl for the point, on an independently built reference and grid."""
-    from pathkl.covariances import get_family
+    from pathkl.families import get_family
     from pathkl.pathspace import path_kl
     from pathkl.presets import PRESETS
     from pathkl.schedules import get_schedule
@@ -296,7 +296,7 @@ def test_covariance_error_leading_curve_integrates_to_the_predicted_constant(tmp
     (QUADPACK, rel. 1e-10): an independent route to the same integral. The midpoint rule is second
     order, so the error must be small (2e-3 at T = 50, measured 7e-4) and shrink about 4x when T
     doubles (band [3, 5]); the scaled KLs sum to T^p steps, which must converge at first order."""
-    from pathkl.covariances import get_family
+    from pathkl.families import get_family
     from pathkl.presets import PRESETS
     from pathkl.rates import predicted_constant
     from pathkl.schedules import get_schedule
@@ -392,7 +392,7 @@ def test_optimal_grids_dp_is_the_brute_force_minimum_and_beats_the_grids_it_cont
     1e-12 relative). The figure plots the table's numbers."""
     import itertools
 
-    from pathkl.covariances import get_family
+    from pathkl.families import get_family
     from pathkl.optimal_grid import Candidates
     from pathkl.pathspace import path_kl
     from pathkl.refspec import load_reference

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from pathkl.covariances import get_family
+from pathkl.families import get_family
 from pathkl.pathspace import path_kl
 from pathkl.references import GaussianReference
 from pathkl.schedules import get_schedule

@@ -21,10 +21,13 @@ from typing import Any
 
 from ..errors import InputError
 
-#: ``pathkl.covariances.FAMILIES``, in order.
+#: ``pathkl.families.FAMILIES``, in order.
 FAMILY_NAMES = ("beta", "beta_tilde", "analytic", "diag", "full")
-#: ``pathkl.sampling.FAMILY_NAMES``: the families above plus the sampling-only ones.
+#: ``pathkl.families.FAMILY_NAMES``: the families above plus the sampling-only ones.
 SAMPLING_FAMILY_NAMES = FAMILY_NAMES + ("rademacher:M", "lanczos:k")
+#: ``pathkl.families.SIZED_FAMILIES``: kind -> (the letter of N, the least N, what N counts).
+SIZED_FAMILIES = {"rademacher": ("M", 2, "Rademacher probes (two or more give a standard error)"),
+                  "lanczos": ("k", 1, "Lanczos steps (covariance-vector products per reverse step)")}
 #: ``pathkl.sampling.ROUTES``.
 SAMPLING_ROUTES = ("closed", "jvp", "difference")
 #: ``pathkl.presets.PRESETS``, in order.

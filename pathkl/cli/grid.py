@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..covariances import get_family
+    from ..families import get_family
     from ..optimal_grid import choose_grid
     from ..schedules import get_schedule
 

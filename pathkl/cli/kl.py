@@ -71,7 +71,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..covariances import get_family
+    from ..families import get_family
     from ..pathspace import method, path_kl
     from ..rules import MonteCarlo
 

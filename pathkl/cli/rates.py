@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     ladder = parse_number_list(args.steps, parse_integer, "--steps")
     plot_path = check_output_path(args.plot, _PLOT_SUFFIXES) if args.plot else None
 
-    from ..covariances import get_family
+    from ..families import get_family
     from ..rates import check_rate_inputs, family_rates
     from ..schedules import get_schedule
 

@@ -9,6 +9,7 @@ from .common import (
     JSON_HELP,
     SAMPLING_FAMILY_NAMES,
     SAMPLING_ROUTES,
+    SIZED_FAMILIES,
     add_reference_options,
     formatter,
     make_grid,
@@ -62,14 +63,13 @@ def register(subparsers) -> None:
 
 
 def _sized_family(name: str) -> None:
-    """Check the size of ``rademacher:M`` (M >= 2) and ``lanczos:k`` (k >= 1); other names are left to
-    the library, which knows every family."""
-    kind, sep, size = name.partition(":")
-    if kind not in ("lanczos", "rademacher"):
+    """Check the size of a sized family (``rademacher:M``, ``lanczos:k``) before torch loads, as
+    pathkl.families.parse_family does; other names are left to the library, which knows every family."""
+    kind, _, size = name.partition(":")
+    if kind not in SIZED_FAMILIES:
         return
-    letter, smallest, what = (("k", 1, "Lanczos steps (covariance-vector products per reverse step)")
-                              if kind == "lanczos" else ("M", 2, "Rademacher probes (two or more give a standard error)"))
-    if not (sep and size.isdigit() and int(size) >= smallest):
+    letter, smallest, what = SIZED_FAMILIES[kind]
+    if not (size.isdigit() and int(size) >= smallest):
         raise InputError(f"--cov {name!r}: {kind}:{letter} needs {letter}, the number of {what}, to be an integer"
                          f" >= {smallest}")
 

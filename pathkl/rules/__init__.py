@@ -43,8 +43,9 @@ class Rule(Protocol):
     def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
         """``E_{q_t} tr G`` at levels of any shape."""
 
-    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
-        """``E_{q_tau} ||D||_F^2`` of an order-1 family, or ``E ||grad^3 log q||^2`` for order 2."""
+    def leading_integrand(self, block, rate, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+        """``E_{q_tau} ||D||_F^2`` of an order-1 rate (its ``defect_sq_norm``), or ``E ||grad^3 log q||^2``
+        for order 2 (pathkl.covariances.Rate)."""
 
 
 CLOSED_FORM, QUADRATURE, MONTE_CARLO = ClosedForm(), QuadratureRule(), MonteCarlo()

@@ -38,7 +38,7 @@ class ClosedForm:
     def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
         return block.expected_trace_excess(lv)
 
-    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
-        value = (block.expected_excess_functional(family.defect_sq_norm, lv, mean_g=mean_g)
-                 if family.order == 1 else block.expected_third_derivative_sq_norm(lv))
+    def leading_integrand(self, block, rate, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+        value = (block.expected_excess_functional(rate.defect_sq_norm, lv, mean_g=mean_g)
+                 if rate.order == 1 else block.expected_third_derivative_sq_norm(lv))
         return Estimate(value, ROUNDING * abs(value))

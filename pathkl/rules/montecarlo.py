@@ -110,7 +110,7 @@ class MonteCarlo:
     def expected_trace_excess(self, block, lv: NoiseLevel) -> torch.Tensor:
         return expected_trace_excess(block, lv, self)
 
-    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+    def leading_integrand(self, block, rate, lv: NoiseLevel, *, mean_g=None) -> Estimate:
         raise InputError("leading constants need quadrature: mixtures must have d <= 3")
 
     def expectation(self, block, lv: NoiseLevel, integrands, *, rtol: float, key: int = 0) -> tuple[Estimate, ...]:
@@ -375,7 +375,7 @@ def step_kls(reference, grid: Grid, family, mc: MonteCarlo, *,
         lv = grid.level(t)
         outer = _outer(reference, lv, mc, _generator(mc, _OUTER, t))
         y = j[t - 1]
-        if family.name != "full":
+        if not family.optimal:
             if mean_g is None:
                 trace = torch.diagonal(outer.g, dim1=-2, dim2=-1).sum(-1).reshape(k, n) / d
                 own = torch.tensor(_stratified(trace, outer.xi, reference.weights, mc)[0], dtype=DTYPE)

@@ -465,7 +465,7 @@ def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: flo
             values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol, mean_g=mean_g)
         return values, errors
     values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol, steps))
-    if family.name == "full":
+    if family.optimal:  # Sigma_t = Sigma*_t: no Gaussian part
         return values, errors
     ladder = ladder_for(reference.dim)
     for level in torch.unique(levels).tolist():
@@ -647,7 +647,7 @@ class QuadratureRule:
         ``key`` is not used)."""
         return expectation(block, lv, integrands, rtol=rtol)
 
-    def leading_integrand(self, block, family, lv: NoiseLevel, *, mean_g=None) -> Estimate:
-        if family.order == 1:
-            return expected_excess_functional(block, family.defect_sq_norm, lv, mean_g=mean_g)
+    def leading_integrand(self, block, rate, lv: NoiseLevel, *, mean_g=None) -> Estimate:
+        if rate.order == 1:
+            return expected_excess_functional(block, rate.defect_sq_norm, lv, mean_g=mean_g)
         return expected_third_derivative_sq_norm(block, lv)
