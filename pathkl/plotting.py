@@ -21,6 +21,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.colors
 import matplotlib.ticker
+import numpy
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -63,13 +64,13 @@ def style() -> Iterator[None]:
 
 def family_style(family: str) -> tuple[str, str]:
     """``(colour, marker)`` of a covariance family (pathkl.families). A sized family (``lanczos:3``,
-    ``rademacher:8``) keeps its marker and takes its colour from the perceptually uniform,
-    colour-vision-deficiency friendly ``cividis`` map at its shade, dark to light with the size, so
-    several sizes in one figure stay apart."""
+    ``rademacher:8``) keeps its kind's colour and marker, lightened towards white with its shade
+    (1..8, small sizes darkest), so its sizes stay apart from each other and from every other kind."""
     entry = parse_family(family)
     if entry.shade is None:
         return entry.colour, entry.marker
-    return matplotlib.colors.to_hex(matplotlib.colormaps["cividis"]((entry.shade - 1) / 8)), entry.marker
+    base = numpy.array(matplotlib.colors.to_rgb(entry.colour))
+    return matplotlib.colors.to_hex(base + (1.0 - base) * 0.65 * (entry.shade - 1) / 7), entry.marker
 
 
 def family_label(family: str) -> str:
