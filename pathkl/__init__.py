@@ -34,6 +34,7 @@ _EXPORTS = {
     "grid_from_chain": "pathkl.schedules",
     "FAMILIES": "pathkl.families",
     "get_family": "pathkl.families",
+    "parse_family": "pathkl.families",
     "family_rates": "pathkl.rates",
     "fit_order": "pathkl.rates",
     "lanczos_sampler": "pathkl.lanczos",
