@@ -36,7 +36,7 @@ from .errors import InputError
 from .pathspace import PathKL, path_kl, step_kls, terminal_kl
 from .references import GaussianReference
 from .rules import Rule
-from .rules.closed_form import ROUNDING
+from .rules.closed_form import rounding_bound
 from .schedules import (
     DTYPE,
     DDPMLinear,
@@ -177,7 +177,7 @@ def pair_costs(reference, candidates: Candidates, family: Family, *, rtol: float
     if isinstance(reference, GaussianReference):
         values = reference.transition_kls(NoiseLevel.from_log_abar(prev_log_abar),
                                           NoiseLevel.from_log_abar(end_log_abar), log_alpha, family)
-        errors = torch.where(torch.isinf(values), 0.0, ROUNDING * values)
+        errors = rounding_bound(values, reference.dim)
         method = "closed form"
     else:
         for p in range(i.numel()):

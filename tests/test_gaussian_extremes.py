@@ -55,6 +55,17 @@ def _assert_within_stated_error(got, exact_steps, exact_terminal):
     assert abs(got.total - (steps + exact_terminal)) <= got.total_error + SLACK
 
 
+def test_a_subnormal_step_kl_claims_its_absolute_rounding():
+    """Found by hypothesis: analytic on two eigenvalues 1e-138 one ulp apart, T = 2, has a step-2 KL of
+    2.05e-311, a subnormal whose ulp is 2^-1074; a purely relative rounding bound claimed an error of 0
+    where the value was off by about 2e-324."""
+    eigenvalues = [1e-138, 1e-138 * (1 + 2**-52)]
+    grid = get_schedule("vp-linear").grid(2)
+    got = path_kl(GaussianReference.from_eigenvalues(eigenvalues), grid, FAMILIES["analytic"])
+    assert 0 < float(got.per_step[1]) < 2.2250738585072014e-308  # the case is the subnormal one
+    _assert_within_stated_error(got, *_exact(eigenvalues, "analytic", grid))
+
+
 @pytest.mark.parametrize("tiny", [1e-15, 1e-20, 1e-300])
 @pytest.mark.parametrize("T", [4, 16, 100, 1000])
 def test_issue_12_tiny_eigenvalue_from_json(tmp_path, tiny, T):

@@ -3,6 +3,7 @@ Gaussian with x-independent covariances), the error a rounding bound (docs/error
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +17,18 @@ from ..schedules import DTYPE, Grid, NoiseLevel
 #: (no subtraction of nearly equal numbers), phi is evaluated to a few ulps, and the terms are
 #: positive; checked against 50-digit arithmetic in tests/test_pathspace.py.
 ROUNDING = 64 * torch.finfo(DTYPE).eps
+#: Absolute allowance per eigenvalue term of a positive step KL: a term in the subnormal range has
+#: an ulp of 2^-1074 whatever its size, so there the relative allowance is not one (a step KL of
+#: 2.05e-311 was off by 2e-324 with a stated error of 0).
+UNDERFLOW = 64 * math.ulp(0.0)
+
+
+def rounding_bound(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """The rounding allowance of closed-form step KLs over ``dim`` eigenvalue terms: relative
+    (:data:`ROUNDING`) plus, for a positive value, the absolute :data:`UNDERFLOW` per term; 0 where
+    the value is infinite (exactly so)."""
+    floor = (values > 0).to(values.dtype) * (UNDERFLOW * dim)  # a float32 scalar would flush it to 0
+    return torch.where(torch.isinf(values), 0.0, ROUNDING * values + floor)
 
 
 @dataclass(frozen=True)
@@ -29,7 +42,7 @@ class ClosedForm:
 
     def step_kls(self, block, grid: Grid, family, *, rtol: float, mean_g: torch.Tensor | None = None) -> StepKLs:
         values = block.step_kls(grid, family, mean_g=mean_g)[0]
-        return StepKLs.bounded(values, torch.where(torch.isinf(values), 0.0, ROUNDING * values))
+        return StepKLs.bounded(values, rounding_bound(values, block.dim))
 
     def terminal_kl(self, block, lv: NoiseLevel, *, rtol: float) -> Estimate:
         value = block.terminal_kl(lv)
