@@ -46,22 +46,21 @@ GRIDS = ("uniform", "quadratic", "cosine", "asymptotic", "dp")
 class OptimalGridsConfig:
     """The references, families and K ladders; the DP's candidates.
 
-    The mixture is where the cost is: N = 40 candidates are N(N+1)/2 = 820 two-level quadratures per
-    family at ``mixture_rtol`` (a point of paper_figs/results/optimal_grids took 12 to 21 minutes
-    wall at a load of ~10 on the shared 2-core machine; a serial run at low load did all three in
-    14.5 minutes). So the mixture's K stops at 16, and with N fixed the DP's advantage over the
-    asymptotic grid turns into a loss as K grows (3-4% for ``analytic`` and ``diag``, 9% for
-    ``full`` at K = 10: the lattice, not the DP, is the limit). The Gaussian image has N = 1000
-    (seconds per family).
+    The mixture is where the cost is: N = 64 candidates are N(N+1)/2 = 2080 two-level quadratures
+    per family at ``mixture_rtol`` (the committed paper_figs/results/optimal_grids took 24 minutes
+    wall with --jobs 2 on the 2-core machine, each engine call on one thread). With N fixed the DP is
+    optimal only over its lattice: at K = 50 of 64 candidates it loses to the cosine and asymptotic
+    grids (1.1-2.4x), and from K = 10 it trails the asymptotic grid by 1-10%; the lattice, not the
+    DP, is the limit. The Gaussian image has N = 1000 (seconds per family).
     """
 
     gaussian: str = "image-3x64x64"
     mixture: str = "mog-rotated"
     families: tuple[str, ...] = ("analytic", "diag", "full")
     K: tuple[int, ...] = (2, 4, 6, 10, 16, 25, 40, 50, 64, 100)
-    mixture_K: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16)
+    mixture_K: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 25, 32, 40, 50)
     candidates: int = 1000
-    mixture_candidates: int = 40
+    mixture_candidates: int = 64
     mixture_rtol: float = 1e-4
     spacing: str = "quadratic"
 
