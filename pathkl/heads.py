@@ -9,29 +9,32 @@ Notation: ``x_t = sqrt(a) x_0 + sqrt(s) eps``, ``a = abar_t``, ``s = 1 - abar_t`
 Tweedie's second-order formula ``C = (s/a)(I + s H)`` (OCM eq. (8) with ``alpha^2 = a``,
 ``sigma^2 = s``; eq. (19)) or by the law of total covariance ``C = (s/a) Cov[eps | x_t]``:
 
-============== ================================================ =========================================
-name           what the head learns (target, paper equation)    conversion to ``diag C``
-============== ================================================ =========================================
-``ocm``        ``u = s h``, ``h -> diag H`` by eq. (11) with     ``(s/a)(1 + u)``
-               ``probes`` Rademacher probes (paper: 1) of
-               ``v * (s H v)``, ``H v`` one JVP of the score
-``probe:M``    the same by eq. (10), regression on the mean     ``(s/a)(1 + u)``
-               of M probes
-``sn_ddpm``    ``g -> E[eps^2 | x_t]``, eq. (23) (SN-DDPM, Bao  ``(s/a)(g - eps_hat^2)`` (eq. (33))
-               et al. 2022a, arXiv 2206.07309)
-``npr_ddpm``   ``r -> E[(eps - eps_hat)^2 | x_t]`` (NPR-DDPM,   ``(s/a) r``
-               Bao et al. 2022a: noise-prediction residual)
-``i_ddpm``     ``v``: ``Sigma = exp(v log beta + (1 - v) log     ``(Sigma - beta~) / gamma^2`` on the
-               beta~)`` of the training chain's step ending at   training chain's step ending at the
-               the level, trained by the VLB term               level (docs/theory.md section 2.3)
-               ``KL(q(x_{t-1}|x_t,x_0) || N(mu_theta, Sigma))``
-               (Nichol & Dhariwal 2021, eqs. (15)-(16); eq. (22))
-``analytic``   training-free: ``Gamma = s E_{q_t}||sigma||^2 /   ``(s/a)(1 - Gamma)``, isotropic
-               d`` by Monte Carlo over the data (Analytic-DPM,
-               Bao et al. 2022b, arXiv 2201.06503, eq. (7))
-``rademacher:M`` training-free: ``h = (1/M) sum_m v_m * (H v_m)``  ``(s/a)(1 + s h)``
-               at each point (eq. (9)), fresh probes per call
-============== ================================================ =========================================
+================ ============================================== ==========================================
+name             what the head learns (target, paper equation)  conversion to ``diag C``
+================ ============================================== ==========================================
+``ocm``          ``y = (1 + s h) / a``, ``h -> diag H``, by      ``s y`` (``= (s/a)(1 + s h)``, eq. (19))
+                 eq. (11) with ``probes`` Rademacher probes
+                 (paper: 1) of ``v * ((v + s H v) / a)``; ``H v``
+                 one JVP of the score
+``probe:M``      the same by eq. (10), regression on the mean    ``s y``
+                 of M probes
+``sn_ddpm``      ``g -> E[eps^2 | x_t]``, eq. (23) (SN-DDPM, Bao ``(s/a)(g - eps_hat^2)`` (eq. (33))
+                 et al. 2022a, arXiv 2206.07309)
+``npr_ddpm``     ``r -> E[(eps - eps_hat)^2 | x_t]`` (NPR-DDPM,  ``(s/a) r``
+                 Bao et al. 2022a: noise-prediction residual)
+``i_ddpm``       ``v``: ``Sigma = exp(v log beta + (1 - v) log    ``(Sigma - beta~) / gamma^2`` on the
+                 beta~)`` on the training chain's step ending at training chain's step ending at the
+                 the level, trained by the VLB term              level (docs/theory.md section 2.3)
+                 ``KL(q(x_{t-1}|x_t,x_0) || N(mu_theta, Sigma))``
+                 (Nichol & Dhariwal 2021, eqs. (15)-(16); OCM
+                 eq. (22))
+``analytic``     training-free: ``Gamma = s E_{q_t}||sigma||^2 / ``(s/a)(1 - Gamma)``, isotropic
+                 d`` by Monte Carlo over the data (Analytic-DPM,
+                 Bao et al. 2022b, arXiv 2201.06503, eq. (7))
+``rademacher:M`` training-free: ``y = (1/M) sum_m v_m * ((v_m +  ``s y``
+                 s H v_m) / a)`` at each point (eq. (9)), fresh
+                 probes per call
+================ ============================================== ==========================================
 
 Each minimiser, with the exact score, is the exact ``diag C``: eq. (11) and eq. (10) with probes
 redrawn for every point by Theorem 2 and claim ``ocm.eq10-probe-regression`` (docs/theory.md 7.2);
@@ -41,10 +44,14 @@ interpolation reaches ``C`` in ``[0, s]`` for v in [0, 1]; v is not constrained,
 With a learned score, NPR-DDPM and I-DDPM converge to the error of the model's own mean (the optimal
 covariance given an imperfect mean, Bao et al. 2022a), the others to ``diag C`` of the learned score.
 
-Weights: the regression losses of ``ocm`` and ``probe:M`` are eq. (11) and eq. (10) on ``u = s h`` and
-``v * (s H v)``, i.e. the paper's eq. (13) with level weight ``s^2``, so that every level's targets are of
-order 1 (``s H`` lies in ``[-1, s lambda_max]``); a positive weight per level leaves each level's
-minimiser unchanged. The losses are :func:`pathkl.ocm.ocm_loss` and :func:`pathkl.ocm.probe_regression_loss`.
+Weights: ``ocm`` and ``probe:M`` apply eq. (11) and eq. (10) to the symmetric operator
+``(I + s H) / a = C / s`` instead of ``H`` (``v * (v / a) = 1 / a``, so ``||y - v * ((v + s H v)/a)||^2
+= (s/a)^2 ||h - v * (H v)||^2`` with ``y = (1 + s h)/a``): the paper's eq. (13) with the level weight
+``(s/a)^2``. A positive weight per level leaves each level's minimiser ``h = diag H`` unchanged
+(Theorem 2 holds level by level), and it makes the target ``v * (C v) / s`` of order 1 at every level
+(``diag C / s`` runs from 1 at low noise to the data's variance at high noise), where eq. (13)'s
+``v * (H v)`` runs from ``-1/s`` to ``-1`` and the conversion ``(s/a)(1 + s h)`` multiplies an error in
+``h`` by ``s^2 / a``. The losses are :func:`pathkl.ocm.ocm_loss` and :func:`pathkl.ocm.probe_regression_loss`.
 
 Clipping (``clip``): ``"adpm"`` clamps ``diag C`` into the bounds of Analytic-DPM's Theorem 2 and its
 bounded-data corollary, ``0 <= C_ii <= min(s/a, ((b_i - a_i)/2)^2)`` (``[a_i, b_i]`` the training data's
@@ -139,16 +146,18 @@ def true_score(reference) -> TrueScore:
 
 
 def score_products(score: ScoreFn, x: torch.Tensor, level: NoiseLevel) -> HessianProducts:
-    """``v -> s H(x) v`` (``H = d score / dx``, ``s = 1 - abar``): the score's own closed-form ``hvp``
-    where it has one (:class:`TrueScore`), else one JVP of ``score`` per product (``torch.func.jvp``)."""
-    scale = _rows(level.one_minus_abar)
+    """``v -> (C(x) / s) v = (v + s H(x) v) / a`` (Tweedie; ``H = d score / dx``, ``s = 1 - abar``,
+    ``a = abar``): the score's own closed-form ``hvp`` where it has one (:class:`TrueScore`), else one
+    JVP of ``score`` per product (``torch.func.jvp``)."""
+    s, a = _rows(level.one_minus_abar), _rows(level.abar)
     own = getattr(score, "hvp", None)
 
     def products(v: torch.Tensor) -> torch.Tensor:
         if own is not None:
-            return scale * own(x, v, level)
-        _, tangent = torch.func.jvp(lambda y: score(y, level), (x,), (v,))
-        return scale * tangent
+            hv = own(x, v, level)
+        else:
+            _, hv = torch.func.jvp(lambda y: score(y, level), (x,), (v,))
+        return (v + s * hv) / a
 
     return products
 
@@ -184,7 +193,7 @@ class ChainStep:
 @dataclass(frozen=True)
 class Batch:
     """Training rows: data ``x0``, noise ``eps``, ``x = x_t`` at per-row ``level``; the fixed score there
-    (detached), the products ``v -> s H v`` and their ``probes`` (m, n, d) where the estimator uses
+    (detached), the products ``v -> (v + s H v) / a`` and their ``probes`` (m, n, d) where the estimator uses
     them, and the training chain's step (I-DDPM)."""
 
     x0: torch.Tensor
@@ -249,9 +258,9 @@ class Point:
         return -_rows(self.level.one_minus_abar).sqrt() * self.score
 
 
-def _from_hessian(u: torch.Tensor, p: Point) -> torch.Tensor:
-    """Tweedie: ``C = (s/a)(1 + u)``, ``u = s diag H`` (OCM eq. (19))."""
-    return _var_ratio(p.level) * (1 + u)
+def _from_hessian(y: torch.Tensor, p: Point) -> torch.Tensor:
+    """Tweedie (OCM eq. (19)): ``C = s y``, ``y = (1 + s diag H) / a``."""
+    return _rows(p.level.one_minus_abar) * y
 
 
 def _from_second_moment(g: torch.Tensor, p: Point) -> torch.Tensor:
