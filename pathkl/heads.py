@@ -37,7 +37,7 @@ name             what the head learns (target, paper equation)  conversion to ``
 ================ ============================================== ==========================================
 
 Each minimiser, with the exact score, is the exact ``diag C``: eq. (11) and eq. (10) with probes
-redrawn for every point by Theorem 2 and claim ``ocm.eq10-probe-regression`` (docs/theory.md 7.2);
+redrawn for every point by Theorem 2 and claim ``ocm.eq10-probe-regression`` (docs/theory.md section 7.2);
 SN-DDPM by OCM Theorem 3; NPR-DDPM since ``E[(eps - E[eps|x])^2 | x] = Var[eps | x]``; I-DDPM since the
 VLB term is minimised by ``Sigma = beta~ + gamma^2 E[(x_0 - xhat_0)^2 | x_t]`` (Nichol & Dhariwal's
 interpolation reaches ``C`` in ``[0, s]`` for v in [0, 1]; v is not constrained, as in their code).
@@ -274,7 +274,7 @@ def _from_residual(r: torch.Tensor, p: Point) -> torch.Tensor:
 
 
 def _from_interpolation(v: torch.Tensor, p: Point) -> torch.Tensor:
-    """I-DDPM: ``C = (Sigma - beta~) / gamma^2`` (docs/theory.md 2.3: ``Sigma* = beta~ + gamma^2 C``)."""
+    """I-DDPM: ``C = (Sigma - beta~) / gamma^2`` (docs/theory.md section 2.3: ``Sigma* = beta~ + gamma^2 C``)."""
     return (torch.exp(_iddpm_log_variance(v, p.chain)) - p.chain.beta_tilde) / p.chain.gamma2
 
 
@@ -422,18 +422,23 @@ def _training_batch(spec: Estimator, head: CovarianceHead, x0_all: torch.Tensor,
 
 def train_head(estimator: str, score: ScoreFn, samples_x0, chain: Grid, *, steps: int, lr: float = 1e-3,
                probes: int = 1, clip: str | None = None, seed: int = 0, batch: int = 256,
-               levels_per_step: int = 8, width: int = 64, depth: int = 3, decay: bool = False) -> CovarianceHead:
+               levels_per_step: int | None = None, width: int = 64, depth: int = 3, decay: bool = False,
+               callback: Callable[[int, CovarianceHead], None] | None = None, every: int = 1000) -> CovarianceHead:
     """A :class:`CovarianceHead` for ``estimator`` (:data:`ESTIMATORS`) on the fixed ``score``, trained on
     ``samples_x0`` (N, d) over the levels of the training chain ``chain`` (a Grid; each Adam step draws
     ``levels_per_step`` steps t uniform on 1..T, 2..T for ``i_ddpm`` whose first ``beta~`` is 0, and
-    ``batch / levels_per_step`` rows at each), ``steps`` Adam steps at learning rate ``lr``, seeded.
+    ``batch / levels_per_step`` rows at each; None: one per row. A score that groups per-row levels,
+    e.g. the true score of a Gaussian, costs one call per distinct level: pass a few, e.g. 8), ``steps`` Adam steps at learning rate ``lr``, seeded.
     ``probes``: probes per point of ``ocm`` (eq. (11); the paper's M = 1); ``probe:M`` and
-    ``rademacher:M`` take M from the name. Training-free estimators ignore ``steps``."""
+    ``rademacher:M`` take M from the name. ``decay``: cosine decay of the learning rate to 0 over the
+    steps. ``callback(step, head)`` is called every ``every`` steps (e.g. to record the error against
+    the steps). Training-free estimators ignore ``steps``."""
     spec, size = parse_estimator(estimator)
     if clip is not None and clip not in CLIPS:
         raise InputError(f"unknown covariance clip {clip!r}; choose None or one of {', '.join(CLIPS)}")
     if probes < 1 or (probes != 1 and spec.name != "ocm"):
         raise InputError(f"probes = {probes}: only 'ocm' takes a probe count (>= 1); write probe:M or rademacher:M")
+    levels_per_step = batch if levels_per_step is None else levels_per_step
     if levels_per_step < 1 or batch % levels_per_step:
         raise InputError(f"batch ({batch}) must be a positive multiple of levels_per_step ({levels_per_step})")
     x0_all = checked_samples(samples_x0)
@@ -450,7 +455,7 @@ def train_head(estimator: str, score: ScoreFn, samples_x0, chain: Grid, *, steps
     generator = torch.Generator().manual_seed(seed)
     first = 2 if spec.uses_chain and chain.T > 1 else 1
     start = time.perf_counter()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         t = torch.randint(first, chain.T + 1, (levels_per_step,), generator=generator)
         rows = _training_batch(spec, head, x0_all, t.repeat_interleave(batch // levels_per_step), generator)
         loss = spec.loss(head.network(_head_inputs(rows.x, rows.eps_hat), rows.level), rows)
@@ -460,6 +465,11 @@ def train_head(estimator: str, score: ScoreFn, samples_x0, chain: Grid, *, steps
         if schedule is not None:
             schedule.step()
         head.losses.append(float(loss.detach()))
+        if callback is not None and step % every == 0:
+            paused = time.perf_counter()
+            head.train_seconds, head.steps = paused - start, step
+            callback(step, head)
+            start += time.perf_counter() - paused  # the callback's time is not training time
     head.train_seconds, head.steps = time.perf_counter() - start, steps
     head.network.requires_grad_(False)
     return head
