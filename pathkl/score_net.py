@@ -20,6 +20,7 @@ not need it). ``benchmarks/bench_heads.py`` prints the measured costs.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class LevelNet(nn.Module):
         # nn.Linear draws its initial weights from the global generator: seed a forked copy of it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for a, b in zip(sizes[:-1], sizes[1:]):
+            for a, b in itertools.pairwise(sizes):
                 layers += [nn.Linear(a, b, dtype=DTYPE), nn.SiLU()]
             layers.append(nn.Linear(sizes[-1], out, dtype=DTYPE))
         self.body = nn.Sequential(*layers)

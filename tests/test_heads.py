@@ -12,8 +12,18 @@ import torch
 
 import pathkl
 from pathkl.errors import InputError
-from pathkl.heads import (ESTIMATORS, Batch, ChainStep, Point, parse_estimator, per_level, reverse_model,
-                          score_products, train_head, true_score)
+from pathkl.heads import (
+    ESTIMATORS,
+    Batch,
+    ChainStep,
+    Point,
+    parse_estimator,
+    per_level,
+    reverse_model,
+    score_products,
+    train_head,
+    true_score,
+)
 from pathkl.pathspace import expected_trace_excess
 from pathkl.references import GaussianReference, MixtureReference
 from pathkl.schedules import DTYPE, NoiseLevel, get_schedule

@@ -10,8 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pathkl import heads, load_reference, ocm
 from pathkl.errors import InputError
+from pathkl.heads import Batch, parse_estimator, train_head, true_score
 from pathkl.ocm import ocm_loss, probe_products, probe_regression_loss, rademacher_probes
+from pathkl.references import MixtureReference
+from pathkl.schedules import NoiseLevel, get_schedule
 from pathkl.testing import spd_matrices
 
 CI = settings.get_profile("ci")
@@ -147,7 +151,7 @@ def test_bad_probe_shapes_are_refused():
 def _symbolic_fixed_probe_minimiser(d: int, m: int):
     """Sympy: symbolic symmetric H and head h, one fixed tuple of m probes; the minimiser of eq. (10)
     and of eq. (11) on that tuple, and the tuple's probe estimate ``(1/m) sum v * (H v)``."""
-    sp = pytest.importorskip("sympy")
+    sp = pytest.importorskip("sympy")  # a core dependency; skip cleanly where it is absent
     h = sp.Matrix(sp.symbols(f"h0:{d}", real=True))
     H = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"H{min(i, j)}{max(i, j)}", real=True))
 
@@ -191,9 +195,6 @@ def test_fixed_probes_minimiser_is_the_probe_estimate_symbolically(d, m):
 def _heads_probe_batch(hess: torch.Tensor, probes: torch.Tensor):
     """A pathkl.heads training batch at one x repeated per probe tuple, whose products are ``v -> H v``
     (a level with abar = 1/2: the heads' operator ``(I + s H)/a`` is then ``2 I + H``)."""
-    from pathkl.heads import Batch
-    from pathkl.schedules import NoiseLevel
-
     n = probes.shape[1]
     half = torch.full((n,), 0.5, dtype=DTYPE)
     level = NoiseLevel(half, half)
@@ -207,8 +208,6 @@ def test_the_training_loss_both_ways(name, m):
     ``A = (I + s H)/a``: (fixed) on one tuple of probes its minimiser is that tuple's probe estimate
     (autograd gradient 0 there); (redrawn) its mean over all 2^(d M) tuples has the oracle gradient
     ``2 (y - diag A)`` (autograd), so the minimiser is diag A, i.e. h = diag H."""
-    from pathkl.heads import parse_estimator
-
     spec, _ = parse_estimator(name)
     hess = torch.tensor([[-2.0, 0.7, 0.3], [0.7, -1.0, -0.4], [0.3, -0.4, -3.0]], dtype=DTYPE)
     op = 2 * torch.eye(3, dtype=DTYPE) + hess
@@ -228,11 +227,6 @@ def test_the_training_loss_both_ways(name, m):
 def test_training_calls_pathkl_ocm_losses(monkeypatch):
     """pathkl.heads trains with pathkl.ocm's own functions (the names it imports are those objects), and
     a training run goes through them."""
-    import pathkl.heads as heads
-    import pathkl.ocm as ocm
-    from pathkl import load_reference
-    from pathkl.schedules import get_schedule
-
     assert heads.ocm_loss is ocm.ocm_loss and heads.probe_regression_loss is ocm.probe_regression_loss
     calls = []
     for name in ("ocm_loss", "probe_regression_loss"):
@@ -251,10 +245,6 @@ def test_probe_regression_trained_with_redrawn_probes_reaches_diag_h():
     score of a correlated Gaussian (noisy probes) converges to the exact diagonal, not to a biased
     value: its error is below half the spread of a single point's probe estimate, the RMS error of the
     fixed-probe minimiser (measured after 300 steps, seeds 0-2: 0.03-0.37 of that spread, 2-7% of diag C)."""
-    from pathkl.heads import train_head, true_score
-    from pathkl.references import MixtureReference
-    from pathkl.schedules import get_schedule
-
     reference = MixtureReference.from_components([1.0], [[1.0, -1.0]], covs=[[[1.0, 0.8], [0.8, 1.0]]])
     grid = get_schedule("vp-linear").grid(100)
     x0 = reference.sample(2048, generator=torch.Generator().manual_seed(0))
