@@ -207,11 +207,11 @@ def matfree_comparison(repeats: int, ks=(3, 8, 20), d=1024, n=64) -> None:
     product = interleaved_minima({"mv": lambda: matvec(z)}, repeats)["mv"]
     for k in ks:
         sampler = lanczos_sampler(k)
-        fns = {"matfun": lambda: lanczos_matfun(matvec, z, k, torch.sqrt),
-               "sampler": lambda: sampler(matvec, z)}
+        fns = {"matfun": lambda k=k: lanczos_matfun(matvec, z, k, torch.sqrt),
+               "sampler": lambda sampler=sampler: sampler(matvec, z)}
         theirs = matfree_sampler(k)
         if theirs is not None:
-            fns["matfree"] = lambda: theirs(z_np, a_np)
+            fns["matfree"] = lambda theirs=theirs: theirs(z_np, a_np)
         t = interleaved_minima(fns, repeats)
         ours_error = relative_error(sampler(matvec, z).sample)
         if theirs is None:
