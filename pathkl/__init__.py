@@ -40,6 +40,8 @@ _EXPORTS = {
     "lanczos_sampler": "pathkl.lanczos",
     "lanczos_accuracy": "pathkl.lgs_accuracy",
     "sample": "pathkl.sampling",
+    "NetworkPosterior": "pathkl.denoiser",
+    "reverse_model": "pathkl.denoiser",
     "mmd": "pathkl.metrics",
     "sliced_wasserstein": "pathkl.metrics",
     "sample_quality": "pathkl.metrics",
