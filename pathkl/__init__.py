@@ -62,7 +62,7 @@ _EXPORTS = {
     "ESTIMATORS": "pathkl.heads",
     "CovarianceHead": "pathkl.heads",
     "train_head": "pathkl.heads",
-    "reverse_model": "pathkl.heads",
+    "learned_model": "pathkl.heads",
     "true_score": "pathkl.heads",
     "train_score_network": "pathkl.score_net",
     "ScoreNetwork": "pathkl.score_net",

@@ -59,7 +59,7 @@ range): the lower bound and Popoviciu's ``((b - a)/2)^2`` hold at every point, `
 average over ``q_t`` (``E Cov[eps | x_t] <= I``), which is where Analytic-DPM applies it. ``"ocm"``
 is that plus the OCM paper's Appendix B.2 clip of the second-last kernel ``p(x_1 | x_2)``:
 ``sqrt(Sigma_ii) E|eps| <= (b_i - a_i) / 255`` (``y = 1``; the images' ``2/255`` for data in [-1, 1]),
-applied by :func:`reverse_model` at step 2 of its grid.
+applied by :func:`learned_model` at step 2 of its grid.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .covariances import ReverseStep
+from .denoiser import reverse_model
 from .errors import InputError
 from .estimate import Estimate
 from .model_kl import DiagonalGaussianModel
@@ -353,6 +354,17 @@ class CovarianceHead:
     _traces: dict = field(default_factory=dict, repr=False)
 
     @property
+    def dim(self) -> int:
+        """The data's dimension."""
+        return int(self.data_low.shape[-1])
+
+    def posterior_mean(self, x: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
+        """``E[x_0 | x_t = x]`` from the fixed score by Tweedie: ``(x + (1 - abar) score) / sqrt(abar)``,
+        so a head is a posterior for :func:`pathkl.sample` and :func:`pathkl.reverse_model`."""
+        with torch.no_grad():
+            return (x + level.one_minus_abar * self.score(x, level)) / level.abar.sqrt()
+
+    @property
     def spec(self) -> Estimator:
         return parse_estimator(self.estimator)[0]
 
@@ -475,30 +487,18 @@ def train_head(estimator: str, score: ScoreFn, samples_x0, chain: Grid, *, steps
     return head
 
 
-def reverse_model(score: ScoreFn, head: CovarianceHead, grid: Grid, *, eta: float = 1.0) -> DiagonalGaussianModel:
-    """The Gaussian reverse model on ``grid`` of a score and a covariance head
-    (:class:`~pathkl.model_kl.DiagonalGaussianModel`, for :func:`pathkl.model_path_kl` and samplers):
-    step t of DDIM(eta) (:meth:`~pathkl.covariances.ReverseStep.ddim`; eta = 1 is DDPM) has the mean
-    ``lam xhat_0 + kappa x``, ``xhat_0 = (x + (1 - abar_t) score) / sqrt(abar_t)`` (Tweedie; for DDPM
-    ``(x + beta_t score) / sqrt(alpha_t)``) and the variance ``s2 + lam^2 diag C(x)`` from the head
-    (docs/theory.md section 2.3), with the OCM Appendix B.2 clip at step 2 where ``head.clip == "ocm"``."""
-    steps = {t: ReverseStep.ddim(grid, t, eta=eta) for t in range(1, grid.T + 1)}
+def learned_model(head: CovarianceHead, *, eta: float = 1.0) -> DiagonalGaussianModel:
+    """The Gaussian reverse model of a head and its score (for :func:`pathkl.model_path_kl`):
+    :func:`pathkl.reverse_model` of the head as a posterior (its Tweedie mean and its ``diag C``, the
+    ``diag`` family's variance ``s2 + lam^2 diag C(x)`` of a DDIM(eta) step, docs/theory.md section 2.3),
+    with the OCM Appendix B.2 clip of step 2's variance where ``head.clip == "ocm"``."""
+    model = reverse_model(head, "diag", eta=eta)
+    if head.clip != "ocm":
+        return model
     cap = ((head.data_high - head.data_low) / (_IMAGE_LEVELS * _MEAN_ABS_NORMAL)) ** 2
 
-    def checked(t: int, other: Grid) -> ReverseStep:
-        if other is not grid and not torch.equal(other.log_abar, grid.log_abar):
-            raise InputError("the model was built for another grid; call reverse_model with this one")
-        return steps[t]
+    def variance(x: torch.Tensor, t: int, grid: Grid) -> torch.Tensor:
+        var = model.variance(x, t, grid)
+        return torch.minimum(var, cap) if t == 2 else var
 
-    def mean(x: torch.Tensor, t: int, other: Grid) -> torch.Tensor:
-        step = checked(t, other)
-        lv = step.level
-        x0_hat = (x + lv.one_minus_abar * score(x, lv)) / lv.abar.sqrt()
-        return step.mean(x, x0_hat)
-
-    def variance(x: torch.Tensor, t: int, other: Grid) -> torch.Tensor:
-        step = checked(t, other)
-        var = step.s2 + step.lam**2 * head.posterior_cov_diagonal(x, step.level)
-        return torch.minimum(var, cap) if head.clip == "ocm" and t == 2 else var
-
-    return DiagonalGaussianModel(mean, variance)
+    return DiagonalGaussianModel(model.mean, variance)
