@@ -89,8 +89,8 @@ class OCMToyConfig:
     families: tuple[str, ...] = ("beta", "beta_tilde", "analytic", "diag", "full")
     chain: int = 1000
     data: int = 20000
-    score_steps: int = 20000
-    train_steps: int = 4000
+    score_steps: int = 8000
+    train_steps: int = 2000
     lr: float = 1e-3
     clip: str = "adpm"
     levels: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -100,7 +100,7 @@ class OCMToyConfig:
     kl_rule: str = "monte carlo"
     kl_outer: int = 256
     kl_rtol: float = 1e-3
-    ladder: tuple[int, ...] = (250, 1000, 4000, 16000, 50000)
+    ladder: tuple[int, ...] = (500, 2000, 8000, 50000)
     ladder_references: tuple[str, ...] = ("mog-ocm-grid-2d",)
     ladder_estimators: tuple[str, ...] = ("ocm",)
     ladder_scores: tuple[str, ...] = ("true",)
@@ -152,9 +152,9 @@ def points(config: OCMToyConfig):
     out += [{"reference": r, "score": ORACLE, "estimator": f, "train_steps": 0}
             for r in config.references for f in config.families]
     ladder = [{"reference": r, "score": s, "estimator": e, "train_steps": n}
-              for r in config.ladder_references for s in config.ladder_scores
-              for e in config.ladder_estimators if _trained(e) for n in config.ladder]
-    return out + [p for p in ladder if p not in out]
+              for n in sorted(config.ladder, reverse=True) for r in config.ladder_references
+              for s in config.ladder_scores for e in config.ladder_estimators if _trained(e)]
+    return [p for p in ladder if p not in out] + out  # the longest first: it overlaps the rest
 
 
 # ---- shared inputs: data, chain, learned scores -----------------------------------------------------
@@ -230,7 +230,8 @@ def ancestral_samples(model, grid, *, n: int, dim: int, seed: int) -> torch.Tens
     """``x_0`` of ``n`` chains of the Gaussian reverse model ``model`` on ``grid`` from ``x_T ~ N(0, I)``:
     ``x_{t-1} = mean(x_t) + variance(x_t)^{1/2} z``, the noise drawn in the order of
     :func:`pathkl.sampling.sample` (x_T, then one z per step), so that a model with the exact mean and
-    a family's covariance draws that family's samples from the same seed."""
+    a family's covariance draws that family's samples from the same seed. A negative variance (an
+    unclipped head) is taken as 0, as SN-DPM's sampler clamps it."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, dtype=DTYPE, generator=generator)
     with torch.no_grad():
