@@ -19,7 +19,7 @@ panels (``panel``):
   ranking at every t.
 - ``ddpm`` and ``ddim`` (Fig. 3c, 3d): ``samples`` draws of the model on the K-step subsequence
   ``round(linspace(0, N, K + 1))`` of the chain (the "even" skip-step trajectory), K = ``steps`` in
-  ``T``, by ancestral sampling of :func:`pathkl.heads.reverse_model` (DDPM: eta = 1; DDIM: eta = 0, the
+  ``T``, by ancestral sampling of :func:`pathkl.heads.learned_model` (DDPM: eta = 1; DDIM: eta = 0, the
   head's covariance on ``x_0`` as in the paper's Algorithm 2), against as many exact draws: unbiased
   ``MMD^2`` with the paper's bandwidths 2^-2..2^2 (:func:`pathkl.metrics.mmd`, ``mmd``) and its
   standard error over 10 blocks (``mmd_stderr``).
@@ -53,7 +53,7 @@ import torch
 from pathkl import plotting
 from pathkl.errors import InputError
 from pathkl.families import get_family
-from pathkl.heads import CLIPS, parse_estimator, reverse_model, train_head, true_score
+from pathkl.heads import CLIPS, learned_model, parse_estimator, train_head, true_score
 from pathkl.metrics import mmd
 from pathkl.model_kl import model_path_kl
 from pathkl.pathspace import path_kl
@@ -296,10 +296,10 @@ def _estimator_rows(config: OCMToyConfig, reference, score, head) -> list[dict]:
     for steps in config.T:
         grid = _skip_grid(config, steps)
         for panel, eta in SAMPLERS.items():
-            x = ancestral_samples(reverse_model(score, head, grid, eta=eta), grid, n=config.samples,
+            x = ancestral_samples(learned_model(head, eta=eta), grid, n=config.samples,
                                   dim=reference.dim, seed=config.seed)
             rows.append(_mmd_row(panel, steps, x, exact))
-        rows += (_model_kl_rows(config, reference, reverse_model(score, head, grid), grid) if gaussian
+        rows += (_model_kl_rows(config, reference, learned_model(head), grid) if gaussian
                  else [_row(panel, steps=steps) for panel in KL_PANELS])
     return rows
 
