@@ -1,17 +1,19 @@
 """The path-KL rate study shared by ``gaussian_rates`` and ``mixture_rates``.
 
-Each point is one (reference, schedule, family, T): the exact (or Monte Carlo, with its standard error)
-``terminal``, ``steps`` and ``total`` of :func:`pathkl.pathspace.path_kl` on the schedule's uniform
-grid, and the family's predicted leading constant ``lim T^p steps``
+Each point is one (reference, schedule, family, T): ``terminal``, ``steps`` and ``total`` of
+:func:`pathkl.pathspace.path_kl` on the schedule's uniform grid, each with the absolute error pathkl
+vouches for (``terminal_error``, ``steps_error``, ``total_error``: docs/errors.md), whether that error
+met the default ``rtol`` (``met_rtol``, 1 or 0) and the ``method`` that computed it, and the family's predicted leading constant ``lim T^p steps``
 (:func:`pathkl.rates.predicted_constant`, docs/theory.md section 6) so that figures need nothing but the
 results. References are named as ``--ref`` names them (a preset or a JSON file,
 :func:`pathkl.refspec.load_reference`). ``beta_tilde`` (no vanishing rate, infinite step t = 1) is
 summed from t = 2.
 
 Figure, per reference: panel (a) ``steps`` against T on log-log axes with the fitted order and its 95%
-interval in the legend (:func:`pathkl.rates.fit_order`) and reference slopes -1 and -2; panel (b)
-``T^p steps / C`` against T converging to 1 (dashed), ``C`` the predicted constant, with ``C`` and
-the Richardson estimate (:func:`pathkl.rates.measured_constant`) in the legend. Plotted data lines carry ``gid = "data:<family>"``.
+interval in the legend (:func:`pathkl.rates.fit_order`), error bars ``steps_error`` (drawn where
+they are visible), and reference slopes -1 and -2; panel (b) ``T^p steps / C`` against T converging to
+1 (dashed), ``C`` the predicted constant, with ``C`` and the Richardson estimate
+(:func:`pathkl.rates.measured_constant`, its error including the KLs' errors) in the legend. Plotted data lines carry ``gid = "data:<family>"``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from .results import ResultsTable
 from .runner import figure_suffix
 
 KEY_COLUMNS = ("reference", "schedule", "family", "T")
-VALUE_COLUMNS = ("terminal", "steps", "steps_stderr", "total", "first_step", "order",
-                 "predicted_constant", "predicted_constant_error")
+VALUE_COLUMNS = ("terminal", "terminal_error", "steps", "steps_error", "total", "total_error", "met_rtol",
+                 "method", "first_step", "order", "predicted_constant", "predicted_constant_error")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ def run_point(config: RateConfig, point) -> dict[str, float]:
     grid = get_schedule(point["schedule"]).grid(point["T"])
     kl = path_kl(reference, grid, family, first_step=first)
     value, error = _predicted(point["reference"], family.name, point["schedule"])
-    return {"terminal": kl.terminal, "steps": kl.steps, "steps_stderr": kl.steps_stderr,
-            "total": kl.total, "first_step": first,
+    return {"terminal": kl.terminal, "terminal_error": kl.terminal_error, "steps": kl.steps,
+            "steps_error": kl.steps_error, "total": kl.total, "total_error": kl.total_error,
+            "met_rtol": int(kl.met_rtol), "method": kl.method, "first_step": first,
             "order": math.nan if order is None else order,
             "predicted_constant": value, "predicted_constant_error": error}
 
@@ -108,11 +111,11 @@ def _fit_label(name: str, ts: list[float], steps: list[float], order: float) -> 
     return plotting.slope_label(name, fit.slope, *fit.interval)
 
 
-def _constant_panel(bx, ts, steps, order: int, predicted: float, colour, marker, name) -> None:
+def _constant_panel(bx, ts, steps, errors, order: int, predicted: float, colour, marker, name) -> None:
     ratio = [t**order * s / predicted for t, s in zip(ts, steps)]
     label = f"{plotting.family_label(name)}: $C = {predicted:.4g}$"
     if len(ts) >= 3:
-        measured = measured_constant(ts, steps, order)
+        measured = measured_constant(ts, steps, order, errors)
         label += f", measured ${measured.value:.4g} \\pm {measured.error:.1g}$"
     bx.plot(ts, ratio, marker=marker, color=colour, gid=f"scaled:{name}", label=label)
 
@@ -140,16 +143,16 @@ def rate_figure(table: ResultsTable, reference: str, schedule: str):
         all_t += ts
         anchor = max(anchor, steps[0])
         label = _fit_label(name, ts, steps, order)
-        stderr = [float(r["steps_stderr"]) for r in rows]
-        if any(stderr):
-            ax.errorbar(ts, steps, yerr=stderr, marker=marker, color=colour, gid=f"data:{family}",
+        errors = [float(r["steps_error"]) for r in rows]
+        if any(e > 1e-3 * s for e, s in zip(errors, steps)):
+            ax.errorbar(ts, steps, yerr=errors, marker=marker, color=colour, gid=f"data:{family}",
                         label=label)
         else:
             ax.plot(ts, steps, marker=marker, color=colour, gid=f"data:{family}", label=label)
         if math.isfinite(order):
             predicted = float(rows[0]["predicted_constant"])
             if predicted > 0:
-                _constant_panel(bx, ts, steps, int(order), predicted, colour, marker, family)
+                _constant_panel(bx, ts, steps, errors, int(order), predicted, colour, marker, family)
     if all_t:
         plotting.reference_slopes(ax, all_t, anchor=anchor)
     for family in exact_zero:

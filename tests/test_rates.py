@@ -37,6 +37,24 @@ def test_fit_recovers_a_known_order_and_constant(p, c1, c2):
     assert abs(const.value - 2.5) <= const.error + 1e-12
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_measured_constant_error_covers_the_kls_own_errors(p):
+    """Moving each KL anywhere within its stated error moves the Richardson constant by no more than
+    the error ``measured_constant`` adds for them: checked at every corner of the error box (the
+    extrapolation is linear in the KLs, so the corners are the extremes) of random ladders."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        kls = 2.5 * np.asarray(LADDER, float) ** -p * (1 + rng.normal(0, 5) / np.asarray(LADDER, float))
+        errors = kls * 10.0 ** rng.uniform(-9, -3, len(kls))
+        without = measured_constant(LADDER, kls, p)
+        with_errors = measured_constant(LADDER, kls, p, errors)
+        allowed = with_errors.error - without.error
+        assert allowed > 0
+        for signs in np.array(np.meshgrid(*[[-1, 1]] * len(kls))).reshape(len(kls), -1).T:
+            moved = measured_constant(LADDER, kls + signs * errors, p).value
+            assert abs(moved - without.value) <= allowed * (1 + 1e-9)
+
+
 def test_interval_covers_the_truth_when_the_model_is_wrong():
     """A log correction (not in the model) must widen the interval rather than mislead."""
     ts = np.array(LADDER, dtype=float)

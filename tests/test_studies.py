@@ -245,6 +245,21 @@ def test_rate_study_rows_are_the_library_numbers(tmp_path):
         assert row["schedule"] == "vp-linear"
         kl = path_kl(ref, get_schedule("vp-linear").grid(row["T"]), get_family(row["family"]))
         assert (row["steps"], row["terminal"]) == (kl.steps, kl.terminal)  # same code path: exact
+        assert (row["terminal_error"], row["steps_error"], row["total_error"]) == (
+            kl.terminal_error, kl.steps_error, kl.total_error)
+        assert (row["met_rtol"], row["method"]) == (int(kl.met_rtol), kl.method)
+
+
+def test_mixture_rate_rows_carry_the_quadrature_error(tmp_path):
+    """On a mixture every row states a positive error that met the default rtol and is the one
+    path_kl vouches for; the figure's measured constant propagates it (tests/test_rates.py checks the
+    propagation formula)."""
+    study = studies.REGISTRY["mixture_rates"]
+    run_study(study, study.config(small=True, assignments=("T=4,8", "families=beta")), tmp_path,
+              progress=False)
+    rows = load(tmp_path).rows
+    assert rows and all(r["method"] == "quadrature" and r["met_rtol"] == 1 for r in rows)
+    assert all(0 < r["steps_error"] <= 1e-6 * r["steps"] for r in rows)
 
 
 def test_cli_reports_damaged_results_in_one_line_with_exit_2(tmp_path, capsys):
