@@ -119,7 +119,12 @@ class ModelPathKL:
       diagonal over ``diag(Sigma*)``; both None for a dense or low-rank model, which has no such floor;
     - ``steps`` = ``full + mean + covariance`` (summed from ``first_step``) and ``total`` = ``terminal + steps``.
 
-    ``per_step`` / ``per_step_error``: the model's step KLs, t = 1..T (NaN before ``first_step``)."""
+    ``per_step`` / ``per_step_error``: the model's step KLs, t = 1..T (NaN before ``first_step``).
+
+    A diagonal model whose variance is 0 somewhere at step t (a clipped head at t = 1, where
+    ``beta~_1 = 0``; the ``beta_tilde`` family) has ``KL_t = +inf`` exactly, since ``Sigma*`` is positive
+    definite: that step counts as ``+inf`` in ``covariance`` (and ``mismatch``) and adds nothing to
+    ``mean``, whose ``delta^T Sigma_theta^-1 delta`` is not defined there."""
 
     terminal: Estimate
     full: Estimate
@@ -178,6 +183,12 @@ def _integrated_reference(reference, rule):
     return reference
 
 
+class ZeroVariance(InputError):
+    """A model's variance is 0 at some point of step t. For a diagonal model the step's KL is then
+    ``+inf`` exactly (the exact kernel's covariance ``Sigma*`` is positive definite), which
+    :func:`model_path_kl` reports; a low-rank model's diagonal must be > 0."""
+
+
 def _variances(value, shape: torch.Size, t: int) -> torch.Tensor:
     s = torch.as_tensor(value, dtype=DTYPE).detach()
     try:
@@ -185,8 +196,10 @@ def _variances(value, shape: torch.Size, t: int) -> torch.Tensor:
     except RuntimeError:
         raise InputError(f"step {t}: the model's variance has shape {tuple(s.shape)}, expected (n, d) = "
                          f"{tuple(shape)}, (d,), (n, 1) or a scalar") from None
-    if not (torch.isfinite(s).all() and (s > 0).all()):
-        raise InputError(f"step {t}: the model's variances must be finite and > 0")
+    if not (torch.isfinite(s).all() and (s >= 0).all()):
+        raise InputError(f"step {t}: the model's variances must be finite and >= 0")
+    if not (s > 0).all():
+        raise ZeroVariance(f"step {t}: the model's variance is 0 at some point")
     return s
 
 
@@ -418,8 +431,13 @@ def model_path_kl(reference, grid: Grid, model: GaussianReverseModel, *, rtol: f
     per_step_error = torch.full((grid.T,), math.nan, dtype=DTYPE)
     mean, excess = Estimate(0.0), Estimate(0.0)
     for t in range(first_step, grid.T + 1):
-        step_mean, step_excess = chosen.expectation(block, grid.level(t), step_integrands(reference, model, grid, t),
-                                                    rtol=rtol, key=t)
+        try:
+            step_mean, step_excess = chosen.expectation(block, grid.level(t),
+                                                        step_integrands(reference, model, grid, t), rtol=rtol, key=t)
+        except ZeroVariance:
+            if not diagonal:
+                raise
+            step_mean, step_excess = Estimate(0.0), Estimate(math.inf)
         mean, excess = mean + step_mean, excess + step_excess
         per_step[t - 1] = base.per_step[t - 1] + step_mean.value + step_excess.value
         per_step_error[t - 1] = base.per_step_error[t - 1] + step_mean.error + step_excess.error

@@ -110,16 +110,20 @@ def test_oracle_models_reproduce_their_family(make, steps, family):
     assert result.mean.value == pytest.approx(0.0, abs=1e-20)
 
 
-def test_first_step_leaves_out_the_singular_step():
-    """beta_tilde's variance is 0 at t = 1 (refused there); from t = 2 it is the family's."""
+def test_zero_variance_step_is_infinite_and_first_step_leaves_it_out():
+    """beta_tilde's variance is 0 at t = 1, where Sigma* is positive definite: KL_1 = +inf exactly, in
+    the covariance part; the other steps are those summed from t = 2, which are the family's."""
     reference, grid = mixture_1d(), SCHEDULE.grid(6)
     model = oracle_model(reference, "beta_tilde")
-    with pytest.raises(InputError, match="step 1: the model's variances must be finite and > 0"):
-        model_path_kl(reference, grid, model)
+    whole = model_path_kl(reference, grid, model)
+    assert math.isinf(whole.per_step[0]) and math.isinf(whole.total.value) and whole.met_rtol
+    assert math.isinf(whole.covariance.value) and math.isinf(whole.mismatch.value)
+    assert math.isfinite(whole.mean.value)
     result = model_path_kl(reference, grid, model, first_step=2)
     engine = pathkl.path_kl(reference, grid, pathkl.get_family("beta_tilde"), first_step=2)
     agree(result, engine)
     assert math.isnan(result.per_step[0]) and result.first_step == 2
+    assert torch.equal(whole.per_step[1:], result.per_step[1:])
 
 
 def test_oracle_model_on_a_rotated_2d_mixture():
@@ -287,7 +291,7 @@ def test_protocol_and_bad_input():
     model = oracle_model(reference, "beta")
     assert isinstance(model, GaussianReverseModel)
     bad = DiagonalGaussianModel(model.mean, lambda x, t, grid: -torch.ones_like(x))
-    with pytest.raises(InputError, match="finite and > 0"):
+    with pytest.raises(InputError, match="finite and >= 0"):
         model_path_kl(reference, grid, bad)
     with pytest.raises(InputError, match="cannot integrate"):
         model_path_kl(reference, grid, model, rule="closed form")
@@ -508,7 +512,8 @@ def test_bad_covariances_are_refused():
         "positive definite": lambda x, t, g: eye - 2.0 * torch.ones(3, 3, dtype=DTYPE) / 3,
         "covariance has shape": lambda x, t, g: torch.ones(x.shape[0], 2, 2, dtype=DTYPE),
         "factor has shape": lambda x, t, g: LowRankPlusDiagonal(torch.ones(3, dtype=DTYPE), torch.ones(2, 1, dtype=DTYPE)),
-        "finite and > 0": lambda x, t, g: LowRankPlusDiagonal(-torch.ones(3, dtype=DTYPE), torch.ones(3, 1, dtype=DTYPE)),
+        "finite and >= 0": lambda x, t, g: LowRankPlusDiagonal(-torch.ones(3, dtype=DTYPE), torch.ones(3, 1, dtype=DTYPE)),
+        "variance is 0": lambda x, t, g: LowRankPlusDiagonal(torch.zeros(3, dtype=DTYPE), torch.ones(3, 1, dtype=DTYPE)),
     }
     for message, covariance in cases.items():
         with pytest.raises(InputError, match=message):
