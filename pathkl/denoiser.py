@@ -12,7 +12,9 @@ one of (``prediction``):
 Each is affine in the others given ``x_t`` (docs/theory.md section 2.2, Tweedie):
 
     xhat_0 = (x - sigma eps_hat) / sqrt(abar) = (x + sigma^2 score) / sqrt(abar) = sqrt(abar) x - sigma v,
-    eps_hat = (x - sqrt(abar) xhat_0) / sigma.
+    eps_hat = (x - sqrt(abar) xhat_0) / sigma
+
+(:func:`x0_from`, :func:`eps_from`; pathkl.heads converts its fixed score with them too).
 
 ``t`` is the network's own time (``time``):
 
@@ -29,7 +31,8 @@ Each is affine in the others given ``x_t`` (docs/theory.md section 2.2, Tweedie)
 docs/theory.md section 2.3), ``posterior_cov_diagonal`` (a learned head, or M Rademacher probes,
 OCM paper eq. 9), ``posterior_cov`` (dense, ``torch.func.jacfwd``, small d) and
 ``expected_posterior_trace`` (Analytic-DPM's Monte Carlo estimate over data samples, Bao et al. 2022,
-arXiv 2201.06503, Theorem 1: ``E_{q_t} tr C / d = (sigma^2 / abar) (1 - E_{q_t} ||eps_hat||^2 / d)``).
+arXiv 2201.06503, Theorem 1: ``E_{q_t} tr C / d = (sigma^2 / abar) (1 - E_{q_t} ||eps_hat||^2 / d)``,
+:func:`analytic_trace_estimate`, which pathkl.heads' ``analytic`` head uses too).
 :func:`reverse_model` makes a Gaussian reverse model of any such object for
 :func:`pathkl.model_path_kl`.
 """
@@ -66,15 +69,73 @@ _CHAIN_RTOL = 1e-10
 _BISECTION_STEPS = 80
 
 
-def _coefficients(prediction: str, root_abar: float, sigma: float) -> tuple[float, float, float, float]:
-    """``(a, b, c, e)`` with ``xhat_0 = a x + b out`` and ``eps_hat = c x + e out`` (module docstring)."""
+def _column(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d level quantity as is (it broadcasts on any device), a per-row (n,) one as a column (n, 1)."""
+    return t if t.ndim == 0 else t.reshape(-1, 1)
+
+
+def x0_from(prediction: str, x: torch.Tensor, out: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
+    """``xhat_0 = E[x_0 | x_t = x]`` (n, d) from a network's ``out`` of kind ``prediction`` at ``x`` (Tweedie,
+    module docstring): ``(x - sigma eps_hat) / sqrt(abar)``, ``(x + sigma^2 score) / sqrt(abar)``, ``out``
+    itself, or ``sqrt(abar) x - sigma v``; ``level`` 0-d or per-row (n,)."""
+    root_abar, var = _column(level.abar).sqrt(), _column(level.one_minus_abar)
     if prediction == "x0":
-        return 0.0, 1.0, 1.0 / sigma, -root_abar / sigma
+        return out
     if prediction == "eps":
-        return 1.0 / root_abar, -sigma / root_abar, 0.0, 1.0
+        return (x - var.sqrt() * out) / root_abar
     if prediction == "score":
-        return 1.0 / root_abar, sigma**2 / root_abar, 0.0, -sigma
-    return root_abar, -sigma, sigma, root_abar  # "v"
+        return (x + var * out) / root_abar
+    return root_abar * x - var.sqrt() * out  # "v"
+
+
+def eps_from(prediction: str, x: torch.Tensor, out: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
+    """``eps_hat = E[eps | x_t = x] = (x - sqrt(abar) xhat_0) / sigma`` (n, d) from a network's ``out`` of
+    kind ``prediction``: ``out`` itself, ``-sigma score``, ``(x - sqrt(abar) out) / sigma``, or
+    ``sigma x + sqrt(abar) v``; ``level`` 0-d or per-row (n,)."""
+    root_abar, sigma = _column(level.abar).sqrt(), _column(level.one_minus_abar).sqrt()
+    if prediction == "eps":
+        return out
+    if prediction == "score":
+        return -sigma * out
+    if prediction == "x0":
+        return (x - root_abar * out) / sigma
+    return sigma * x + root_abar * out  # "v"
+
+
+#: Samples of ``x_0``: a tensor (m, d), every row used, or a function ``(n, generator) -> (n, d)``.
+Data = torch.Tensor | Callable[[int, torch.Generator], torch.Tensor]
+
+
+def level_generator(seed: int, level: NoiseLevel, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded by ``(seed, abar)``: the same draws at a level whatever was drawn before, and
+    independent draws at different levels."""
+    return torch.Generator(device=device).manual_seed(hash((seed, float(level.abar))) % (1 << 62))
+
+
+def analytic_trace_estimate(noise_prediction: Callable[[torch.Tensor, NoiseLevel], torch.Tensor], data: Data,
+                            level: NoiseLevel, *, samples: int = 256, seed: int = 0) -> Estimate:
+    """``E_{q_t} tr Cov[x_0 | x_t] / d = (sigma^2 / abar) (1 - E_{q_t} ||eps_hat(x_t)||^2 / d)`` at a 0-d level
+    (Analytic-DPM, Bao et al. 2022, arXiv 2201.06503, Theorem 1, noise-prediction form: the law of total
+    covariance ``abar Cov[x_0 | x_t] = sigma^2 Cov[eps | x_t]``) by Monte Carlo over
+    ``x_t = sqrt(abar) x_0 + sigma eps``, ``x_0`` from ``data`` (``samples`` rows where it is a function),
+    ``eps`` from :func:`level_generator`: the mean and its standard error over the draws.
+
+    ``1 - E ||eps_hat||^2 / d = E (||eps||^2 - ||eps_hat||^2) / d`` with the draws' own noise eps
+    (``E ||eps||^2 = d`` exactly: a control variate), the same estimand for any ``eps_hat``. Per draw its
+    spread, times ``sigma^2 / abar``, is ``O(1 / sqrt(abar))`` at high noise, where ``eps - eps_hat =
+    O(sqrt(abar))``; the plain ``1 - ||eps_hat||^2 / d``'s is ``O(1 / abar)`` there. At low noise, where
+    ``eps_hat`` is small, it adds ``||eps||^2``'s relative spread ``sqrt(2 / d)``, on a trace that is
+    itself ``O(sigma^2 / abar)``.
+    """
+    generator = level_generator(seed, level)
+    x0 = as_tensor(data(samples, generator) if callable(data) else data, "data samples").to(DTYPE)
+    eps = torch.randn(x0.shape, dtype=DTYPE, generator=generator)
+    x = (math.sqrt(float(level.abar)) * x0 + math.sqrt(float(level.one_minus_abar)) * eps).to(level.abar.device)
+    with torch.no_grad():
+        eps_hat = noise_prediction(x, level).cpu()
+    values = ((eps - eps_hat) * (eps + eps_hat)).sum(-1) / x0.shape[-1]
+    scale = float(level.one_minus_abar) / float(level.abar)
+    return Estimate(scale * float(values.mean()), stderr=scale * float(values.std()) / math.sqrt(values.numel()))
 
 
 class NetworkPosterior:
@@ -94,7 +155,7 @@ class NetworkPosterior:
     def __init__(self, net: Network, *, dim: int, prediction: Prediction = "eps", time: str = "step",
                  chain: Grid | None = None, schedule: Schedule | None = None, dtype: torch.dtype | None = None,
                  diagonal: Network | None = None, probes: int = 16,
-                 data: torch.Tensor | Callable[[int, torch.Generator], torch.Tensor] | None = None,
+                 data: Data | None = None,
                  trace_samples: int = 256, seed: int = 0):
         if prediction not in PREDICTIONS:
             raise InputError(f"unknown prediction kind {prediction!r}; use one of {', '.join(PREDICTIONS)}")
@@ -175,22 +236,15 @@ class NetworkPosterior:
                              f"{tuple(out.shape)}")
         return out.to(DTYPE)
 
-    def _affine(self, lv: NoiseLevel) -> tuple[float, float, float, float]:
-        return _coefficients(self.prediction, math.sqrt(float(lv.abar)), math.sqrt(float(lv.one_minus_abar)))
-
     @array_arguments
     def posterior_mean(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
-        """``xhat_0(x) = E[x_0 | x_t = x]`` (n, d) from the network's prediction (module docstring)."""
-        a, b, _, _ = self._affine(lv)
-        out = self._output(self.net, x, lv)
-        return b * out if a == 0.0 else a * x + b * out
+        """``xhat_0(x) = E[x_0 | x_t = x]`` (n, d) from the network's prediction (:func:`x0_from`)."""
+        return x0_from(self.prediction, x, self._output(self.net, x, lv), lv)
 
     @array_arguments
     def noise_prediction(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
-        """``eps_hat(x) = E[eps | x_t = x] = (x - sqrt(abar) xhat_0) / sigma`` (n, d)."""
-        _, _, c, e = self._affine(lv)
-        out = self._output(self.net, x, lv)
-        return e * out if c == 0.0 else c * x + e * out
+        """``eps_hat(x) = E[eps | x_t = x] = (x - sqrt(abar) xhat_0) / sigma`` (n, d) (:func:`eps_from`)."""
+        return eps_from(self.prediction, x, self._output(self.net, x, lv), lv)
 
     @array_arguments
     def score(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
@@ -218,9 +272,6 @@ class NetworkPosterior:
         jac = torch.func.jacfwd(lambda y: self.posterior_mean(y, lv).sum(0))(x).permute(1, 0, 2)
         return (0.5 * self._jacobian_scale(lv)) * (jac + jac.transpose(1, 2))
 
-    def _generator(self, lv: NoiseLevel, device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(hash((self.seed, float(lv.abar))) % (1 << 62))
-
     @array_arguments
     def posterior_cov_diagonal(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``diag C(x)`` (n, d): the learned head's, else the Rademacher estimate of :meth:`diagonal_estimate`
@@ -234,30 +285,16 @@ class NetworkPosterior:
         """``diag C(x)`` from ``probes`` Rademacher probes ``v * (C v)`` (OCM paper eq. 9), with its
         per-entry standard error (:class:`pathkl.matvecs.DiagonalEstimate`)."""
         return rademacher_diagonal(lambda v: self.posterior_cov_matvec(x, v, lv), tuple(x.shape), self.probes,
-                                   generator=self._generator(lv, x.device), dtype=x.dtype, device=x.device)
+                                   generator=level_generator(self.seed, lv, x.device), dtype=x.dtype, device=x.device)
 
     def posterior_trace_estimate(self, lv: NoiseLevel) -> Estimate:
-        """``E_{q_t} tr C / d = (sigma^2 / abar) (1 - E ||eps_hat(x_t)||^2 / d)`` (Analytic-DPM, Theorem 1;
-        ``E tr hess log q_t = -E ||score||^2``) by Monte Carlo over ``x_t = sqrt(abar) x_0 + sigma eps``
-        with ``x_0`` from ``data``: the mean and its standard error over the draws.
-
-        ``1 - E ||eps_hat||^2 / d = E (||eps||^2 - ||eps_hat||^2) / d`` with the draws' own noise eps
-        (``E ||eps||^2 = d`` exactly): the same estimand for any network, with the spread of
-        ``||eps||^2`` cancelled where ``eps_hat ~ eps`` (high noise, where ``sigma^2 / abar`` amplifies it)."""
+        """``E_{q_t} tr C / d`` by Analytic-DPM's Monte Carlo over ``data`` with this network's noise
+        prediction (:func:`analytic_trace_estimate`), with its standard error."""
         if self.data is None:
             raise InputError("the analytic family with a network needs data=, samples of x_0, for its Monte "
                              "Carlo trace (Analytic-DPM)")
-        generator = self._generator(lv, "cpu")
-        x0 = self.data(self.trace_samples, generator) if callable(self.data) else self.data
-        x0 = as_tensor(x0, "data samples").to(DTYPE)
-        eps = torch.randn(x0.shape, dtype=DTYPE, generator=generator)
-        device = lv.abar.device if isinstance(lv.abar, torch.Tensor) else "cpu"
-        x = (math.sqrt(float(lv.abar)) * x0 + math.sqrt(float(lv.one_minus_abar)) * eps).to(device)
-        with torch.no_grad():
-            eps_hat = self.noise_prediction(x, lv).cpu()
-        values = ((eps - eps_hat) * (eps + eps_hat)).sum(-1) / self.dim
-        scale = float(lv.one_minus_abar) / float(lv.abar)
-        return Estimate(scale * float(values.mean()), stderr=scale * float(values.std()) / math.sqrt(values.numel()))
+        return analytic_trace_estimate(self.noise_prediction, self.data, lv, samples=self.trace_samples,
+                                       seed=self.seed)
 
     def expected_posterior_trace(self, lv: NoiseLevel) -> float:
         """``E_{q_t} tr C / d`` for the ``analytic`` family: :meth:`posterior_trace_estimate`'s value

@@ -28,9 +28,12 @@ name             what the head learns (target, paper equation)  conversion to ``
                  ``KL(q(x_{t-1}|x_t,x_0) || N(mu_theta, Sigma))``
                  (Nichol & Dhariwal 2021, eqs. (15)-(16); OCM
                  eq. (22))
-``analytic``     training-free: ``Gamma = s E_{q_t}||sigma||^2 / ``(s/a)(1 - Gamma)``, isotropic
-                 d`` by Monte Carlo over the data (Analytic-DPM,
-                 Bao et al. 2022b, arXiv 2201.06503, eq. (7))
+``analytic``     training-free: ``Gamma = E_{q_t}||eps_hat||^2 / ``(s/a)(1 - Gamma)``, isotropic
+                 d`` by Monte Carlo over the data, as ``1 -
+                 Gamma = E (||eps||^2 - ||eps_hat||^2) / d``
+                 (Analytic-DPM, Bao et al. 2022b, arXiv
+                 2201.06503, Theorem 1; pathkl.denoiser's
+                 ``analytic_trace_estimate``)
 ``rademacher:M`` training-free: ``y = (1/M) sum_m v_m * ((v_m +  ``s y``
                  s H v_m) / a)`` at each point (eq. (9)), fresh
                  probes per call
@@ -73,7 +76,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .covariances import ReverseStep
-from .denoiser import reverse_model
+from .denoiser import analytic_trace_estimate, eps_from, reverse_model, x0_from
 from .errors import InputError
 from .estimate import Estimate
 from .model_kl import DiagonalGaussianModel
@@ -209,7 +212,7 @@ class Batch:
     @property
     def eps_hat(self) -> torch.Tensor:
         """The noise prediction ``-sqrt(s) score``."""
-        return -_rows(self.level.one_minus_abar).sqrt() * self.score
+        return eps_from("score", self.x, self.score, self.level)
 
 
 def _ocm(out: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -239,7 +242,7 @@ def _iddpm(out: torch.Tensor, batch: Batch) -> torch.Tensor:
     (``mu~ - mu_theta = gamma (x_0 - xhat_0)``, docs/theory.md section 2.3)."""
     chain = batch.chain
     log_var = _iddpm_log_variance(out, chain)
-    x0_hat = (batch.x - batch.eps_hat * _rows(batch.level.one_minus_abar).sqrt()) / _rows(batch.level.abar).sqrt()
+    x0_hat = x0_from("eps", batch.x, batch.eps_hat, batch.level)
     second = chain.beta_tilde + chain.gamma2 * (batch.x0 - x0_hat) ** 2
     return 0.5 * (second * torch.exp(-log_var) - 1 + log_var - chain.log_beta_tilde).sum(-1).mean()
 
@@ -256,7 +259,7 @@ class Point:
 
     @property
     def eps_hat(self) -> torch.Tensor:
-        return -_rows(self.level.one_minus_abar).sqrt() * self.score
+        return eps_from("score", self.x, self.score, self.level)
 
 
 def _from_hessian(y: torch.Tensor, p: Point) -> torch.Tensor:
@@ -305,7 +308,7 @@ _ESTIMATORS = {
     "npr_ddpm": Estimator("npr_ddpm", "Bao et al. 2022a (NPR-DPM)", _npr, _from_residual),
     "i_ddpm": Estimator("i_ddpm", "Nichol & Dhariwal 2021, eqs. (15)-(16); OCM paper eq. (22)", _iddpm,
                         _from_interpolation, uses_chain=True),
-    "analytic": Estimator("analytic", "Bao et al. 2022b (Analytic-DPM), eq. (7)", None, None),
+    "analytic": Estimator("analytic", "Bao et al. 2022b (Analytic-DPM), Theorem 1", None, None),
     "rademacher": Estimator("rademacher", "OCM paper eq. (9) (Bekas et al. 2007)", None, _from_hessian,
                             uses_products=True, sized=True),
 }
@@ -359,10 +362,11 @@ class CovarianceHead:
         return int(self.data_low.shape[-1])
 
     def posterior_mean(self, x: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
-        """``E[x_0 | x_t = x]`` from the fixed score by Tweedie: ``(x + (1 - abar) score) / sqrt(abar)``,
-        so a head is a posterior for :func:`pathkl.sample` and :func:`pathkl.reverse_model`."""
+        """``E[x_0 | x_t = x]`` from the fixed score by Tweedie: ``(x + (1 - abar) score) / sqrt(abar)``
+        (:func:`pathkl.denoiser.x0_from`), so a head is a posterior for :func:`pathkl.sample` and
+        :func:`pathkl.reverse_model`."""
         with torch.no_grad():
-            return (x + level.one_minus_abar * self.score(x, level)) / level.abar.sqrt()
+            return x0_from("score", x, self.score(x, level), level)
 
     @property
     def spec(self) -> Estimator:
@@ -377,7 +381,7 @@ class CovarianceHead:
         """``diag C`` before clipping, (n, d)."""
         spec = self.spec
         if spec.name == "analytic":
-            return per_level(lambda y, lv: self.expected_trace(lv).value * torch.ones_like(y))(x, level)
+            return per_level(lambda y, lv: self.posterior_trace_estimate(lv).value * torch.ones_like(y))(x, level)
         point = self._point(x, level)
         if spec.name == "rademacher":
             if self._generator is None:
@@ -398,21 +402,16 @@ class CovarianceHead:
         half_range2 = ((self.data_high - self.data_low) / 2) ** 2
         return torch.minimum(c.clamp(min=0.0), torch.minimum(_var_ratio(level).expand_as(c), half_range2))
 
-    def expected_trace(self, level: NoiseLevel) -> Estimate:
-        """``analytic``: ``E_{q_t} tr C / d = (s/a)(1 - s E||score||^2 / d)`` at a 0-d level by Monte Carlo
-        over ``samples_x0`` with seeded noise (the same draws at every level), with its standard error
-        (Analytic-DPM eq. (7) and its Monte Carlo estimate of ``Gamma``)."""
+    def posterior_trace_estimate(self, level: NoiseLevel) -> Estimate:
+        """``analytic``: ``E_{q_t} tr C / d = (s/a)(1 - E ||eps_hat||^2 / d)`` at a 0-d level, ``eps_hat =
+        -sqrt(s) score``, by Analytic-DPM's Monte Carlo over ``samples_x0`` with noise seeded by ``(seed,
+        level)`` (:func:`pathkl.denoiser.analytic_trace_estimate`, as a network's), with its standard error."""
         if self.samples_x0 is None:
-            raise InputError(f"expected_trace is the analytic estimator's, not {self.estimator!r}'s")
+            raise InputError(f"posterior_trace_estimate is the analytic estimator's, not {self.estimator!r}'s")
         key = (float(level.abar), float(level.one_minus_abar))
         if key not in self._traces:
-            eps = torch.randn(self.samples_x0.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(self.seed))
-            with torch.no_grad():
-                sq = (self.score(noised(self.samples_x0, eps, level), level) ** 2).mean(-1)
-            scale = float(level.one_minus_abar / level.abar)
-            s = float(level.one_minus_abar)
-            self._traces[key] = Estimate(scale * (1 - s * float(sq.mean())),
-                                         stderr=scale * s * float(sq.std()) / math.sqrt(sq.numel()))
+            self._traces[key] = analytic_trace_estimate(
+                lambda x, lv: eps_from("score", x, self.score(x, lv), lv), self.samples_x0, level, seed=self.seed)
         return self._traces[key]
 
 
