@@ -43,6 +43,7 @@ _EXPORTS = {
     "lanczos_sampler": "pathkl.lanczos",
     "lanczos_accuracy": "pathkl.lgs_accuracy",
     "sample": "pathkl.sampling",
+    "sample_model": "pathkl.sampling",
     "NetworkPosterior": "pathkl.denoiser",
     "reverse_model": "pathkl.denoiser",
     "mmd": "pathkl.metrics",

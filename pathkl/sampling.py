@@ -18,7 +18,8 @@ forward difference of it (``route="difference"``, one evaluation per product).
 ``reference`` is anything posterior-like: a closed-form reference, or a trained network wrapped as
 :class:`pathkl.denoiser.NetworkPosterior`, whose "closed form" products are JVPs of the network and
 whose diagonal, dense covariance and expected trace are the estimates of that class, so that every
-family samples with a network through this one loop.
+family samples with a network through this one loop. :func:`sample_model` runs the same loop for a
+Gaussian reverse model given by its ``mean`` and ``variance`` (pathkl.model_kl), e.g. a learned head's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,7 @@ from .matvecs import (
     LinearizedCovariance,
     closed_form_cov_matvec,
 )
-from .schedules import Grid
+from .schedules import DTYPE, Grid
 
 DENOISER_ROUTES = {"jvp": JvpCovariance, "linearize": LinearizedCovariance, "difference": DifferenceCovariance}
 ROUTES = ("closed", *DENOISER_ROUTES)
@@ -78,6 +80,34 @@ class SampleRun:
     seconds: float
 
 
+#: One reverse step ``(x_t, t, z) -> x_{t-1}`` from a batch of standard normals ``z``.
+Step = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+def _ancestral(step: Step, grid: Grid, n: int, dim: int, generator: torch.Generator,
+               device: torch.device) -> torch.Tensor:
+    """``x_0`` of ``n`` chains from ``x_T ~ N(0, I)``: the noise drawn from ``generator`` in one order
+    for every sampler (x_T, then one ``z`` (n, dim) per step t = T..1, before the step's own draws)."""
+    x = torch.randn(n, dim, dtype=DTYPE, device=device, generator=generator)
+    for t in range(grid.T, 0, -1):
+        z = torch.randn(n, dim, dtype=DTYPE, device=device, generator=generator)
+        x = step(x, t, z)
+    return x
+
+
+def _checked_run(n: int, device: str | torch.device, seed: int) -> tuple[torch.device, torch.Generator]:
+    if n < 1:
+        raise InputError(f"the number of samples must be >= 1, got {n}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    return device, torch.Generator(device=device).manual_seed(seed)
+
+
+def _finished(x: torch.Tensor, grid: Grid, products: int, start: float, device: torch.device) -> SampleRun:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return SampleRun(x, grid.T, grid.T * products, time.perf_counter() - start)
+
+
 def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, route: str = "closed",
            seed: int = 0, device: str | torch.device = "cpu") -> SampleRun:
     """Ancestral sampling from ``x_T ~ N(0, I)`` down to ``x_0`` with the exact posterior mean.
@@ -90,29 +120,50 @@ def sample(reference, grid: Grid, family: str, *, n: int, eta: float = 1.0, rout
         raise InputError(f"the {noise_family.name!r} family is a DDPM choice (eta = 1); use beta_tilde for DDIM")
     if route not in ROUTES:
         raise InputError(f"unknown covariance-product route {route!r}; use {', '.join(ROUTES)}")
-    if n < 1:
-        raise InputError(f"the number of samples must be >= 1, got {n}")
-    device = resolve_device(device) if isinstance(device, str) else device
+    device, generator = _checked_run(n, device, seed)
     reference = to_device(reference, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    dtype = torch.float64
-    start = time.perf_counter()
-    x = torch.randn(n, reference.dim, dtype=dtype, device=device, generator=generator)
-    for t in range(grid.T, 0, -1):
-        step = ReverseStep.ddim(grid, t, eta=eta)
-        step = dataclasses.replace(step, level=to_device(step.level, device))
-        z = torch.randn(n, reference.dim, dtype=dtype, device=device, generator=generator)
+
+    def step(x: torch.Tensor, t: int, z: torch.Tensor) -> torch.Tensor:
+        reverse = ReverseStep.ddim(grid, t, eta=eta)
+        reverse = dataclasses.replace(reverse, level=to_device(reverse.level, device))
         if route in DENOISER_ROUTES:
-            denoiser = functools.partial(reference.posterior_mean, lv=step.level)
-            matvec = DENOISER_ROUTES[route](denoiser, x, step)
-            noise = noise_family.noise(reference, x, step, matvec, z, generator=generator)
+            denoiser = functools.partial(reference.posterior_mean, lv=reverse.level)
+            matvec = DENOISER_ROUTES[route](denoiser, x, reverse)
+            noise = noise_family.noise(reference, x, reverse, matvec, z, generator=generator)
             x0_hat = matvec.denoised()
         else:
-            matvec = closed_form_cov_matvec(reference, x, step)
-            noise = noise_family.noise(reference, x, step, matvec, z, generator=generator)
-            x0_hat = reference.posterior_mean(x, step.level)
-        x = step.mean(x, x0_hat) + noise
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return SampleRun(x, grid.T, grid.T * noise_family.products_per_step, seconds)
+            matvec = closed_form_cov_matvec(reference, x, reverse)
+            noise = noise_family.noise(reference, x, reverse, matvec, z, generator=generator)
+            x0_hat = reference.posterior_mean(x, reverse.level)
+        return reverse.mean(x, x0_hat) + noise
+
+    start = time.perf_counter()
+    x = _ancestral(step, grid, n, reference.dim, generator, device)
+    return _finished(x, grid, noise_family.products_per_step, start, device)
+
+
+def sample_model(model, grid: Grid, *, n: int, dim: int, seed: int = 0,
+                 device: str | torch.device = "cpu") -> SampleRun:
+    """Ancestral sampling of a diagonal Gaussian reverse model (:class:`pathkl.model_kl.GaussianReverseModel`
+    with ``variance``, e.g. :func:`pathkl.reverse_model` or :func:`pathkl.learned_model`) on ``grid``:
+    ``x_{t-1} = mean(x_t, t, grid) + variance(x_t, t, grid)^{1/2} z`` from ``x_T ~ N(0, I)`` in ``dim``
+    dimensions, the noise in :func:`sample`'s order, so that a model with the exact mean and a family's
+    variance draws that family's samples from the same seed. A variance may be 0 (a deterministic
+    step), not negative: :class:`InputError` names the step (clamp or clip the model's variance first).
+    ``mean_evals`` counts the model's steps; ``cov_products`` is 0."""
+    if not callable(getattr(model, "variance", None)):
+        raise InputError(f"sample_model draws from a model with a diagonal variance(x, t, grid), got "
+                         f"{type(model).__name__}")
+    device, generator = _checked_run(n, device, seed)
+
+    def step(x: torch.Tensor, t: int, z: torch.Tensor) -> torch.Tensor:
+        var = torch.as_tensor(model.variance(x, t, grid), dtype=DTYPE, device=device)
+        if not (var >= 0).all():
+            raise InputError(f"the model's variance at step t = {t} is negative or NaN (min "
+                             f"{float(var.min()):.3g}); a Gaussian step needs variances >= 0")
+        return model.mean(x, t, grid) + var.sqrt() * z
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = _ancestral(step, grid, n, dim, generator, device)
+    return _finished(x, grid, 0, start, device)

@@ -19,8 +19,9 @@ panels (``panel``):
   ranking at every t.
 - ``ddpm`` and ``ddim`` (Fig. 3c, 3d): ``samples`` draws of the model on the K-step subsequence
   ``round(linspace(0, N, K + 1))`` of the chain (the "even" skip-step trajectory), K = ``steps`` in
-  ``T``, by ancestral sampling of :func:`pathkl.heads.learned_model` (DDPM: eta = 1; DDIM: eta = 0, the
-  head's covariance on ``x_0`` as in the paper's Algorithm 2), against as many exact draws: unbiased
+  ``T``, by ancestral sampling (:func:`pathkl.sampling.sample_model`) of :func:`pathkl.heads.learned_model`
+  (DDPM: eta = 1; DDIM: eta = 0, the head's covariance on ``x_0`` as in the paper's Algorithm 2; a
+  negative variance, unclipped, taken as 0 as SN-DPM's sampler does), against as many exact draws: unbiased
   ``MMD^2`` with the paper's bandwidths 2^-2..2^2 (:func:`pathkl.metrics.mmd`, ``mmd``) and its
   standard error over 10 blocks (``mmd_stderr``).
 - ``kl``: the exact path KL of the DDPM model on the same K-step grid (:func:`pathkl.model_path_kl`,
@@ -60,7 +61,7 @@ from pathkl.pathspace import path_kl
 from pathkl.references import GaussianReference, MixtureReference
 from pathkl.refspec import load_reference
 from pathkl.rules import MonteCarlo
-from pathkl.sampling import sample
+from pathkl.sampling import sample, sample_model
 from pathkl.schedules import DTYPE, get_schedule, grid_from_chain
 from pathkl.score_net import train_score_network
 
@@ -226,22 +227,6 @@ def _cov_rows(config: OCMToyConfig, reference, head) -> list[dict]:
     return rows
 
 
-def ancestral_samples(model, grid, *, n: int, dim: int, seed: int) -> torch.Tensor:
-    """``x_0`` of ``n`` chains of the Gaussian reverse model ``model`` on ``grid`` from ``x_T ~ N(0, I)``:
-    ``x_{t-1} = mean(x_t) + variance(x_t)^{1/2} z``, the noise drawn in the order of
-    :func:`pathkl.sampling.sample` (x_T, then one z per step), so that a model with the exact mean and
-    a family's covariance draws that family's samples from the same seed. A negative variance (an
-    unclipped head) is taken as 0, as SN-DPM's sampler clamps it."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, dtype=DTYPE, generator=generator)
-    with torch.no_grad():
-        for t in range(grid.T, 0, -1):
-            z = torch.randn(n, dim, dtype=DTYPE, generator=generator)
-            var = torch.as_tensor(model.variance(x, t, grid), dtype=DTYPE)
-            x = model.mean(x, t, grid) + var.clamp_min(0.0).sqrt() * z
-    return x
-
-
 def _exact_draws(config: OCMToyConfig, reference) -> torch.Tensor:
     return reference.sample(config.samples, generator=torch.Generator().manual_seed(config.seed + _EXACT_SEED))
 
@@ -249,6 +234,13 @@ def _exact_draws(config: OCMToyConfig, reference) -> torch.Tensor:
 def _mmd_row(panel: str, steps: int, x: torch.Tensor, exact: torch.Tensor) -> dict:
     estimate = mmd(x, exact)
     return _row(panel, steps=steps, mmd=estimate.value, mmd_stderr=estimate.stderr)
+
+
+def _clamped(model):
+    """``model`` with a negative variance (an unclipped head) taken as 0, as SN-DPM's sampler clamps it."""
+    def variance(x, t, grid):
+        return torch.as_tensor(model.variance(x, t, grid), dtype=DTYPE).clamp_min(0.0)
+    return replace(model, variance=variance)
 
 
 class _ZeroVariance(Exception):
@@ -296,9 +288,9 @@ def _estimator_rows(config: OCMToyConfig, reference, score, head) -> list[dict]:
     for steps in config.T:
         grid = _skip_grid(config, steps)
         for panel, eta in SAMPLERS.items():
-            x = ancestral_samples(learned_model(head, eta=eta), grid, n=config.samples,
-                                  dim=reference.dim, seed=config.seed)
-            rows.append(_mmd_row(panel, steps, x, exact))
+            run = sample_model(_clamped(learned_model(head, eta=eta)), grid, n=config.samples,
+                               dim=reference.dim, seed=config.seed)
+            rows.append(_mmd_row(panel, steps, run.samples, exact))
         rows += (_model_kl_rows(config, reference, learned_model(head), grid) if gaussian
                  else [_row(panel, steps=steps) for panel in KL_PANELS])
     return rows

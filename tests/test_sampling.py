@@ -17,9 +17,11 @@ from pathkl.errors import InputError
 from pathkl.families import parse_family
 from pathkl.matvecs import closed_form_cov_matvec
 from pathkl.metrics import MMD_MAX_DIM, OCM_BANDWIDTHS, mmd, sample_quality, sliced_wasserstein
+from pathkl.model_kl import DiagonalGaussianModel, FullGaussianModel
 from pathkl.presets import PRESETS
 from pathkl.references import GaussianReference
-from pathkl.sampling import sample
+from pathkl.refspec import load_reference
+from pathkl.sampling import sample, sample_model
 from pathkl.schedules import get_schedule
 
 DT = torch.float64
@@ -157,6 +159,47 @@ def test_seeded_runs_are_reproducible_and_routes_agree(ref, grid) -> None:
 def test_cost_accounting(ref, grid) -> None:
     run = sample(ref, grid, "rademacher:3", n=4)
     assert (run.mean_evals, run.cov_products) == (grid.T, 3 * grid.T)
+
+
+def _exact_mean_model(reference, eta, variance):
+    """A reverse model with the exact DDIM(eta) mean ``lam xhat_0 + kappa x`` and ``variance(step, x)``,
+    written from the step's coefficients and the reference's closed forms."""
+    def mean(x, t, g):
+        step = ReverseStep.ddim(g, t, eta=eta)
+        return step.lam * reference.posterior_mean(x, step.level) + step.kappa * x
+
+    return DiagonalGaussianModel(mean, lambda x, t, g: variance(ReverseStep.ddim(g, t, eta=eta), x))
+
+
+MODEL_VARIANCES = {
+    "diag": lambda reference: lambda step, x: step.s2 + step.lam**2 * reference.posterior_cov_diagonal(x, step.level),
+    "beta_tilde": lambda reference: lambda step, x: step.s2,
+}
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_VARIANCES))
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_model_sampler_draws_the_family_from_the_same_seed(family, eta) -> None:
+    """A Gaussian reverse model with the exact mean and a family's variance draws, through
+    ``sample_model``, the family's samples of ``sample`` from the same seed bit for bit: the same noise
+    in the same order (x_T, one z per step) and the same arithmetic (mog-rotated, 6 steps, DDPM and
+    DDIM; at eta = 0 ``beta_tilde``'s variance is 0, a deterministic step)."""
+    reference, grid = load_reference("mog-rotated"), get_schedule("vp-linear").grid(6)
+    model = _exact_mean_model(reference, eta, MODEL_VARIANCES[family](reference))
+    ours = sample_model(model, grid, n=64, dim=2, seed=3)
+    assert torch.equal(ours.samples, sample(reference, grid, family, n=64, eta=eta, seed=3).samples)
+    assert (ours.mean_evals, ours.cov_products) == (grid.T, 0)
+
+
+def test_model_sampler_refuses_negative_variances_and_dense_models(ref, grid) -> None:
+    negative = _exact_mean_model(ref, 1.0, lambda step, x: step.s2 - 1.0)
+    with pytest.raises(InputError, match="t = 8 is negative"):
+        sample_model(negative, grid, n=4, dim=2)
+    dense = FullGaussianModel(negative.mean, lambda x, t, g: torch.eye(2, dtype=DT))
+    with pytest.raises(InputError, match="diagonal variance"):
+        sample_model(dense, grid, n=4, dim=2)
+    with pytest.raises(InputError, match=">= 1"):
+        sample_model(negative, grid, n=0, dim=2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
