@@ -29,8 +29,8 @@ name             what the head learns (target, paper equation)  conversion to ``
                  (Nichol & Dhariwal 2021, eqs. (15)-(16); OCM
                  eq. (22))
 ``analytic``     training-free: ``Gamma = E_{q_t}||eps_hat||^2 / ``(s/a)(1 - Gamma)``, isotropic
-                 d`` by Monte Carlo over the data, as ``1 -
-                 Gamma = E (||eps||^2 - ||eps_hat||^2) / d``
+                 d`` by Monte Carlo over the data, the draws'
+                 noise a control variate (``E ||eps||^2 = d``)
                  (Analytic-DPM, Bao et al. 2022b, arXiv
                  2201.06503, Theorem 1; pathkl.denoiser's
                  ``analytic_trace_estimate``)
