@@ -254,9 +254,10 @@ def test_routes_agree_at_small_T():
 
 
 def test_engine_steps_agree_with_the_oracle_within_their_errors():
-    """The engine's per-step KLs (each step climbing the ladder to rtol = 1e-9, route (b) first) at
-    T = 16 on the rotated mixture, full and diag families, against the oracle: every compared step
-    meets rtol and lies within the sum of the two stated errors."""
+    """The engine's per-step KLs (the chain climbing the ladder to rtol = 1e-9, route (b) first; the
+    budget is shared over the steps, docs/errors.md) at T = 16 on the rotated mixture, full and diag
+    families, against the oracle: the chain meets rtol and every compared step lies within the sum of
+    the two stated errors."""
     reference = rotated_mixture()
     grid = VPLinear().grid(16)
     steps = [1, 2, 4, 7, 16]
@@ -264,7 +265,7 @@ def test_engine_steps_agree_with_the_oracle_within_their_errors():
         values, errors = qr.step_kls(reference, grid, FAMILIES[family], rtol=1e-9)
         got, err = values[[t - 1 for t in steps]], errors[[t - 1 for t in steps]]
         expected, expected_error = _oracle_steps(reference, grid, family, steps)
-        assert (err <= 1e-9 * got).all(), (family, err / got)
+        assert float(errors.sum()) <= 1e-9 * float(values.sum()), (family, errors / values)
         assert ((got - expected).abs() <= err + expected_error).all(), (family, got, expected, err, expected_error)
 
 

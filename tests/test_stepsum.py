@@ -20,7 +20,7 @@ from pathkl.schedules import DTYPE, VPLinear
 def _check(exact: torch.Tensor, own_error: torch.Tensor, rtol: float):
     """Interpolate ``exact`` (evaluated with ``own_error``) and assert every claim; returns how many
     steps were evaluated."""
-    def evaluate(steps):
+    def evaluate(steps, rtol, atol):
         return exact[steps - 1], own_error[steps - 1]
 
     result = interpolated_steps(evaluate, exact.numel(), rtol=rtol)

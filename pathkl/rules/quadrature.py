@@ -48,6 +48,9 @@ _LOG_ODDS_SEEN = 40.0
 # Rounding allowance, relative, added to every error: the terms of a step are positive (psi >= 0,
 # phi >= 0) or cancel to within this in the q-form's closed part.
 _ROUNDING = 1e-13
+# Shares of a step's tolerance that route (a) gives to the points it leaves out and to the inner
+# rules (the rest is for the outer rule's estimate).
+_SKIP_SHARE, _INNER_SHARE = 0.25, 0.25
 
 
 @dataclass(frozen=True)
@@ -214,14 +217,21 @@ def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
     return (closed + (torch.exp(mix.log_weights) * (excess * wq).sum(-1)).sum(-1)).clamp_min(0.0)
 
 
-def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
+def negentropy(mix: WhitenedMixture, quad: Quadrature, tolerance=None) -> tuple[torch.Tensor, torch.Tensor]:
     """J per batch entry and an estimate of the inner rule's error.
 
     Skipped (0, with its certified bound as the error) where :func:`negentropy_bound` is below 1e-24;
     N-form where nearly Gaussian (every ``|zeta_k| <= 1`` and ``||R_k||_F <= near_gaussian``,
     :class:`Quadrature`), with ``inner`` nodes where both are at most ``near_gaussian / 2`` and
     ``inner_wide`` above; q-form with ``separated`` nodes elsewhere. Each rule of n nodes runs with its
-    companion of ``n + n // 2``: the value is the companion's, the error their difference."""
+    companion of ``n + n // 2``: the value is the companion's, the error their difference.
+
+    ``tolerance`` (a function of the current values, giving each entry's allowed error; None: the
+    rules above as they are) makes the rules adaptive: each entry starts from the pair at a quarter of
+    the rule's n and climbs through companions (n, companion(n), companion(companion(n)), ...: each
+    step reuses the last rule) until its error is within its tolerance or the rule's own n is
+    reached (:func:`_node_ladder`), so that the points far from the switching band, whose kernels are
+    nearly Gaussian, stop at a few nodes."""
     n_batch = mix.log_weights.shape[0]
     out, err = torch.zeros(n_batch, dtype=DTYPE), torch.zeros(n_batch, dtype=DTYPE)
     bound = negentropy_bound(mix)
@@ -229,17 +239,46 @@ def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, to
     err[~active] = bound[~active]
     zeta, r = mix.zeta.norm(dim=-1).amax(-1), torch.linalg.matrix_norm(mix.r).amax(-1)
     small, near = zeta.maximum(r) <= 0.5 * quad.near_gaussian, (zeta <= 1.0) & (r <= quad.near_gaussian)
-    k, d = mix.zeta.shape[-2:]
     rules = (("N", small, quad.inner), ("N", near & ~small, quad.inner_wide or quad.inner), ("q", ~near, quad.separated))
+    groups = []
     for form, mask, n in rules:
         idx = torch.nonzero(active & mask).flatten()
-        batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * companion(n) ** d * d))
-        for start in range(0, idx.numel(), batch):
-            sel = idx[start : start + batch]
-            sub = mix.subset(sel)
-            out[sel] = whitened_kl(sub, nodes=companion(n), form=form)
-            err[sel] = (out[sel] - whitened_kl(sub, nodes=n, form=form)).abs()
+        ladder = _node_ladder(n, adaptive=tolerance is not None)
+        last = _whitened_kl_batched(mix, idx, ladder[0], form)
+        out[idx] = _whitened_kl_batched(mix, idx, ladder[1], form)
+        err[idx] = (out[idx] - last).abs()
+        groups.append((form, idx, ladder, out[idx].clone()))
+    if tolerance is None:
+        return out, err
+    for form, idx, ladder, last in groups:
+        for n in ladder[2:]:
+            open_ = err[idx] > tolerance(out)[idx]
+            if not open_.any():
+                break
+            idx, last = idx[open_], out[idx[open_]].clone()
+            out[idx] = _whitened_kl_batched(mix, idx, n, form)
+            err[idx] = (out[idx] - last).abs()
     return out, err
+
+
+def _node_ladder(n: int, *, adaptive: bool) -> tuple[int, ...]:
+    """The node counts a rule of n nodes climbs: ``(n, companion(n))``, or, adaptive, from about n / 4
+    through companions up to the first count >= companion(n)."""
+    if not adaptive:
+        return (n, companion(n))
+    counts = [max(4, n // 4)]
+    while counts[-1] < companion(n):
+        counts.append(companion(counts[-1]))
+    return tuple(counts)
+
+
+def _whitened_kl_batched(mix: WhitenedMixture, idx: torch.Tensor, nodes: int, form: str) -> torch.Tensor:
+    """:func:`whitened_kl` at the entries ``idx``, in batches that fit the memory budget."""
+    if not idx.numel():
+        return torch.zeros(0, dtype=DTYPE)
+    k, d = mix.zeta.shape[-2:]
+    batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * nodes**d * d))
+    return torch.cat([whitened_kl(mix.subset(sel), nodes=nodes, form=form) for sel in torch.split(idx, batch)])
 
 
 # ---- one chunk of steps -------------------------------------------------------------------------
@@ -306,51 +345,92 @@ def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
             yield chunk, value
 
 
-def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
-    """``E_{q_t} J_t`` at ``steps``, each step climbing the ladder (:data:`LADDER`) until its error
-    estimate is at most ``rtol`` times its value, the ladder ends, or the next lattice would not fit in
-    memory. The cheap route (b) (:func:`_chain_rule_negentropy`) climbs first, route (a)
-    (:func:`_expected_negentropy`) only for the steps (b) leaves above the tolerance; a route stops
-    climbing for a step once its rounding floor alone exceeds the tolerance (route (b) at large T). Returns values,
-    errors, and the ladder level and spacing each value came from (the one with the smallest error)."""
+def _rungs(d: int) -> tuple[tuple[object, int], ...]:
+    """The order in which a step tries (route, ladder level): route (b) up the ladder, then route (a)."""
+    levels = range(len(ladder_for(d)))
+    return tuple((route, level) for route in (_chain_rule_negentropy, _expected_negentropy) for level in levels)
+
+
+@dataclass
+class _ClimbState:
+    """Where each step of one grid stands on the ladder (:func:`_climb`): the best value so far, its
+    error, the ladder level and spacing it came from, the next rung to try, and each route's rounding
+    floor at the last rung it was tried (0 before)."""
+
+    values: torch.Tensor
+    errors: torch.Tensor
+    levels: torch.Tensor
+    spacings: torch.Tensor
+    next_rung: torch.Tensor
+    floors: torch.Tensor  # (T, 2): route (b), route (a)
+
+    @staticmethod
+    def empty(T: int) -> _ClimbState:
+        return _ClimbState(torch.zeros(T, dtype=DTYPE), torch.full((T,), math.inf, dtype=DTYPE),
+                           torch.zeros(T, dtype=torch.long), torch.full((T,), math.inf, dtype=DTYPE),
+                           torch.zeros(T, dtype=torch.long), torch.zeros(T, 2, dtype=DTYPE))
+
+
+def _climb(reference, grid: Grid, steps: torch.Tensor, tol) -> None:
+    """``E_{q_t} J_t`` at ``steps`` (1-based), each step climbing the rungs (:func:`_rungs`: the cheap
+    route (b), :func:`_chain_rule_negentropy`, up :data:`LADDER`, then route (a),
+    :func:`_expected_negentropy`) until its error is within ``tol(values)`` (its tolerance, absolute,
+    given the value), the rungs end, or the next lattice would not fit in memory. A route is not tried
+    again for a step once its rounding floor alone exceeds the tolerance (route (b) at large T). The
+    state lives in the reference's cache (:func:`_state`), so a later call with a tighter tolerance
+    resumes where this one stopped; each step keeps the value with the smallest error."""
+    state = _state(reference, grid)
+    rungs = _rungs(reference.dim)
     ladder = ladder_for(reference.dim)
-    n = steps.numel()
-    values, errors = torch.zeros(n, dtype=DTYPE), torch.full((n,), math.inf, dtype=DTYPE)
-    levels, spacings = torch.zeros(n, dtype=torch.long), torch.full((n,), math.inf, dtype=DTYPE)
-    pending = torch.arange(n)
-    for route in (_chain_rule_negentropy, _expected_negentropy):
-        hopeless = torch.zeros(n, dtype=torch.bool)  # the route's rounding floor is above the tolerance
-        for level, quad in enumerate(ladder):
-            trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
-            fits = affordable(trial, reference.dim)
-            for sel, h in _by_spacing(reference, trial[fits], quad):
-                at = pending[fits][sel]
-                value, error, floor = route(reference, grid, steps[at], h, quad)
-                better = error < errors[at]
-                hopeless[at] = floor > rtol * value.abs()
-                at = at[better]
-                values[at], errors[at], levels[at], spacings[at] = value[better], error[better], level, h
-            pending = pending[~(errors[pending] <= rtol * values[pending]) & ~hopeless[pending]]
-        pending = torch.nonzero(~(errors <= rtol * values)).flatten()
-    return values, errors, levels, spacings
+    index = steps - 1
+    limit = lambda at: tol(at, state.values[index[at]])  # noqa: E731
+
+    def open_steps() -> torch.Tensor:
+        at = torch.arange(steps.numel())
+        i = index[at]
+        return at[~(state.errors[i] <= limit(at)) & (state.next_rung[i] < len(rungs))]
+
+    pending = open_steps()
+    while pending.numel():
+        rung = int(state.next_rung[index[pending]].min())
+        group = pending[state.next_rung[index[pending]] == rung]
+        route, level = rungs[rung]
+        which = 0 if route is _chain_rule_negentropy else 1
+        group = group[state.floors[index[group], which] <= limit(group)]
+        quad = ladder[level]
+        trial = _sampled_spacings(reference, grid, steps[group], quad) if group.numel() else torch.zeros(0, dtype=DTYPE)
+        fits = affordable(trial, reference.dim)
+        for sel, h in _by_spacing(reference, trial[fits], quad):
+            pos = group[fits][sel]
+            at = index[pos]
+            value, error, floor = route(reference, grid, at + 1, h, quad, limit(pos))
+            state.floors[at, which] = floor
+            better = error < state.errors[at]
+            at = at[better]
+            state.values[at], state.errors[at], state.levels[at], state.spacings[at] = value[better], error[better], level, h
+        state.next_rung[index[pending[state.next_rung[index[pending]] == rung]]] = rung + 1
+        pending = open_steps()
 
 
-def _negentropies(reference, grid: Grid, rtol: float, steps: torch.Tensor):
-    """:func:`_climb` at ``steps`` (1-based), each step's result cached per (reference, grid, rtol),
-    so that every family and every panel of :func:`~pathkl.rules.stepsum.interpolated_steps` shares it."""
+def _state(reference, grid: Grid) -> _ClimbState:
+    """The climb's state for ``grid``, cached on the reference, so that every family, every tolerance
+    and every panel of :func:`~pathkl.rules.stepsum.interpolated_steps` shares each step's E J."""
     _check_dim(reference)
-    cache = reference._cache.setdefault(("J", rtol) + _grid_key(grid), {})
-    missing = torch.tensor([t for t in steps.tolist() if t not in cache], dtype=torch.long)
-    if missing.numel():
-        for t, *row in zip(missing.tolist(), *_climb(reference, grid, missing, rtol)):
-            cache[t] = row
-    rows = [cache[t] for t in steps.tolist()]
-    return tuple(torch.stack([torch.as_tensor(r[i]) for r in rows]) for i in range(4))
+    return reference._cache.setdefault(("J",) + _grid_key(grid), _ClimbState.empty(grid.T))
+
+
+def _negentropies(reference, grid: Grid, steps: torch.Tensor, *, rtol: float, atol: torch.Tensor | None = None):
+    """``E J_t`` at ``steps`` (1-based), climbed until each error is within ``rtol |E J_t| + atol``
+    (:func:`_climb`): values, errors, and the ladder level and spacing each came from."""
+    atol = torch.zeros(steps.numel(), dtype=DTYPE) if atol is None else atol
+    _climb(reference, grid, steps, lambda at, values: rtol * values.abs() + atol[at])
+    state, index = _state(reference, grid), steps - 1
+    return state.values[index], state.errors[index], state.levels[index], state.spacings[index]
 
 
 def expected_negentropies(reference, grid: Grid, *, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T and their errors, every step evaluated."""
-    return _negentropies(reference, grid, rtol, torch.arange(1, grid.T + 1))[:2]
+    return _negentropies(reference, grid, torch.arange(1, grid.T + 1), rtol=rtol)[:2]
 
 
 def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,13 +463,14 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
     return values, errors, floors
 
 
-def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
+def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, tol=None):
     """Route (b), the entropy chain rule (docs/theory.md section 4.3, docs/errors.md):
     ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})``, ``k = beta_t / alpha_t``. Only
     outer integrals, so it is cheap where route (a) is dear (strongly non-Gaussian kernels, small T);
     its terms are O(1) and cancel to E J_t, so its error is large where E J_t is tiny (large T), and
     there route (a) wins. Not for t = 1 with point masses in the data (H(q_0) = -inf): NaN. The
-    spacing h of route (a) is not used: each level takes its own.""" 
+    spacing h of route (a) is not used: each level takes its own, nor is the tolerance (it has no
+    inner rules to adapt).""" 
     kappa = grid.beta[idx - 1] / grid.alpha[idx - 1]
     a, a_err, a_floor = _level_expectation(reference, grid.abar[idx], grid.one_minus_abar[idx], quad, kappa)
     b, b_err, b_floor = _level_expectation(reference, grid.abar[idx - 1], grid.one_minus_abar[idx - 1], quad)
@@ -397,38 +478,65 @@ def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, q
     return value, torch.where(torch.isfinite(value), a_err + b_err + floor, math.inf), floor
 
 
-def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
+def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature,
+                         tol: torch.Tensor | None = None):
     """``E_{q_t} J_t`` on one paired rule, its error and its rounding floor: the outer estimate plus what the inner
-    estimates and skipped points can move it by. Points whose certified bounds
-    (:func:`negentropy_bound`) add up to < 1e-13 of all bounds are left out, and the sum of their
-    bounds is checked afterwards to be < 1e-12 of the result (else they are computed too): the
-    low-noise steps' J lives on the thin bands where the posterior weights switch, so most lattice
-    nodes are left out."""
+    estimates and skipped points can move it by.
+
+    ``tol`` (per step, absolute; None: 0) is the error the step is climbing to. Points are left out
+    (their certified bounds, :func:`negentropy_bound`, go into the error) while their bounds add up to
+    at most :data:`_SKIP_SHARE` of ``tol`` or 1e-13 of all finite bounds; if what was left out is
+    above that share and 1e-12 of the result, it is computed too. The low-noise steps' J lives on the
+    thin bands where the posterior weights switch, so most lattice nodes are left out. The inner
+    rules refine point by point (:func:`negentropy`) until their errors, weighted as the outer rule
+    weighs them, add up to at most :data:`_INNER_SHARE` of ``tol``."""
+    tol = torch.zeros(idx.numel(), dtype=DTYPE) if tol is None else tol
     nodes = _step_nodes(reference, grid, idx, h, quad)
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
     bound = negentropy_bound(mix).reshape(idx.numel(), -1)
-    keep = _above_negligible(bound * (nodes.weights.abs() + nodes.error_weights.abs()))
+    weight = (nodes.weights.abs() + nodes.error_weights.abs()).expand_as(bound)
+    keep = _above_negligible(bound * weight, _SKIP_SHARE * tol)
     j, inner = torch.zeros_like(bound), torch.zeros_like(bound)
-    j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad)
+    j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad, _inner_tolerance(keep, weight, tol))
     value, _ = nodes.integrate(j)
-    unsure = (nodes.integrate_error(torch.where(keep, 0.0, bound)) > 1e-12 * value)[:, None] & ~keep
+    allowed = torch.maximum(1e-12 * value, _SKIP_SHARE * tol)
+    unsure = (nodes.integrate_error(torch.where(keep, 0.0, bound)) > allowed)[:, None] & ~keep
     if unsure.any():
-        j[unsure], inner[unsure] = negentropy(mix.subset(unsure.flatten()), quad)
+        j[unsure], inner[unsure] = negentropy(mix.subset(unsure.flatten()), quad, _inner_tolerance(unsure, weight, tol))
     skipped = torch.where(keep | unsure, 0.0, bound)
     value, outer = nodes.integrate(j)
     return value, outer + nodes.integrate_error(inner + skipped) + _ROUNDING * value, _ROUNDING * value
 
 
-def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
-    """Mask (S, P) of the entries outside the smallest set whose sum is <= 1e-13 of its row's sum."""
+def _inner_tolerance(mask: torch.Tensor, weight: torch.Tensor, tol: torch.Tensor):
+    """The inner rules' tolerance at the points of ``mask`` (S, P), as a function of their current
+    values: ``_INNER_SHARE tol_s (J_p / V_s + 1 / (c_p n_s)) / 2`` with ``c_p`` the point's outer weight,
+    ``V_s = sum_p c_p J_p`` and ``n_s`` the points of step s, so that ``sum_p c_p tol_p`` is
+    ``_INNER_SHARE tol_s``: half of it by value, half spread evenly. None where every ``tol`` is 0."""
+    if not (tol > 0).any():
+        return None
+    step = torch.nonzero(mask)[:, 0]
+    c = weight[mask]
+    count = mask.sum(-1).clamp_min(1).to(DTYPE)
+
+    def tolerance(values: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(mask.shape[0], dtype=DTYPE).index_add_(0, step, c * values)
+        by_value = torch.where(total[step] > 0, values / total[step], 0.0)
+        return 0.5 * _INNER_SHARE * tol[step] * (by_value + 1.0 / (c * count[step]))
+
+    return tolerance
+
+
+def _above_negligible(bound: torch.Tensor, allowance: torch.Tensor) -> torch.Tensor:
+    """Mask (S, P) of the entries outside the smallest set whose sum is at most ``allowance`` (S,)
+    or 1e-13 of the row's finite entries, whichever is larger (an infinite bound is never left out)."""
     ordered, _ = torch.sort(bound, -1)
-    small = torch.cumsum(ordered, -1) <= 1e-13 * bound.sum(-1, keepdim=True)
+    finite = torch.where(torch.isfinite(bound), bound, 0.0).sum(-1, keepdim=True)
+    small = torch.cumsum(ordered, -1) <= torch.maximum(1e-13 * finite, allowance[:, None])
     count = small.sum(-1, keepdim=True)
     threshold = torch.where(count > 0, ordered.gather(-1, (count - 1).clamp_min(0)), -1.0)
     return bound > threshold
-
-
 
 
 def step_kls(reference, grid: Grid, family, *, rtol: float,
@@ -445,16 +553,17 @@ def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
     :func:`~pathkl.rules.stepsum.interpolated_steps` asks for evaluated by :func:`step_kls_at`, the
     others interpolated in t, with their errors and the error of their sum. ``mean_g`` (T,) replaces
     ``E tr G / d`` when this is one block of a product (``analytic``)."""
-    def evaluate(steps):
-        return step_kls_at(reference, grid, family, steps, rtol=rtol, mean_g=mean_g)
+    def evaluate(steps, step_rtol, atol):
+        return step_kls_at(reference, grid, family, steps, rtol=step_rtol, atol=atol, mean_g=mean_g)
 
     return interpolated_steps(evaluate, grid.T, rtol=rtol)
 
 
 def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
-                mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J plus the
-    family's Gaussian part, the latter on the rule and spacing each step's E J settled on. With point
+                atol: torch.Tensor | None = None, mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J, climbed until
+    its error is within ``rtol E J + atol`` (``atol`` per step, default 0), plus the family's Gaussian
+    part, the latter on the rule and spacing each step's E J settled on. With point
     masses in the data a step from the noise-free level (``1 - abar_{t-1} = 0``: step 1 of a grid from
     tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`)."""
     singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
@@ -462,9 +571,10 @@ def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: flo
         values, errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE), torch.zeros(steps.numel(), dtype=DTYPE)
         later = ~singular
         if later.any():
-            values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol, mean_g=mean_g)
+            values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol,
+                                                       atol=None if atol is None else atol[later], mean_g=mean_g)
         return values, errors
-    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol, steps))
+    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, steps, rtol=rtol, atol=atol))
     if family.optimal:  # Sigma_t = Sigma*_t: no Gaussian part
         return values, errors
     ladder = ladder_for(reference.dim)
