@@ -103,10 +103,13 @@ class Quadrature:
 #: (d = 2, 3). The first two are Gauss-Hermite everywhere (8 and 14 outer nodes); the others put a lattice where
 #: the posterior weights switch sharply and refine the inner rules. Measured on the rotated mixture
 #: (benchmarks/bench_mixture.py): the first meets 1e-6 at the high-noise steps, the lattices are
-#: needed at the low-noise steps of every T and for every step of T <= 16.
+#: needed at the low-noise steps of every T and for every step of T <= 16. The third, a lattice twice
+#: as coarse (``resolution`` 4) with few inner nodes, is where most of those steps stop now that the
+#: budget is shared over the chain (docs/errors.md): T = 16 5.2 -> 3.9 s, T = 256 41 -> 29 s.
 LADDER = (
     Quadrature.hermite(8, inner=4, separated=8),
     Quadrature.hermite(14, inner=6, separated=12),
+    Quadrature(resolution=4.0, smooth=24, inner=8, inner_wide=16, separated=32, near_gaussian=0.5),
     Quadrature(smooth=24, inner=12, inner_wide=24, separated=48, near_gaussian=0.5),
     Quadrature(inner_wide=36, separated=96, near_gaussian=0.5),
     Quadrature(resolution=1.4, coarse=0.2, inner=24, inner_wide=48, separated=128, near_gaussian=0.35),
@@ -630,8 +633,9 @@ def _step_mean_g(nodes: _StepNodes, given: torch.Tensor | None) -> tuple[torch.T
 
 def leading_rule(d: int) -> Quadrature:
     """The rule for outer expectations with no inner integral (leading-constant integrands, E tr G):
-    the third rung of the ladder, whose lattices resolve the switching of the posterior weights."""
-    return ladder_for(d)[2]
+    the first rung of the ladder whose lattices resolve the switching of the posterior weights at the
+    default ``resolution`` (the third in 1-D, the fourth in 2-D and 3-D, after the coarse lattice rung)."""
+    return LADDER_1D[2] if d == 1 else LADDER[3]
 
 
 def expected_trace_excess(reference, lv: NoiseLevel) -> torch.Tensor:
