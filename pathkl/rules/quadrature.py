@@ -151,9 +151,22 @@ def outer_nodes(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, rul
 
 def spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature) -> torch.Tensor:
     """The outer lattice spacing h at each level (abar and 1 - abar of shape (L,)), :class:`Quadrature`;
-    ``h = inf`` where the level is smooth enough for Gauss-Hermite."""
+    ``h = inf`` where the level is smooth enough for Gauss-Hermite. A function of the level and the
+    rule alone, so it is cached per level on the reference (every rung, route and family of a run asks
+    for the same levels again; the sharpness scan on the coarse lattice was a quarter of a T = 64 run)."""
     if quad.smooth_below == math.inf:
         return torch.full_like(abar, math.inf)
+    cache = reference._cache.setdefault(("h", quad), {})
+    keys = list(zip(abar.tolist(), one_minus_abar.tolist()))
+    missing = torch.tensor([i for i, key in enumerate(keys) if key not in cache], dtype=torch.long)
+    if missing.numel():
+        found = _spacing(reference, abar[missing], one_minus_abar[missing], quad)
+        cache.update(zip((keys[i] for i in missing.tolist()), found.tolist()))
+    return torch.tensor([cache[key] for key in keys], dtype=DTYPE)
+
+
+def _spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature) -> torch.Tensor:
+    """:func:`spacing` computed (a lattice rule, ``smooth_below`` finite)."""
     k, d = reference.size, reference.dim
     per_level = lattice(quad.coarse, d)[1].numel() * k**3 * d
     size = max(1, _BATCH_ELEMENTS // per_level)
@@ -446,24 +459,41 @@ def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadr
 
 
 def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature,
-                       kappa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       kappa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``E_{q}[-log q + (1/2) log det(I + kappa G)]`` (the last term only where ``kappa`` is given) at
     levels (L,), by the paired rule at each level's own spacing: values, the pair's error estimates
-    and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
+    (each term's apart) and a rounding floor of 1e-14 of ``E |term|`` (log-sum-exp and the sums). The
+    entropy term of each level is cached on the reference (:func:`_level_entropies`): route (b) needs
+    H(q_t) for step t and again for step t + 1, where the posterior at the level is already known."""
     values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
     h_all = spacing(reference, abar, one_minus_abar, quad)
     fits = torch.nonzero(affordable(h_all, reference.dim)).flatten()
-    for chunk, h in _by_spacing(reference, h_all[fits], quad):  # levels that do not fit stay at +inf
-        sel = fits[chunk]
+    entropies = _level_entropies(reference, quad)
+    todo = fits if kappa is not None else fits[[(a, o) not in entropies for a, o in
+                                                zip(abar[fits].tolist(), one_minus_abar[fits].tolist())]]
+    for chunk, h in _by_spacing(reference, h_all[todo], quad):  # levels that do not fit stay at +inf
+        sel = todo[chunk]
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
         post = reference.posterior(x, abar[sel, None], one_minus_abar[sel, None])
         f = -post.log_prob
+        parts = [((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1))]
+        entropies.update(zip(zip(abar[sel].tolist(), one_minus_abar[sel].tolist()), zip(*(p.tolist() for p in parts[0]))))
         if kappa is not None:
             g = reference.excess(post, abar[sel, None])
             eye = torch.eye(reference.dim, dtype=DTYPE)
-            f = f + 0.5 * torch.linalg.slogdet(eye + kappa[sel, None, None, None] * g)[1]
-        values[sel], errors[sel], floors[sel] = (f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)
+            f = 0.5 * torch.linalg.slogdet(eye + kappa[sel, None, None, None] * g)[1]
+            parts.append(((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)))
+            values[sel], errors[sel], floors[sel] = (sum(p[i] for p in parts) for i in range(3))
+    if kappa is None and fits.numel():
+        rows = torch.tensor([entropies[key] for key in zip(abar[fits].tolist(), one_minus_abar[fits].tolist())], dtype=DTYPE)
+        values[fits], errors[fits], floors[fits] = rows.unbind(-1)
     return values, errors, floors
+
+
+def _level_entropies(reference, quad: Quadrature) -> dict:
+    """``H(q)`` at levels by ``quad`` on each level's own spacing, with its pair's error estimate and
+    rounding floor, cached on the reference: ``{(abar, 1 - abar): (value, error, floor)}``."""
+    return reference._cache.setdefault(("H", quad), {})
 
 
 def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, tol=None):
