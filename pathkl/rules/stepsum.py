@@ -183,7 +183,7 @@ def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
             v = steps.values[every - 1].clamp_min(0.0)
             s = float(v.sum())
             # Each step's part of the panel's share: half by its value, half by its length.
-            atol = 0.5 * share(s, every.numel()) * ((v / s if s > 0 else 0.0) + 1.0 / every.numel())
+            atol = 0.5 * share(s, every.numel()) * ((v / s if s > 0 else torch.zeros_like(v)) + 1.0 / every.numel())
             steps.ensure(every, 0.0, atol)
             continue
         steps.ensure(nodes[-1], PILOT)
