@@ -51,6 +51,8 @@ _ROUNDING = 1e-13
 # Shares of a step's tolerance that route (a) gives to the points it leaves out and to the inner
 # rules (the rest is for the outer rule's estimate).
 _SKIP_SHARE, _INNER_SHARE = 0.25, 0.25
+# Memory for the outer nodes' G and C kept per reference for the families' Gaussian parts.
+_NODE_CACHE_BYTES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,28 @@ def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadra
     g = reference.excess(post, abar[:, None])
     c = reference.posterior_cov_dense(post, abar[:, None], om[:, None])
     return _StepNodes(w, e, post, g, c, abar[:, None])
+
+
+def _gaussian_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
+    """:func:`_step_nodes` for the families' Gaussian parts (no posterior), with each step's G and C
+    cached on the reference, up to :data:`_NODE_CACHE_BYTES` in all: they are most of a family's
+    cost once E J is known, and every family of a ``rates`` run asks for them on the same rules."""
+    cache = reference._cache.setdefault(("GC", quad, h) + _grid_key(grid), {})
+    steps = t.tolist()
+    found = {s: cache[s] for s in steps if s in cache}
+    missing = [s for s in steps if s not in found]
+    if missing:
+        nodes = _step_nodes(reference, grid, torch.tensor(missing), h, quad)
+        per_step = 8 * (nodes.g[0].numel() + nodes.c[0].numel())
+        for i, s in enumerate(missing):
+            found[s] = (nodes.g[i].clone(), nodes.c[i].clone())
+            if reference._cache.get("GC bytes", 0) + per_step <= _NODE_CACHE_BYTES:
+                cache[s] = found[s]
+                reference._cache["GC bytes"] = reference._cache.get("GC bytes", 0) + per_step
+    abar = grid.abar[t]
+    _, w, e = level_rule(reference, abar, grid.one_minus_abar[t], h, quad)
+    g, c = (torch.stack([found[s][i] for s in steps]) for i in (0, 1))
+    return _StepNodes(w, e, None, g, c, abar[:, None])
 
 
 def _grid_key(grid: Grid):
@@ -631,7 +655,7 @@ def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: flo
         for sel, value in _by_spacing(reference, h[members], ladder[level]):
             pos = members[sel]
             t = steps[pos]
-            nodes = _step_nodes(reference, grid, t, value, ladder[level])
+            nodes = _gaussian_nodes(reference, grid, t, value, ladder[level])
             own, own_error = _step_mean_g(nodes, None if mean_g is None else mean_g[t - 1])
             part, error = nodes.integrate(_gaussian_part(family, grid, t, nodes, own))
             values[pos] += part
