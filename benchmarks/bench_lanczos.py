@@ -1,25 +1,37 @@
-"""Benchmarks of the Lanczos Gaussian sampler (issue 4); prints the figures.
+"""Benchmarks of the Lanczos Gaussian sampler (issues 4 and 13); prints the figures.
 
 1. Cost of one LGS reverse step with k = 3, in units of one posterior-mean evaluation:
    (a) JVP route on a small torch MLP denoiser, (b) closed-form route on the image Gaussian.
 2. One reverse step at d = 3072 (image Gaussian 3x32x32), batch 64: LGS(k = 3) vs a dense Cholesky
    of the exact covariance vs rademacher:100 -- time ratios and covariance errors.
+3. Side by side with matfree's ``funm_lanczos_sym`` (JAX, float64, its default full
+   reorthogonalisation, jit + vmap over the batch) at equal k: ``A^{1/2} z`` for a dense SPD
+   1024 x 1024 matrix with distinct eigenvalues (log-spaced on [1, 1e3]), batch 64, applied as
+   (64, 1024) products. Columns: the minimum over interleaved repeats (the machine may be shared)
+   and the relative error against the dense eigendecomposition, for pathkl's ``lanczos_matfun``
+   (the sample only, the same work as matfree), pathkl's ``lanczos_sampler`` (also its a posteriori
+   error estimate: one more small eigendecomposition), and matfree when importable (``pip install
+   jax matfree``; not a pathkl dependency). Ratios are pathkl / matfree (below 1: pathkl faster).
 
 Usage: python3 benchmarks/bench_lanczos.py [--device cpu|cuda] [--dtype float64|float32]
-Times are medians of repeated runs (wall clock, synchronised on CUDA).
+                                            [--sections 1,2,3] [--threads 2] [--repeats 15]
+Times in sections 1-2 are medians of repeated runs (wall clock, synchronised on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from pathkl.covariances import ReverseStep
-from pathkl.lanczos import lanczos_sampler
+from pathkl.lanczos import lanczos_matfun, lanczos_sampler
 from pathkl.matvecs import (
     DifferenceCovariance,
     JvpCovariance,
@@ -148,17 +160,90 @@ def step_comparison(device, t):
           f"  (exact diagonal: {diag_only:.2e})")
 
 
+def matfree_sampler(k: int):
+    """matfree's ``A^{1/2} z`` with k products, batched by ``vmap`` and compiled; None without JAX."""
+    if importlib.util.find_spec("jax") is None or importlib.util.find_spec("matfree") is None:
+        return None
+    import jax
+    import jax.numpy as jnp
+    from matfree import decomp, funm
+
+    jax.config.update("jax_enable_x64", True)
+    sqrt_times = funm.funm_lanczos_sym(funm.dense_funm_sym_eigh(jnp.sqrt), decomp.tridiag_sym(k))
+    batched = jax.jit(jax.vmap(lambda v, a: sqrt_times(lambda s, m: m @ s, v, a), in_axes=(0, None)))
+    return lambda z, a: batched(z, a).block_until_ready()
+
+
+def interleaved_minima(fns: dict, repeats: int) -> dict:
+    """Minimum wall time of each callable over ``repeats`` rounds, one call of each per round, so
+    that a busy spell on a shared machine hits every column alike (the first call warms up)."""
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def matfree_comparison(repeats: int, ks=(3, 8, 20), d=1024, n=64) -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen))
+    lam = torch.logspace(0, 3, d, dtype=torch.float64)
+    a = (q * lam) @ q.T
+    a = 0.5 * (a + a.T)
+    z = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    exact = z @ ((q * lam.sqrt()) @ q.T)
+    relative_error = lambda y: float((torch.linalg.vector_norm(torch.as_tensor(np.asarray(y)) - exact, dim=1)
+                                      / torch.linalg.vector_norm(exact, dim=1)).max())
+    matvec = lambda v: v @ a
+    a_np, z_np = a.numpy(), z.numpy()
+    print(f"[3] A^1/2 z at equal k: dense SPD d = {d} (eigenvalues log-spaced on [1, 1e3]), batch {n}, float64,"
+          f" {torch.get_num_threads()} torch threads; min of {repeats} interleaved repeats")
+    print("      k   one product | pathkl matfun  pathkl sampler  matfree     | matfun/matfree sampler/matfree"
+          " | max rel. error: pathkl  matfree")
+    product = interleaved_minima({"mv": lambda: matvec(z)}, repeats)["mv"]
+    for k in ks:
+        sampler = lanczos_sampler(k)
+        fns = {"matfun": lambda k=k: lanczos_matfun(matvec, z, k, torch.sqrt),
+               "sampler": lambda sampler=sampler: sampler(matvec, z)}
+        theirs = matfree_sampler(k)
+        if theirs is not None:
+            fns["matfree"] = lambda theirs=theirs: theirs(z_np, a_np)
+        t = interleaved_minima(fns, repeats)
+        ours_error = relative_error(sampler(matvec, z).sample)
+        if theirs is None:
+            print(f"    {k:3d}  {product:10.4f} s | {t['matfun']:10.4f} s  {t['sampler']:11.4f} s  (matfree not"
+                  f" importable) | max rel. error {ours_error:.3e}")
+            continue
+        print(f"    {k:3d}  {product:10.4f} s | {t['matfun']:10.4f} s  {t['sampler']:11.4f} s  {t['matfree']:8.4f} s"
+              f" | {t['matfun'] / t['matfree']:14.2f} {t['sampler'] / t['matfree']:15.2f}"
+              f" | {ours_error:22.3e}  {relative_error(theirs(z_np, a_np)):.3e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    parser.add_argument("--sections", default="1,2,3", help="comma-separated sections to run (default all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and XLA CPU threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats in section 3 (default 15)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    cost_jvp_route(device, getattr(torch, args.dtype))
-    cost_closed_route(device, torch.float64)
-    for t in (2, 10):
-        step_comparison(device, t)
+    if "1" in sections:
+        cost_jvp_route(device, getattr(torch, args.dtype))
+        cost_closed_route(device, torch.float64)
+    if "2" in sections:
+        for t in (2, 10):
+            step_comparison(device, t)
+    if "3" in sections:
+        matfree_comparison(args.repeats)
 
 
 if __name__ == "__main__":

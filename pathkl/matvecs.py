@@ -16,6 +16,8 @@ Products ``Sigma_t v`` two ways, which the tests check against each other:
 (a) :class:`JvpCovariance`: Tweedie, ``d xhat_0 / dx = sqrt(abar_t) C / (1 - abar_t)``, so
     ``Sigma_t v = s^2 v + lam^2 (1 - abar_t) / sqrt(abar_t) J_{xhat_0} v``: one JVP of any denoiser
     (for DDPM this is ``(beta_t / sqrt(alpha_t)) J_{mu*_t} v``);
+    :class:`LinearizedCovariance` linearises the denoiser once (``torch.func.linearize``) and then
+    runs only the linear part per product;
     :class:`DifferenceCovariance` replaces the JVP by a forward difference (one evaluation per
     product, error ~sqrt(eps) relative);
 (b) :func:`closed_form_cov_matvec`: ``s^2 v + lam^2 reference.posterior_cov_matvec(x, v, lv)``.
@@ -24,6 +26,7 @@ And the diagonal estimate ``rademacher:M`` (OCM paper eq. 9): ``mean_m v_m * (Si
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +59,31 @@ class JvpCovariance:
     def denoised(self) -> torch.Tensor:
         """``xhat_0(x)``, from the last JVP when there was one."""
         return self._denoiser(self._x) if self._value is None else self._value
+
+
+class LinearizedCovariance:
+    """``v -> Sigma_t(x) v`` from ``torch.func.linearize``: the denoiser is linearised at ``x`` once per
+    step (its value, and its JVP traced into a graph whose primal computations are folded into
+    constants), then each product runs only that linear graph.
+
+    A product then costs about one evaluation (0.9-2.8 of them for a small MLP on CPU), but the
+    linearisation itself (tracing with ``make_fx`` and constant folding, Python-level work) costs tens
+    to hundreds of evaluations on CPU, so for the few products of a reverse step it is slower than
+    :class:`JvpCovariance` there (benchmarks/bench_lgs_forward_passes.py prints both).
+    """
+
+    def __init__(self, denoiser: Denoiser, x: torch.Tensor, step: ReverseStep):
+        with warnings.catch_warnings():  # const_fold's notice about its own constant attributes
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            self._value, self._linear = torch.func.linearize(denoiser, x)
+        self._step = step
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return self._step.s2 * v + self._step.jacobian_scale * self._linear(v)
+
+    def denoised(self) -> torch.Tensor:
+        """``xhat_0(x)``, computed by the linearisation."""
+        return self._value
 
 
 class DifferenceCovariance:

@@ -12,8 +12,13 @@ that is ``Sigma*_t``; the isotropic, diagonal and full families of docs/theory.m
 - ``lanczos:k``: the Lanczos Gaussian sampler with k covariance-vector products.
 
 Products come from the reference's closed form (``route="closed"``), from a JVP of the posterior
-mean (``route="jvp"``) or from a forward difference of it (``route="difference"``, one evaluation
-per product), so a trained denoiser could replace the reference's posterior mean.
+mean (``route="jvp"``), from its linearisation once per step (``route="linearize"``) or from a
+forward difference of it (``route="difference"``, one evaluation per product).
+
+``reference`` is anything posterior-like: a closed-form reference, or a trained network wrapped as
+:class:`pathkl.denoiser.NetworkPosterior`, whose "closed form" products are JVPs of the network and
+whose diagonal, dense covariance and expected trace are the estimates of that class, so that every
+family samples with a network through this one loop.
 """
 
 from __future__ import annotations
@@ -28,10 +33,15 @@ import torch
 from .covariances import ReverseStep
 from .errors import InputError
 from .families import parse_family
-from .matvecs import DifferenceCovariance, JvpCovariance, closed_form_cov_matvec
+from .matvecs import (
+    DifferenceCovariance,
+    JvpCovariance,
+    LinearizedCovariance,
+    closed_form_cov_matvec,
+)
 from .schedules import Grid
 
-DENOISER_ROUTES = {"jvp": JvpCovariance, "difference": DifferenceCovariance}
+DENOISER_ROUTES = {"jvp": JvpCovariance, "linearize": LinearizedCovariance, "difference": DifferenceCovariance}
 ROUTES = ("closed", *DENOISER_ROUTES)
 
 

@@ -303,20 +303,24 @@ def grid_from_taus(schedule: Schedule, taus: Sequence[float] | torch.Tensor) -> 
     return Grid(schedule, taus, log_abar, log_alpha)
 
 
-def grid_from_chain(schedule: DDPMLinear, length: int, indices: Sequence[int]) -> Grid:
+def grid_from_chain(schedule: DDPMLinear, length: int, indices: Sequence[int], *, to_end: bool = True) -> Grid:
     """Grid on the subsequence ``0 = i_0 < ... < i_T = N`` of a discrete chain of length N.
 
     ``log alpha_t`` is the sum of ``log1p(-beta_n)`` over ``i_{t-1} < n <= i_t`` (segment sums, not
-    differences of cumulative sums).
+    differences of cumulative sums). ``to_end=False`` lets the subsequence end at ``i_T <= N`` (a
+    sampler that starts below the chain's end, as diffusers' "leading" spacing does,
+    pathkl.timesteps); its last tau is then ``i_T / N < 1``.
     """
     idx = np.asarray(indices)
     if idx.ndim != 1 or idx.size < 2 or not np.issubdtype(idx.dtype, np.integer):
         raise InputError("a chain subsequence must be a list of at least two integers")
-    if idx[0] != 0 or idx[-1] != length or not (np.diff(idx) > 0).all():
-        raise InputError(f"a chain subsequence must increase strictly from 0 to the chain length {length}")
+    ends = idx[-1] == length if to_end else idx[-1] <= length
+    if idx[0] != 0 or not ends or not (np.diff(idx) > 0).all():
+        where = f"to the chain length {length}" if to_end else f"to at most the chain length {length}"
+        raise InputError(f"a chain subsequence must increase strictly from 0 {where}")
     check_memory(BYTES_PER_CHAIN_ELEMENT * int(length) + BYTES_PER_STEP * idx.size,
                  f"a ddpm-linear chain of length N = {length} ({BYTES_PER_CHAIN_ELEMENT} bytes an element)")
     log_one_minus_beta = torch.log1p(-schedule.chain_betas(length)).numpy()
-    log_alpha = torch.from_numpy(np.add.reduceat(log_one_minus_beta, idx[:-1]))
+    log_alpha = torch.from_numpy(np.add.reduceat(log_one_minus_beta[: idx[-1]], idx[:-1]))
     log_abar = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(log_alpha, 0)])
     return Grid(schedule, torch.as_tensor(idx / length, dtype=DTYPE), log_abar, log_alpha)

@@ -15,13 +15,14 @@ from . import (
     image_sampling_study,
     lanczos_decay,
     mixture_rates,
+    ocm_toy,
     optimal_grids,
     pf_ode_ot,
 )
 from .runner import Study
 
 _MODULES = (covariance_error, few_step_sampling, gaussian_rates, image_sampling_study, lanczos_decay, mixture_rates,
-            optimal_grids, pf_ode_ot)
+            ocm_toy, optimal_grids, pf_ode_ot)
 
 REGISTRY: dict[str, Study] = {m.STUDY.name: m.STUDY for m in _MODULES}
 if len(REGISTRY) != len(_MODULES):

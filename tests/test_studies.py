@@ -423,3 +423,72 @@ def test_optimal_grids_dp_is_the_brute_force_minimum_and_beats_the_grids_it_cont
     x, y = lines[f"data:{config.families[0]}:dp"].get_data()
     assert list(x) == table.column("K", reference=config.gaussian, family=config.families[0], grid="dp")
     assert list(y) == table.column("steps", reference=config.gaussian, family=config.families[0], grid="dp")
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_ocm_toy_sampler_draws_the_diag_family_from_the_same_seed(eta):
+    """The study's ancestral sampler of a Gaussian reverse model, given the exact mean and the
+    ``diag`` family's variance (built here from the DDIM coefficients and the reference's closed
+    forms), draws pathkl.sample's ``diag`` samples from the same seed: the same noise in the same
+    order, so they agree to rounding (1e-12 absolute on draws of order 1, 6 steps)."""
+    study = _registered("ocm_toy")
+    import torch
+
+    from pathkl.covariances import ReverseStep
+    from pathkl.model_kl import DiagonalGaussianModel
+    from pathkl.refspec import load_reference
+    from pathkl.sampling import sample
+    from studies.ocm_toy import _skip_grid, ancestral_samples
+
+    reference = load_reference("mog-rotated")
+    grid = _skip_grid(study.config(small=True), 6)
+
+    def mean(x, t, g):
+        step = ReverseStep.ddim(g, t, eta=eta)
+        return step.lam * reference.posterior_mean(x, step.level) + step.kappa * x
+
+    def variance(x, t, g):
+        step = ReverseStep.ddim(g, t, eta=eta)
+        return step.s2 + step.lam**2 * reference.posterior_cov_diagonal(x, step.level)
+
+    ours = ancestral_samples(DiagonalGaussianModel(mean, variance), grid, n=64, dim=2, seed=3)
+    theirs = sample(reference, grid, "diag", n=64, eta=eta, seed=3).samples
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+def test_ocm_toy_rademacher_error_is_its_closed_form_variance(tmp_path):
+    """With the true score, the M-probe Rademacher estimate of diag C errs by C_12 m (1, 1) in 2-D,
+    m the mean of M products v_1 v_2 (E m^2 = 1/M): the study's ``cov_error`` must match
+    E_x 2 C_12(x)^2 / M from the reference's dense posterior covariance on independent draws, within
+    4 combined standard errors (seeded: no flakiness). The figure plots the table's numbers."""
+    study = _registered("ocm_toy")
+    import torch
+
+    from pathkl.refspec import load_reference
+    from pathkl.schedules import get_schedule
+
+    config = study.config(small=True)
+    run_study(study, config, tmp_path, progress=False)
+    table = load(tmp_path)
+    assert {"estimator", "score", "t", "cov_error", "steps", "mmd", "mmd_stderr", "path_kl",
+            "path_kl_error"} <= set(table.columns)
+    reference = load_reference("mog-rotated")
+    chain = get_schedule("ddpm-linear").grid(config.chain)
+    for t in config.levels:
+        (row,) = [r for r in table.rows if (r["score"], r["estimator"], r["panel"], r["t"]) == ("true", "rademacher:2", "cov", t)]
+        lv = chain.level(t)
+        x = reference.sample(4000, lv, generator=torch.Generator().manual_seed(99))
+        exact = 2 * reference.posterior_cov(x, lv)[:, 0, 1] ** 2 / 2
+        stderr = math.hypot(row["cov_error_stderr"], float(exact.std()) / math.sqrt(exact.numel()))
+        assert abs(row["cov_error"] - float(exact.mean())) < 4 * stderr
+    fig = study.figures(table)["mog-rotated"]
+    lines = {ln.get_gid(): ln for ax in fig.axes[:1] for ln in ax.get_lines() if ln.get_gid()}
+    x, y = lines["data:true:ocm"].get_data()
+    ocm = [r for r in table.rows if (r["score"], r["estimator"], r["panel"], r["train_steps"]) == ("true", "ocm", "cov", config.train_steps)]
+    assert list(x) == [r["t"] for r in ocm] and list(y) == [r["cov_error"] for r in ocm]
+
+
+def test_ocm_toy_refuses_a_product_reference():
+    study = _registered("ocm_toy")
+    with pytest.raises(InputError, match="mog-ocm-grid-2d"):
+        study.config(assignments=["references=mog-ocm-grid"])

@@ -29,7 +29,7 @@ SAMPLING_FAMILY_NAMES = FAMILY_NAMES + ("rademacher:M", "lanczos:k")
 SIZED_FAMILIES = {"rademacher": ("M", 2, "Rademacher probes (two or more give a standard error)"),
                   "lanczos": ("k", 1, "Lanczos steps (covariance-vector products per reverse step)")}
 #: ``pathkl.sampling.ROUTES``.
-SAMPLING_ROUTES = ("closed", "jvp", "difference")
+SAMPLING_ROUTES = ("closed", "jvp", "linearize", "difference")
 #: ``pathkl.presets.PRESETS``, in order.
 PRESET_NAMES = ("mog-1d", "gaussian-5d", "gaussian-5d-axis", "gaussian-2d", "image-3x32x32", "image-3x64x64",
                 "mog-ocm-grid", "mog-ocm-grid-2d", "mog-rotated")

@@ -54,8 +54,9 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=positive_int, default=2000, help="number of samples (default: 2000)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta in [0, 1]; 1 is DDPM (default: 1)")
     p.add_argument("--route", choices=SAMPLING_ROUTES, default="closed",
-                   help="covariance products from the closed form, a JVP of the posterior mean, or a forward"
-                        " difference of it (default: closed)")
+                   help="covariance products from the closed form, a JVP of the posterior mean, its"
+                        " linearisation once per step (torch.func.linearize), or a forward difference of it"
+                        " (default: closed)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)

@@ -87,6 +87,11 @@ class ProductReference:
         return self._concat("posterior_mean", x, lv)
 
     @array_arguments
+    def posterior_cov_diagonal(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
+        """``diag Cov[x_0 | x_t]``, (n, d): the blocks' diagonals side by side."""
+        return self._concat("posterior_cov_diagonal", x, lv)
+
+    @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         return self._block_diag("hessian", x, lv)
 
