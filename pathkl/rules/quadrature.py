@@ -16,7 +16,7 @@ error is within ``rtol`` (:func:`_climb`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -404,6 +404,9 @@ class _ClimbState:
     next_rung: torch.Tensor
     floors: torch.Tensor  # (T, 2): route (b), route (a)
 
+    def copy(self) -> _ClimbState:
+        return _ClimbState(*(getattr(self, f.name).clone() for f in fields(self)))
+
     @staticmethod
     def empty(T: int) -> _ClimbState:
         return _ClimbState(torch.zeros(T, dtype=DTYPE), torch.full((T,), math.inf, dtype=DTYPE),
@@ -411,19 +414,18 @@ class _ClimbState:
                            torch.zeros(T, dtype=torch.long), torch.zeros(T, 2, dtype=DTYPE))
 
 
-def _climb(reference, grid: Grid, steps: torch.Tensor, tol) -> None:
+def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) -> None:
     """``E_{q_t} J_t`` at ``steps`` (1-based), each step climbing the rungs (:func:`_rungs`: the cheap
     route (b), :func:`_chain_rule_negentropy`, up :data:`LADDER`, then route (a),
     :func:`_expected_negentropy`) until its error is within ``tol(values)`` (its tolerance, absolute,
     given the value), the rungs end, or the next lattice would not fit in memory. A route is not tried
     again for a step once its rounding floor alone exceeds the tolerance (route (b) at large T). The
-    state lives in the reference's cache (:func:`_state`), so a later call with a tighter tolerance
-    resumes where this one stopped; each step keeps the value with the smallest error."""
-    state = _state(reference, grid)
+    climb advances ``state``, so a later call on it with a tighter tolerance resumes where this one
+    stopped; each step keeps the value with the smallest error."""
     rungs = _rungs(reference.dim)
     ladder = ladder_for(reference.dim)
     index = steps - 1
-    limit = lambda at: tol(at, state.values[index[at]])  # noqa: E731
+    limit = lambda at: tol(at, state.values[index[at]])
 
     def open_steps() -> torch.Tensor:
         at = torch.arange(steps.numel())
@@ -467,25 +469,52 @@ def _hermite_trusted(reference, grid: Grid, t: torch.Tensor, route) -> torch.Ten
     return torch.stack(smooth).all(0)
 
 
-def _state(reference, grid: Grid) -> _ClimbState:
-    """The climb's state for ``grid``, cached on the reference, so that every family, every tolerance
-    and every panel of :func:`~pathkl.rules.stepsum.interpolated_steps` shares each step's E J."""
+def _base_state(reference, grid: Grid, rtol: float) -> _ClimbState:
+    """The climb of ``E J`` alone (the ``full`` family's chain) at ``rtol`` on ``grid``, cached on the
+    reference: a function of (reference, grid, rtol) only, so every family that starts from it gets
+    the same values whatever was computed before in the process."""
     _check_dim(reference)
-    return reference._cache.setdefault(("J",) + _grid_key(grid), _ClimbState.empty(grid.T))
+    key = ("J",) + _grid_key(grid) + (rtol,)
+    if key not in reference._cache:
+        state = _ClimbState.empty(grid.T)
+
+        def evaluate(steps, step_rtol, atol):
+            singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
+            values, errors = _negentropies(reference, grid, steps[~singular], state, rtol=step_rtol, atol=atol[~singular])[:2]
+            out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, values)
+            return out, torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
+
+        interpolated_steps(evaluate, grid.T, rtol=rtol)
+        reference._cache[key] = state
+    return reference._cache[key]
 
 
-def _negentropies(reference, grid: Grid, steps: torch.Tensor, *, rtol: float, atol: torch.Tensor | None = None):
-    """``E J_t`` at ``steps`` (1-based), climbed until each error is within ``rtol |E J_t| + atol``
-    (:func:`_climb`): values, errors, and the ladder level and spacing each came from."""
+def _family_state(reference, grid: Grid, family, rtol: float, mean_g: torch.Tensor | None) -> _ClimbState:
+    """The climb for one path KL (:func:`interpolated_step_kls`): a copy of :func:`_base_state`, which
+    ``family``'s own tolerances advance further where they are tighter, cached under everything its
+    values depend on (reference, grid, rtol, family, ``mean_g``). Sharing one climb between calls made
+    a value depend on what the process had computed before (a step climbed further by an earlier
+    family kept its better value); this way every family still reuses the E J of the ``full`` chain."""
+    key = ("J",) + _grid_key(grid) + (rtol, family.name, None if mean_g is None else mean_g.numpy().tobytes())
+    if key not in reference._cache:
+        reference._cache[key] = _base_state(reference, grid, rtol).copy()
+    return reference._cache[key]
+
+
+def _negentropies(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, *, rtol: float,
+                  atol: torch.Tensor | None = None):
+    """``E J_t`` at ``steps`` (1-based), ``state`` climbed until each error is within
+    ``rtol |E J_t| + atol`` (:func:`_climb`): values, errors, and the ladder level and spacing each came from."""
     atol = torch.zeros(steps.numel(), dtype=DTYPE) if atol is None else atol
-    _climb(reference, grid, steps, lambda at, values: rtol * values.abs() + atol[at])
-    state, index = _state(reference, grid), steps - 1
+    _climb(reference, grid, steps, state, lambda at, values: rtol * values.abs() + atol[at])
+    index = steps - 1
     return state.values[index], state.errors[index], state.levels[index], state.spacings[index]
 
 
 def expected_negentropies(reference, grid: Grid, *, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T and their errors, every step evaluated."""
-    return _negentropies(reference, grid, torch.arange(1, grid.T + 1), rtol=rtol)[:2]
+    _check_dim(reference)
+    return _negentropies(reference, grid, torch.arange(1, grid.T + 1), _ClimbState.empty(grid.T), rtol=rtol)[:2]
 
 
 def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
@@ -625,28 +654,35 @@ def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
     :func:`~pathkl.rules.stepsum.interpolated_steps` asks for evaluated by :func:`step_kls_at`, the
     others interpolated in t, with their errors and the error of their sum. ``mean_g`` (T,) replaces
     ``E tr G / d`` when this is one block of a product (``analytic``)."""
+    state = _family_state(reference, grid, family, rtol, mean_g)
+
     def evaluate(steps, step_rtol, atol):
-        return step_kls_at(reference, grid, family, steps, rtol=step_rtol, atol=atol, mean_g=mean_g)
+        return step_kls_at(reference, grid, family, steps, rtol=step_rtol, atol=atol, mean_g=mean_g, state=state)
 
     return interpolated_steps(evaluate, grid.T, rtol=rtol)
 
 
 def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
-                atol: torch.Tensor | None = None, mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                atol: torch.Tensor | None = None, mean_g: torch.Tensor | None = None,
+                state: _ClimbState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J, climbed until
     its error is within ``rtol E J + atol`` (``atol`` per step, default 0), plus the family's Gaussian
     part, the latter on the rule and spacing each step's E J settled on. With point
     masses in the data a step from the noise-free level (``1 - abar_{t-1} = 0``: step 1 of a grid from
-    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`)."""
+    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`). ``state``: the climb to
+    resume (:func:`_climb`; None: a fresh one, so the values depend on this call alone)."""
+    _check_dim(reference)
+    state = _ClimbState.empty(grid.T) if state is None else state
     singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
     if singular.any():
         values, errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE), torch.zeros(steps.numel(), dtype=DTYPE)
         later = ~singular
         if later.any():
             values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol,
-                                                       atol=None if atol is None else atol[later], mean_g=mean_g)
+                                                       atol=None if atol is None else atol[later], mean_g=mean_g,
+                                                       state=state)
         return values, errors
-    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, steps, rtol=rtol, atol=atol))
+    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, steps, state, rtol=rtol, atol=atol))
     if family.optimal:  # Sigma_t = Sigma*_t: no Gaussian part
         return values, errors
     ladder = ladder_for(reference.dim)
