@@ -6,6 +6,7 @@ independent oracle (tests/oracle.py)."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from pathkl.references import GaussianReference, MixtureReference
 from pathkl.refspec import load_reference
 from pathkl.rules import nodes as rule_nodes
 from pathkl.rules import quadrature as qr
-from pathkl.schedules import VPLinear
+from pathkl.schedules import DTYPE, NoiseLevel, VPLinear
 
 from . import oracle
 
@@ -347,3 +348,28 @@ def test_gram_third_derivative_matches_dense(reference):
         assert torch.allclose(td.gram_third_derivative_sq_norm(reference, x, lv), dense, rtol=1e-9)
     mean, stderr = td.mc_third_derivative_sq_norm(reference, LEVELS[1], samples=64, generator=torch.Generator().manual_seed(0))
     assert stderr > 0 and mean > 0
+
+
+@pytest.mark.parametrize("one_minus_abar", [1e-2, 0.1, 0.5])
+def test_level_expectations_are_within_their_errors(one_minus_abar):
+    """``expectation`` (the outer rule of ``model_kl``'s step integrands) of the posterior weights'
+    switching term ``w_1 (1 - w_1)`` on the rotated mixture, against the oracle's own adaptive
+    quadrature: the true error within the stated one (Gauss-Hermite rungs are used only where the
+    steps' trust rule allows, ``hermite_trusted_at``), and within rtol of the value."""
+    reference = rotated_mixture()
+    lv = NoiseLevel(torch.tensor(1.0 - one_minus_abar, dtype=DTYPE), torch.tensor(one_minus_abar, dtype=DTYPE))
+
+    def integrands(x):
+        w = torch.exp(reference.posterior(x, lv.abar, lv.one_minus_abar).log_weights[..., 0])
+        return (w * (1.0 - w))[:, None], torch.zeros(x.shape[0], 1, dtype=DTYPE)
+
+    def switching(x):
+        logp = marginal.comp_logpdf(x) + marginal.logpi
+        w = np.exp(logp[:, 0] - np.logaddexp.reduce(logp, axis=1))
+        return (w * (1.0 - w))[:, None]
+
+    marginal = oracle._Marginal(_oracle_mixture(reference), 1.0 - one_minus_abar, one_minus_abar)
+    (got,) = qr.expectation(reference, lv, integrands, rtol=1e-6)
+    expected, expected_error = (float(part[0]) for part in oracle.expectation(marginal, switching))
+    assert abs(got.value - expected) <= got.error + expected_error, (got, expected, expected_error)
+    assert got.error <= 1e-6 * got.value

@@ -463,10 +463,16 @@ def _hermite_trusted(reference, grid: Grid, t: torch.Tensor, route) -> torch.Ten
     (a) and also t - 1's for route (b). Elsewhere the posterior weights switch within the rule's reach
     and the pair's difference is no bound: on a 1-D two-component chain (T = 512, step 116) Gauss-Hermite
     16 / 24 differed by 7.6e-15 where the true error was 1.7e-14."""
-    default = Quadrature()
     levels = [t, t - 1] if route is _chain_rule_negentropy else [t]
-    smooth = [spacing(reference, grid.abar[i], grid.one_minus_abar[i], default) == math.inf for i in levels]
-    return torch.stack(smooth).all(0)
+    return torch.stack([hermite_trusted_at(reference, grid.abar[i], grid.one_minus_abar[i]) for i in levels]).all(0)
+
+
+def hermite_trusted_at(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor) -> torch.Tensor:
+    """Whether a Gauss-Hermite pair's difference is trusted as the error of an outer expectation over
+    ``q`` at these levels: where the default rule finds the level smooth (no lattice, :class:`Quadrature`).
+    Where the posterior weights switch within the rule's reach, two Gauss-Hermite rules can agree far
+    better than either is right."""
+    return spacing(reference, abar, one_minus_abar, Quadrature()) == math.inf
 
 
 def _base_state(reference, grid: Grid, rtol: float) -> _ClimbState:
@@ -804,11 +810,15 @@ def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[
     the rounding of each value) by the paired outer rules of the ladder, climbing until the pairs'
     estimates together are within ``rtol`` of the columns' summed magnitude (the rounding bounds do
     not fall with the rule, and a column may be exactly 0, e.g. the mean part of an exact mean); the
-    rung with the smallest total error otherwise. A value's error is the pair's estimate, what the
+    rung with the smallest total error otherwise; Gauss-Hermite-everywhere rungs only where
+    :func:`hermite_trusted_at` trusts them (the steps' rule, :func:`_climb`). A value's error is the pair's estimate, what the
     bounds can move it by, and the rounding allowance."""
     _check_dim(reference)
+    trusted = bool(hermite_trusted_at(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1))[0])
     best = None
     for quad in ladder_for(reference.dim):
+        if quad.smooth_below == math.inf and not trusted:  # :func:`hermite_trusted_at`
+            continue
         x, w, e = _level_points(reference, lv, quad)
         values, bounds = integrands(x)
         value, estimate = w @ values, (e @ values).abs()
