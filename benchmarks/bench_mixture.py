@@ -5,6 +5,7 @@
     python3 benchmarks/bench_mixture.py empirical [--n 2000 --d 12288 --samples 32]
     python3 benchmarks/bench_mixture.py mc [--d 8 --K 6 --samples 256 --inner 32]
     python3 benchmarks/bench_mixture.py chain [--ref mog-1d --T 256,1024,4096 --cov full]
+    python3 benchmarks/bench_mixture.py speed [--rtol 1e-6 --long]
 
 ``contract``: the error contract's cost and honesty on the hard cases (the README's 1-D mixture with
 unequal widths at T = 4, the same times N(0, 1) in 2-D, the rotated 2-D mixture at T = 16, the rates
@@ -21,6 +22,11 @@ seed without them).
 ``chain``: the step-index rule (pathkl.rules.stepsum) on long chains: per T, the steps evaluated out
 of T, the time, and the time and value with every step evaluated (``--dense``, T <= 1024 only), so
 the saving and the agreement are both printed.
+``speed``: the timings of issue 11 item 4 at the default rtol, each with a fresh reference (no cache
+carried between lines): ``pathkl kl --ref mog-rotated --cov full`` at T = 16, 64, 256; ``pathkl rates
+--ref mog-rotated`` on its default ladder (T = 32..512, four families, one reference shared by them as
+in the CLI); ``pathkl rates`` (the mog-1d default); with ``--long`` also ``rates --ref mog-rotated``
+on T = 64..4096.
 """
 
 from __future__ import annotations
@@ -127,6 +133,30 @@ def chain(args) -> None:
         print(line, flush=True)
 
 
+def speed(args) -> None:
+    from pathkl.cli.rates import _DEFAULT_COVS, _DEFAULT_STEPS
+    from pathkl.rates import family_rates
+
+    families = [FAMILIES[name] for name in _DEFAULT_COVS.split(",")]
+    default = [int(v) for v in _DEFAULT_STEPS.split(",")]
+    for steps in (16, 64, 256):
+        start = time.perf_counter()
+        result = path_kl(load_reference("mog-rotated"), VPLinear().grid(steps), FAMILIES["full"], rtol=args.rtol)
+        print(f"kl mog-rotated full T={steps:4d}: steps {result.steps:.12e} +- {result.steps_error:.1e}, "
+              f"met_rtol={result.met_rtol}  ({time.perf_counter() - start:6.1f} s)", flush=True)
+    ladders = [("mog-rotated", default), ("mog-1d", default)]
+    if args.long:
+        ladders.append(("mog-rotated", [64 * 2**i for i in range(7)]))
+    for ref, ladder in ladders:
+        reference, start = load_reference(ref), time.perf_counter()
+        rows = [family_rates(reference, VPLinear(), family, ladder, rtol=args.rtol) for family in families]
+        print(f"rates {ref} T={ladder[0]}..{ladder[-1]}, {len(families)} families: "
+              f"met_rtol={all(r.met_rtol for r in rows)}  ({time.perf_counter() - start:6.1f} s)", flush=True)
+        for r in rows:
+            worst = max((e / k for k, e in zip(r.kl, r.kl_error) if k > 0), default=0.0)
+            print(f"  {r.family.name:10s} KL(T={ladder[-1]}) = {r.kl[-1]:.9e}  largest error/KL {worst:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -154,6 +184,10 @@ def main() -> None:
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--dense", action="store_true")
     p.set_defaults(func=chain)
+    p = sub.add_parser("speed")
+    p.add_argument("--rtol", type=float, default=1e-6)
+    p.add_argument("--long", action="store_true")
+    p.set_defaults(func=speed)
     args = parser.parse_args()
     args.func(args)
 

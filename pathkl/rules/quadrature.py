@@ -16,7 +16,7 @@ error is within ``rtol`` (:func:`_climb`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -48,6 +48,11 @@ _LOG_ODDS_SEEN = 40.0
 # Rounding allowance, relative, added to every error: the terms of a step are positive (psi >= 0,
 # phi >= 0) or cancel to within this in the q-form's closed part.
 _ROUNDING = 1e-13
+# Shares of a step's tolerance that route (a) gives to the points it leaves out and to the inner
+# rules (the rest is for the outer rule's estimate).
+_SKIP_SHARE, _INNER_SHARE = 0.25, 0.25
+# Memory for the outer nodes' G and C kept per reference for the families' Gaussian parts.
+_NODE_CACHE_BYTES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,13 @@ class Quadrature:
 #: (d = 2, 3). The first two are Gauss-Hermite everywhere (8 and 14 outer nodes); the others put a lattice where
 #: the posterior weights switch sharply and refine the inner rules. Measured on the rotated mixture
 #: (benchmarks/bench_mixture.py): the first meets 1e-6 at the high-noise steps, the lattices are
-#: needed at the low-noise steps of every T and for every step of T <= 16.
+#: needed at the low-noise steps of every T and for every step of T <= 16. The third, a lattice twice
+#: as coarse (``resolution`` 4) with few inner nodes, is where most of those steps stop now that the
+#: budget is shared over the chain (docs/errors.md): T = 16 5.2 -> 3.9 s, T = 256 41 -> 29 s.
 LADDER = (
     Quadrature.hermite(8, inner=4, separated=8),
     Quadrature.hermite(14, inner=6, separated=12),
+    Quadrature(resolution=4.0, smooth=24, inner=8, inner_wide=16, separated=32, near_gaussian=0.5),
     Quadrature(smooth=24, inner=12, inner_wide=24, separated=48, near_gaussian=0.5),
     Quadrature(inner_wide=36, separated=96, near_gaussian=0.5),
     Quadrature(resolution=1.4, coarse=0.2, inner=24, inner_wide=48, separated=128, near_gaussian=0.35),
@@ -145,9 +153,22 @@ def outer_nodes(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, rul
 
 def spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature) -> torch.Tensor:
     """The outer lattice spacing h at each level (abar and 1 - abar of shape (L,)), :class:`Quadrature`;
-    ``h = inf`` where the level is smooth enough for Gauss-Hermite."""
+    ``h = inf`` where the level is smooth enough for Gauss-Hermite. A function of the level and the
+    rule alone, so it is cached per level on the reference (every rung, route and family of a run asks
+    for the same levels again; the sharpness scan on the coarse lattice was a quarter of a T = 64 run)."""
     if quad.smooth_below == math.inf:
         return torch.full_like(abar, math.inf)
+    cache = reference._cache.setdefault(("h", quad), {})
+    keys = list(zip(abar.tolist(), one_minus_abar.tolist()))
+    missing = torch.tensor([i for i, key in enumerate(keys) if key not in cache], dtype=torch.long)
+    if missing.numel():
+        found = _spacing(reference, abar[missing], one_minus_abar[missing], quad)
+        cache.update(zip((keys[i] for i in missing.tolist()), found.tolist()))
+    return torch.tensor([cache[key] for key in keys], dtype=DTYPE)
+
+
+def _spacing(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature) -> torch.Tensor:
+    """:func:`spacing` computed (a lattice rule, ``smooth_below`` finite)."""
     k, d = reference.size, reference.dim
     per_level = lattice(quad.coarse, d)[1].numel() * k**3 * d
     size = max(1, _BATCH_ELEMENTS // per_level)
@@ -214,14 +235,21 @@ def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
     return (closed + (torch.exp(mix.log_weights) * (excess * wq).sum(-1)).sum(-1)).clamp_min(0.0)
 
 
-def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
+def negentropy(mix: WhitenedMixture, quad: Quadrature, tolerance=None) -> tuple[torch.Tensor, torch.Tensor]:
     """J per batch entry and an estimate of the inner rule's error.
 
     Skipped (0, with its certified bound as the error) where :func:`negentropy_bound` is below 1e-24;
     N-form where nearly Gaussian (every ``|zeta_k| <= 1`` and ``||R_k||_F <= near_gaussian``,
     :class:`Quadrature`), with ``inner`` nodes where both are at most ``near_gaussian / 2`` and
     ``inner_wide`` above; q-form with ``separated`` nodes elsewhere. Each rule of n nodes runs with its
-    companion of ``n + n // 2``: the value is the companion's, the error their difference."""
+    companion of ``n + n // 2``: the value is the companion's, the error their difference.
+
+    ``tolerance`` (a function of the current values, giving each entry's allowed error; None: the
+    rules above as they are) makes the rules adaptive: each entry starts from the pair at a quarter of
+    the rule's n and climbs through companions (n, companion(n), companion(companion(n)), ...: each
+    step reuses the last rule) until its error is within its tolerance or the rule's own n is
+    reached (:func:`_node_ladder`), so that the points far from the switching band, whose kernels are
+    nearly Gaussian, stop at a few nodes."""
     n_batch = mix.log_weights.shape[0]
     out, err = torch.zeros(n_batch, dtype=DTYPE), torch.zeros(n_batch, dtype=DTYPE)
     bound = negentropy_bound(mix)
@@ -229,17 +257,46 @@ def negentropy(mix: WhitenedMixture, quad: Quadrature) -> tuple[torch.Tensor, to
     err[~active] = bound[~active]
     zeta, r = mix.zeta.norm(dim=-1).amax(-1), torch.linalg.matrix_norm(mix.r).amax(-1)
     small, near = zeta.maximum(r) <= 0.5 * quad.near_gaussian, (zeta <= 1.0) & (r <= quad.near_gaussian)
-    k, d = mix.zeta.shape[-2:]
     rules = (("N", small, quad.inner), ("N", near & ~small, quad.inner_wide or quad.inner), ("q", ~near, quad.separated))
+    groups = []
     for form, mask, n in rules:
         idx = torch.nonzero(active & mask).flatten()
-        batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * companion(n) ** d * d))
-        for start in range(0, idx.numel(), batch):
-            sel = idx[start : start + batch]
-            sub = mix.subset(sel)
-            out[sel] = whitened_kl(sub, nodes=companion(n), form=form)
-            err[sel] = (out[sel] - whitened_kl(sub, nodes=n, form=form)).abs()
+        ladder = _node_ladder(n, adaptive=tolerance is not None)
+        last = _whitened_kl_batched(mix, idx, ladder[0], form)
+        out[idx] = _whitened_kl_batched(mix, idx, ladder[1], form)
+        err[idx] = (out[idx] - last).abs()
+        groups.append((form, idx, ladder, out[idx].clone()))
+    if tolerance is None:
+        return out, err
+    for form, idx, ladder, last in groups:
+        for n in ladder[2:]:
+            open_ = err[idx] > tolerance(out)[idx]
+            if not open_.any():
+                break
+            idx, last = idx[open_], out[idx[open_]].clone()
+            out[idx] = _whitened_kl_batched(mix, idx, n, form)
+            err[idx] = (out[idx] - last).abs()
     return out, err
+
+
+def _node_ladder(n: int, *, adaptive: bool) -> tuple[int, ...]:
+    """The node counts a rule of n nodes climbs: ``(n, companion(n))``, or, adaptive, from about n / 4
+    through companions up to the first count >= companion(n)."""
+    if not adaptive:
+        return (n, companion(n))
+    counts = [max(4, n // 4)]
+    while counts[-1] < companion(n):
+        counts.append(companion(counts[-1]))
+    return tuple(counts)
+
+
+def _whitened_kl_batched(mix: WhitenedMixture, idx: torch.Tensor, nodes: int, form: str) -> torch.Tensor:
+    """:func:`whitened_kl` at the entries ``idx``, in batches that fit the memory budget."""
+    if not idx.numel():
+        return torch.zeros(0, dtype=DTYPE)
+    k, d = mix.zeta.shape[-2:]
+    batch = max(1, _BATCH_ELEMENTS // ((k if form == "N" else k * k) * nodes**d * d))
+    return torch.cat([whitened_kl(mix.subset(sel), nodes=nodes, form=form) for sel in torch.split(idx, batch)])
 
 
 # ---- one chunk of steps -------------------------------------------------------------------------
@@ -279,6 +336,28 @@ def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadra
     return _StepNodes(w, e, post, g, c, abar[:, None])
 
 
+def _gaussian_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
+    """:func:`_step_nodes` for the families' Gaussian parts (no posterior), with each step's G and C
+    cached on the reference, up to :data:`_NODE_CACHE_BYTES` in all: they are most of a family's
+    cost once E J is known, and every family of a ``rates`` run asks for them on the same rules."""
+    cache = reference._cache.setdefault(("GC", quad, h) + _grid_key(grid), {})
+    steps = t.tolist()
+    found = {s: cache[s] for s in steps if s in cache}
+    missing = [s for s in steps if s not in found]
+    if missing:
+        nodes = _step_nodes(reference, grid, torch.tensor(missing), h, quad)
+        per_step = 8 * (nodes.g[0].numel() + nodes.c[0].numel())
+        for i, s in enumerate(missing):
+            found[s] = (nodes.g[i].clone(), nodes.c[i].clone())
+            if reference._cache.get("GC bytes", 0) + per_step <= _NODE_CACHE_BYTES:
+                cache[s] = found[s]
+                reference._cache["GC bytes"] = reference._cache.get("GC bytes", 0) + per_step
+    abar = grid.abar[t]
+    _, w, e = level_rule(reference, abar, grid.one_minus_abar[t], h, quad)
+    g, c = (torch.stack([found[s][i] for s in steps]) for i in (0, 1))
+    return _StepNodes(w, e, None, g, c, abar[:, None])
+
+
 def _grid_key(grid: Grid):
     return (grid.schedule.name, grid.log_abar.numpy().tobytes(), grid.log_alpha.numpy().tobytes())
 
@@ -306,51 +385,142 @@ def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
             yield chunk, value
 
 
-def _climb(reference, grid: Grid, steps: torch.Tensor, rtol: float):
-    """``E_{q_t} J_t`` at ``steps``, each step climbing the ladder (:data:`LADDER`) until its error
-    estimate is at most ``rtol`` times its value, the ladder ends, or the next lattice would not fit in
-    memory. The cheap route (b) (:func:`_chain_rule_negentropy`) climbs first, route (a)
-    (:func:`_expected_negentropy`) only for the steps (b) leaves above the tolerance; a route stops
-    climbing for a step once its rounding floor alone exceeds the tolerance (route (b) at large T). Returns values,
-    errors, and the ladder level and spacing each value came from (the one with the smallest error)."""
+def _rungs(d: int) -> tuple[tuple[object, int], ...]:
+    """The order in which a step tries (route, ladder level): route (b) up the ladder, then route (a)."""
+    levels = range(len(ladder_for(d)))
+    return tuple((route, level) for route in (_chain_rule_negentropy, _expected_negentropy) for level in levels)
+
+
+@dataclass
+class _ClimbState:
+    """Where each step of one grid stands on the ladder (:func:`_climb`): the best value so far, its
+    error, the ladder level and spacing it came from, the next rung to try, and each route's rounding
+    floor at the last rung it was tried (0 before)."""
+
+    values: torch.Tensor
+    errors: torch.Tensor
+    levels: torch.Tensor
+    spacings: torch.Tensor
+    next_rung: torch.Tensor
+    floors: torch.Tensor  # (T, 2): route (b), route (a)
+
+    def copy(self) -> _ClimbState:
+        return _ClimbState(*(getattr(self, f.name).clone() for f in fields(self)))
+
+    @staticmethod
+    def empty(T: int) -> _ClimbState:
+        return _ClimbState(torch.zeros(T, dtype=DTYPE), torch.full((T,), math.inf, dtype=DTYPE),
+                           torch.zeros(T, dtype=torch.long), torch.full((T,), math.inf, dtype=DTYPE),
+                           torch.zeros(T, dtype=torch.long), torch.zeros(T, 2, dtype=DTYPE))
+
+
+def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) -> None:
+    """``E_{q_t} J_t`` at ``steps`` (1-based), each step climbing the rungs (:func:`_rungs`: the cheap
+    route (b), :func:`_chain_rule_negentropy`, up :data:`LADDER`, then route (a),
+    :func:`_expected_negentropy`) until its error is within ``tol(values)`` (its tolerance, absolute,
+    given the value), the rungs end, or the next lattice would not fit in memory. A route is not tried
+    again for a step once its rounding floor alone exceeds the tolerance (route (b) at large T). The
+    climb advances ``state``, so a later call on it with a tighter tolerance resumes where this one
+    stopped; each step keeps the value with the smallest error."""
+    rungs = _rungs(reference.dim)
     ladder = ladder_for(reference.dim)
-    n = steps.numel()
-    values, errors = torch.zeros(n, dtype=DTYPE), torch.full((n,), math.inf, dtype=DTYPE)
-    levels, spacings = torch.zeros(n, dtype=torch.long), torch.full((n,), math.inf, dtype=DTYPE)
-    pending = torch.arange(n)
-    for route in (_chain_rule_negentropy, _expected_negentropy):
-        hopeless = torch.zeros(n, dtype=torch.bool)  # the route's rounding floor is above the tolerance
-        for level, quad in enumerate(ladder):
-            trial = _sampled_spacings(reference, grid, steps[pending], quad) if pending.numel() else pending
-            fits = affordable(trial, reference.dim)
-            for sel, h in _by_spacing(reference, trial[fits], quad):
-                at = pending[fits][sel]
-                value, error, floor = route(reference, grid, steps[at], h, quad)
-                better = error < errors[at]
-                hopeless[at] = floor > rtol * value.abs()
-                at = at[better]
-                values[at], errors[at], levels[at], spacings[at] = value[better], error[better], level, h
-            pending = pending[~(errors[pending] <= rtol * values[pending]) & ~hopeless[pending]]
-        pending = torch.nonzero(~(errors <= rtol * values)).flatten()
-    return values, errors, levels, spacings
+    index = steps - 1
+    limit = lambda at: tol(at, state.values[index[at]])
+
+    def open_steps() -> torch.Tensor:
+        at = torch.arange(steps.numel())
+        i = index[at]
+        return at[~(state.errors[i] <= limit(at)) & (state.next_rung[i] < len(rungs))]
+
+    pending = open_steps()
+    while pending.numel():
+        rung = int(state.next_rung[index[pending]].min())
+        group = pending[state.next_rung[index[pending]] == rung]
+        route, level = rungs[rung]
+        which = 0 if route is _chain_rule_negentropy else 1
+        group = group[state.floors[index[group], which] <= limit(group)]
+        quad = ladder[level]
+        trial = _sampled_spacings(reference, grid, steps[group], quad) if group.numel() else torch.zeros(0, dtype=DTYPE)
+        fits = affordable(trial, reference.dim)
+        for sel, h in _by_spacing(reference, trial[fits], quad):
+            pos = group[fits][sel]
+            at = index[pos]
+            value, error, floor = route(reference, grid, at + 1, h, quad, limit(pos))
+            if quad.smooth_below == math.inf:
+                error = torch.where(_hermite_trusted(reference, grid, at + 1, route), error, math.inf)
+            state.floors[at, which] = floor
+            # An untrusted value (error inf) is kept until a trusted one comes: floors are judged by it.
+            better = (error < state.errors[at]) | (~torch.isfinite(state.errors[at]) & torch.isfinite(value))
+            at = at[better]
+            state.values[at], state.errors[at], state.levels[at], state.spacings[at] = value[better], error[better], level, h
+        state.next_rung[index[pending[state.next_rung[index[pending]] == rung]]] = rung + 1
+        pending = open_steps()
 
 
-def _negentropies(reference, grid: Grid, rtol: float, steps: torch.Tensor):
-    """:func:`_climb` at ``steps`` (1-based), each step's result cached per (reference, grid, rtol),
-    so that every family and every panel of :func:`~pathkl.rules.stepsum.interpolated_steps` shares it."""
+def _hermite_trusted(reference, grid: Grid, t: torch.Tensor, route) -> torch.Tensor:
+    """Where a Gauss-Hermite-everywhere rung's error estimate is trusted for steps t: at levels the
+    default rule finds smooth (sharpness at most ``smooth_below``, :class:`Quadrature`), t's for route
+    (a) and also t - 1's for route (b). Elsewhere the posterior weights switch within the rule's reach
+    and the pair's difference is no bound: on a 1-D two-component chain (T = 512, step 116) Gauss-Hermite
+    16 / 24 differed by 7.6e-15 where the true error was 1.7e-14."""
+    levels = [t, t - 1] if route is _chain_rule_negentropy else [t]
+    return torch.stack([hermite_trusted_at(reference, grid.abar[i], grid.one_minus_abar[i]) for i in levels]).all(0)
+
+
+def hermite_trusted_at(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor) -> torch.Tensor:
+    """Whether a Gauss-Hermite pair's difference is trusted as the error of an outer expectation over
+    ``q`` at these levels: where the default rule finds the level smooth (no lattice, :class:`Quadrature`).
+    Where the posterior weights switch within the rule's reach, two Gauss-Hermite rules can agree far
+    better than either is right."""
+    return spacing(reference, abar, one_minus_abar, Quadrature()) == math.inf
+
+
+def _base_state(reference, grid: Grid, rtol: float) -> _ClimbState:
+    """The climb of ``E J`` alone (the ``full`` family's chain) at ``rtol`` on ``grid``, cached on the
+    reference: a function of (reference, grid, rtol) only, so every family that starts from it gets
+    the same values whatever was computed before in the process."""
     _check_dim(reference)
-    cache = reference._cache.setdefault(("J", rtol) + _grid_key(grid), {})
-    missing = torch.tensor([t for t in steps.tolist() if t not in cache], dtype=torch.long)
-    if missing.numel():
-        for t, *row in zip(missing.tolist(), *_climb(reference, grid, missing, rtol)):
-            cache[t] = row
-    rows = [cache[t] for t in steps.tolist()]
-    return tuple(torch.stack([torch.as_tensor(r[i]) for r in rows]) for i in range(4))
+    key = ("J",) + _grid_key(grid) + (rtol,)
+    if key not in reference._cache:
+        state = _ClimbState.empty(grid.T)
+
+        def evaluate(steps, step_rtol, atol):
+            singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
+            values, errors = _negentropies(reference, grid, steps[~singular], state, rtol=step_rtol, atol=atol[~singular])[:2]
+            out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, values)
+            return out, torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
+
+        interpolated_steps(evaluate, grid.T, rtol=rtol)
+        reference._cache[key] = state
+    return reference._cache[key]
+
+
+def _family_state(reference, grid: Grid, family, rtol: float, mean_g: torch.Tensor | None) -> _ClimbState:
+    """The climb for one path KL (:func:`interpolated_step_kls`): a copy of :func:`_base_state`, which
+    ``family``'s own tolerances advance further where they are tighter, cached under everything its
+    values depend on (reference, grid, rtol, family, ``mean_g``). Sharing one climb between calls made
+    a value depend on what the process had computed before (a step climbed further by an earlier
+    family kept its better value); this way every family still reuses the E J of the ``full`` chain."""
+    key = ("J",) + _grid_key(grid) + (rtol, family.name, None if mean_g is None else mean_g.numpy().tobytes())
+    if key not in reference._cache:
+        reference._cache[key] = _base_state(reference, grid, rtol).copy()
+    return reference._cache[key]
+
+
+def _negentropies(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, *, rtol: float,
+                  atol: torch.Tensor | None = None):
+    """``E J_t`` at ``steps`` (1-based), ``state`` climbed until each error is within
+    ``rtol |E J_t| + atol`` (:func:`_climb`): values, errors, and the ladder level and spacing each came from."""
+    atol = torch.zeros(steps.numel(), dtype=DTYPE) if atol is None else atol
+    _climb(reference, grid, steps, state, lambda at, values: rtol * values.abs() + atol[at])
+    index = steps - 1
+    return state.values[index], state.errors[index], state.levels[index], state.spacings[index]
 
 
 def expected_negentropies(reference, grid: Grid, *, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{x_t ~ q_t} J_t(x_t)`` for t = 1..T and their errors, every step evaluated."""
-    return _negentropies(reference, grid, rtol, torch.arange(1, grid.T + 1))[:2]
+    _check_dim(reference)
+    return _negentropies(reference, grid, torch.arange(1, grid.T + 1), _ClimbState.empty(grid.T), rtol=rtol)[:2]
 
 
 def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,33 +533,51 @@ def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadr
 
 
 def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature,
-                       kappa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       kappa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``E_{q}[-log q + (1/2) log det(I + kappa G)]`` (the last term only where ``kappa`` is given) at
     levels (L,), by the paired rule at each level's own spacing: values, the pair's error estimates
-    and a rounding floor of 1e-14 of ``E |integrand|`` (log-sum-exp and the sums)."""
+    (each term's apart) and a rounding floor of 1e-14 of ``E |term|`` (log-sum-exp and the sums). The
+    entropy term of each level is cached on the reference (:func:`_level_entropies`): route (b) needs
+    H(q_t) for step t and again for step t + 1, where the posterior at the level is already known."""
     values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
     h_all = spacing(reference, abar, one_minus_abar, quad)
     fits = torch.nonzero(affordable(h_all, reference.dim)).flatten()
-    for chunk, h in _by_spacing(reference, h_all[fits], quad):  # levels that do not fit stay at +inf
-        sel = fits[chunk]
+    entropies = _level_entropies(reference, quad)
+    todo = fits if kappa is not None else fits[[(a, o) not in entropies for a, o in
+                                                zip(abar[fits].tolist(), one_minus_abar[fits].tolist())]]
+    for chunk, h in _by_spacing(reference, h_all[todo], quad):  # levels that do not fit stay at +inf
+        sel = todo[chunk]
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
         post = reference.posterior(x, abar[sel, None], one_minus_abar[sel, None])
         f = -post.log_prob
+        parts = [((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1))]
+        entropies.update(zip(zip(abar[sel].tolist(), one_minus_abar[sel].tolist()), zip(*(p.tolist() for p in parts[0]))))
         if kappa is not None:
             g = reference.excess(post, abar[sel, None])
             eye = torch.eye(reference.dim, dtype=DTYPE)
-            f = f + 0.5 * torch.linalg.slogdet(eye + kappa[sel, None, None, None] * g)[1]
-        values[sel], errors[sel], floors[sel] = (f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)
+            f = 0.5 * torch.linalg.slogdet(eye + kappa[sel, None, None, None] * g)[1]
+            parts.append(((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)))
+            values[sel], errors[sel], floors[sel] = (sum(p[i] for p in parts) for i in range(3))
+    if kappa is None and fits.numel():
+        rows = torch.tensor([entropies[key] for key in zip(abar[fits].tolist(), one_minus_abar[fits].tolist())], dtype=DTYPE)
+        values[fits], errors[fits], floors[fits] = rows.unbind(-1)
     return values, errors, floors
 
 
-def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
+def _level_entropies(reference, quad: Quadrature) -> dict:
+    """``H(q)`` at levels by ``quad`` on each level's own spacing, with its pair's error estimate and
+    rounding floor, cached on the reference: ``{(abar, 1 - abar): (value, error, floor)}``."""
+    return reference._cache.setdefault(("H", quad), {})
+
+
+def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, tol=None):
     """Route (b), the entropy chain rule (docs/theory.md section 4.3, docs/errors.md):
     ``E J_t = (1/2) E_{q_t} log det(I + k G) + H(q_t) - H(q_{t-1})``, ``k = beta_t / alpha_t``. Only
     outer integrals, so it is cheap where route (a) is dear (strongly non-Gaussian kernels, small T);
     its terms are O(1) and cancel to E J_t, so its error is large where E J_t is tiny (large T), and
     there route (a) wins. Not for t = 1 with point masses in the data (H(q_0) = -inf): NaN. The
-    spacing h of route (a) is not used: each level takes its own.""" 
+    spacing h of route (a) is not used: each level takes its own, nor is the tolerance (it has no
+    inner rules to adapt).""" 
     kappa = grid.beta[idx - 1] / grid.alpha[idx - 1]
     a, a_err, a_floor = _level_expectation(reference, grid.abar[idx], grid.one_minus_abar[idx], quad, kappa)
     b, b_err, b_floor = _level_expectation(reference, grid.abar[idx - 1], grid.one_minus_abar[idx - 1], quad)
@@ -397,38 +585,65 @@ def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, q
     return value, torch.where(torch.isfinite(value), a_err + b_err + floor, math.inf), floor
 
 
-def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature):
+def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature,
+                         tol: torch.Tensor | None = None):
     """``E_{q_t} J_t`` on one paired rule, its error and its rounding floor: the outer estimate plus what the inner
-    estimates and skipped points can move it by. Points whose certified bounds
-    (:func:`negentropy_bound`) add up to < 1e-13 of all bounds are left out, and the sum of their
-    bounds is checked afterwards to be < 1e-12 of the result (else they are computed too): the
-    low-noise steps' J lives on the thin bands where the posterior weights switch, so most lattice
-    nodes are left out."""
+    estimates and skipped points can move it by.
+
+    ``tol`` (per step, absolute; None: 0) is the error the step is climbing to. Points are left out
+    (their certified bounds, :func:`negentropy_bound`, go into the error) while their bounds add up to
+    at most :data:`_SKIP_SHARE` of ``tol`` or 1e-13 of all finite bounds; if what was left out is
+    above that share and 1e-12 of the result, it is computed too. The low-noise steps' J lives on the
+    thin bands where the posterior weights switch, so most lattice nodes are left out. The inner
+    rules refine point by point (:func:`negentropy`) until their errors, weighted as the outer rule
+    weighs them, add up to at most :data:`_INNER_SHARE` of ``tol``."""
+    tol = torch.zeros(idx.numel(), dtype=DTYPE) if tol is None else tol
     nodes = _step_nodes(reference, grid, idx, h, quad)
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
     bound = negentropy_bound(mix).reshape(idx.numel(), -1)
-    keep = _above_negligible(bound * (nodes.weights.abs() + nodes.error_weights.abs()))
+    weight = (nodes.weights.abs() + nodes.error_weights.abs()).expand_as(bound)
+    keep = _above_negligible(bound * weight, _SKIP_SHARE * tol)
     j, inner = torch.zeros_like(bound), torch.zeros_like(bound)
-    j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad)
+    j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad, _inner_tolerance(keep, weight, tol))
     value, _ = nodes.integrate(j)
-    unsure = (nodes.integrate_error(torch.where(keep, 0.0, bound)) > 1e-12 * value)[:, None] & ~keep
+    allowed = torch.maximum(1e-12 * value, _SKIP_SHARE * tol)
+    unsure = (nodes.integrate_error(torch.where(keep, 0.0, bound)) > allowed)[:, None] & ~keep
     if unsure.any():
-        j[unsure], inner[unsure] = negentropy(mix.subset(unsure.flatten()), quad)
+        j[unsure], inner[unsure] = negentropy(mix.subset(unsure.flatten()), quad, _inner_tolerance(unsure, weight, tol))
     skipped = torch.where(keep | unsure, 0.0, bound)
     value, outer = nodes.integrate(j)
     return value, outer + nodes.integrate_error(inner + skipped) + _ROUNDING * value, _ROUNDING * value
 
 
-def _above_negligible(bound: torch.Tensor) -> torch.Tensor:
-    """Mask (S, P) of the entries outside the smallest set whose sum is <= 1e-13 of its row's sum."""
+def _inner_tolerance(mask: torch.Tensor, weight: torch.Tensor, tol: torch.Tensor):
+    """The inner rules' tolerance at the points of ``mask`` (S, P), as a function of their current
+    values: ``_INNER_SHARE tol_s (J_p / V_s + 1 / (c_p n_s)) / 2`` with ``c_p`` the point's outer weight,
+    ``V_s = sum_p c_p J_p`` and ``n_s`` the points of step s, so that ``sum_p c_p tol_p`` is
+    ``_INNER_SHARE tol_s``: half of it by value, half spread evenly. None where every ``tol`` is 0."""
+    if not (tol > 0).any():
+        return None
+    step = torch.nonzero(mask)[:, 0]
+    c = weight[mask]
+    count = mask.sum(-1).clamp_min(1).to(DTYPE)
+
+    def tolerance(values: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(mask.shape[0], dtype=DTYPE).index_add_(0, step, c * values)
+        by_value = torch.where(total[step] > 0, values / total[step], 0.0)
+        return 0.5 * _INNER_SHARE * tol[step] * (by_value + 1.0 / (c * count[step]))
+
+    return tolerance
+
+
+def _above_negligible(bound: torch.Tensor, allowance: torch.Tensor) -> torch.Tensor:
+    """Mask (S, P) of the entries outside the smallest set whose sum is at most ``allowance`` (S,)
+    or 1e-13 of the row's finite entries, whichever is larger (an infinite bound is never left out)."""
     ordered, _ = torch.sort(bound, -1)
-    small = torch.cumsum(ordered, -1) <= 1e-13 * bound.sum(-1, keepdim=True)
+    finite = torch.where(torch.isfinite(bound), bound, 0.0).sum(-1, keepdim=True)
+    small = torch.cumsum(ordered, -1) <= torch.maximum(1e-13 * finite, allowance[:, None])
     count = small.sum(-1, keepdim=True)
     threshold = torch.where(count > 0, ordered.gather(-1, (count - 1).clamp_min(0)), -1.0)
     return bound > threshold
-
-
 
 
 def step_kls(reference, grid: Grid, family, *, rtol: float,
@@ -445,26 +660,35 @@ def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
     :func:`~pathkl.rules.stepsum.interpolated_steps` asks for evaluated by :func:`step_kls_at`, the
     others interpolated in t, with their errors and the error of their sum. ``mean_g`` (T,) replaces
     ``E tr G / d`` when this is one block of a product (``analytic``)."""
-    def evaluate(steps):
-        return step_kls_at(reference, grid, family, steps, rtol=rtol, mean_g=mean_g)
+    state = _family_state(reference, grid, family, rtol, mean_g)
+
+    def evaluate(steps, step_rtol, atol):
+        return step_kls_at(reference, grid, family, steps, rtol=step_rtol, atol=atol, mean_g=mean_g, state=state)
 
     return interpolated_steps(evaluate, grid.T, rtol=rtol)
 
 
 def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
-                mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J plus the
-    family's Gaussian part, the latter on the rule and spacing each step's E J settled on. With point
+                atol: torch.Tensor | None = None, mean_g: torch.Tensor | None = None,
+                state: _ClimbState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J, climbed until
+    its error is within ``rtol E J + atol`` (``atol`` per step, default 0), plus the family's Gaussian
+    part, the latter on the rule and spacing each step's E J settled on. With point
     masses in the data a step from the noise-free level (``1 - abar_{t-1} = 0``: step 1 of a grid from
-    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`)."""
+    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`). ``state``: the climb to
+    resume (:func:`_climb`; None: a fresh one, so the values depend on this call alone)."""
+    _check_dim(reference)
+    state = _ClimbState.empty(grid.T) if state is None else state
     singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
     if singular.any():
         values, errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE), torch.zeros(steps.numel(), dtype=DTYPE)
         later = ~singular
         if later.any():
-            values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol, mean_g=mean_g)
+            values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol,
+                                                       atol=None if atol is None else atol[later], mean_g=mean_g,
+                                                       state=state)
         return values, errors
-    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, rtol, steps))
+    values, errors, levels, h = (part.clone() for part in _negentropies(reference, grid, steps, state, rtol=rtol, atol=atol))
     if family.optimal:  # Sigma_t = Sigma*_t: no Gaussian part
         return values, errors
     ladder = ladder_for(reference.dim)
@@ -473,7 +697,7 @@ def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: flo
         for sel, value in _by_spacing(reference, h[members], ladder[level]):
             pos = members[sel]
             t = steps[pos]
-            nodes = _step_nodes(reference, grid, t, value, ladder[level])
+            nodes = _gaussian_nodes(reference, grid, t, value, ladder[level])
             own, own_error = _step_mean_g(nodes, None if mean_g is None else mean_g[t - 1])
             part, error = nodes.integrate(_gaussian_part(family, grid, t, nodes, own))
             values[pos] += part
@@ -520,8 +744,9 @@ def _step_mean_g(nodes: _StepNodes, given: torch.Tensor | None) -> tuple[torch.T
 
 def leading_rule(d: int) -> Quadrature:
     """The rule for outer expectations with no inner integral (leading-constant integrands, E tr G):
-    the third rung of the ladder, whose lattices resolve the switching of the posterior weights."""
-    return ladder_for(d)[2]
+    the first rung of the ladder whose lattices resolve the switching of the posterior weights at the
+    default ``resolution`` (the third in 1-D, the fourth in 2-D and 3-D, after the coarse lattice rung)."""
+    return LADDER_1D[2] if d == 1 else LADDER[3]
 
 
 def expected_trace_excess(reference, lv: NoiseLevel) -> torch.Tensor:
@@ -585,11 +810,15 @@ def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[
     the rounding of each value) by the paired outer rules of the ladder, climbing until the pairs'
     estimates together are within ``rtol`` of the columns' summed magnitude (the rounding bounds do
     not fall with the rule, and a column may be exactly 0, e.g. the mean part of an exact mean); the
-    rung with the smallest total error otherwise. A value's error is the pair's estimate, what the
+    rung with the smallest total error otherwise; Gauss-Hermite-everywhere rungs only where
+    :func:`hermite_trusted_at` trusts them (the steps' rule, :func:`_climb`). A value's error is the pair's estimate, what the
     bounds can move it by, and the rounding allowance."""
     _check_dim(reference)
+    trusted = bool(hermite_trusted_at(reference, lv.abar.reshape(1), lv.one_minus_abar.reshape(1))[0])
     best = None
     for quad in ladder_for(reference.dim):
+        if quad.smooth_below == math.inf and not trusted:  # :func:`hermite_trusted_at`
+            continue
         x, w, e = _level_points(reference, lv, quad)
         values, bounds = integrands(x)
         value, estimate = w @ values, (e @ values).abs()

@@ -44,8 +44,15 @@ NESTS = ((5, 9, 17, 120), (3, 5, 9, 48))
 CONVERGED = 0.2
 #: Panels of the first split: ``[1, FIRST]`` and then dyadic ``[2^k + 1, 2^(k+1)]``.
 FIRST = 64
-#: Share of ``rtol`` a panel's interpolation estimate may take (the rest is for the steps' own errors).
+#: Share of a panel's budget its interpolation estimate may take (the rest is for the steps' own errors).
 SHARE = 0.5
+#: Relative tolerance of the pilot pass, which only estimates the chain's sum (to share the budget).
+PILOT = 1e-3
+#: Largest relative error asked of a step that an interpolant goes through (it must be known to 10%).
+LOOSEST = 1e-2
+#: Fraction of ``rtol`` times the pilot's sum that the budget is, and how many times the pass is
+#: repeated with the sum it found when its error came out above ``rtol`` times that sum.
+SAFETY, ROUNDS = 0.9, 3
 
 
 def chebyshev_steps(a: int, b: int, n: int) -> torch.Tensor:
@@ -82,49 +89,126 @@ class Interpolated:
     evaluated: torch.Tensor
 
 
-def interpolated_steps(evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], T: int, *,
-                       rtol: float) -> Interpolated:
-    """``v_t``, t = 1..T, from ``evaluate(steps) -> (values, errors)`` called on as few steps as the
-    panels need (module docstring). ``evaluate`` takes a 1-D tensor of steps (1-based, ascending, each
-    at most once over all calls); the values must be > 0 wherever a panel is to be interpolated."""
-    values, errors = torch.zeros(T, dtype=DTYPE), torch.zeros(T, dtype=DTYPE)
-    done = torch.zeros(T, dtype=torch.bool)
+Evaluate = Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-    def ensure(steps: torch.Tensor) -> None:
-        missing = steps[~done[steps - 1]]
-        if missing.numel():
-            v, e = evaluate(missing)
-            values[missing - 1], errors[missing - 1] = v, e
-            done[missing - 1] = True
 
-    out_v, propagated = torch.zeros(T, dtype=DTYPE), torch.zeros(T, dtype=DTYPE)
-    step_estimate = torch.zeros(T, dtype=DTYPE)  # the estimate of the panel each interpolated step is in
-    panel_estimates = []
+class _Steps:
+    """The evaluated steps: ``ensure(steps, rtol, atol)`` asks ``evaluate`` for those not yet known
+    to ``rtol |v| + atol`` (each may be asked again, tighter)."""
+
+    def __init__(self, evaluate: Evaluate, T: int):
+        self.evaluate = evaluate
+        self.values, self.errors = torch.zeros(T, dtype=DTYPE), torch.full((T,), math.inf, dtype=DTYPE)
+        self.done = torch.zeros(T, dtype=torch.bool)
+
+    def ensure(self, steps: torch.Tensor, rtol: float, atol: torch.Tensor | None = None) -> None:
+        atol = torch.zeros(steps.numel(), dtype=DTYPE) if atol is None else atol
+        i = steps - 1
+        open_ = ~(self.errors[i] <= rtol * self.values[i].abs() + atol)
+        if open_.any():
+            v, e = self.evaluate(steps[open_], rtol, atol[open_])
+            self.values[i[open_]], self.errors[i[open_]] = v, e
+            self.done[i[open_]] = True
+
+
+def interpolated_steps(evaluate: Evaluate, T: int, *, rtol: float) -> Interpolated:
+    """``v_t``, t = 1..T, from ``evaluate(steps, rtol, atol) -> (values, errors)``, which must return
+    each step's value with an error that it tries to bring within ``rtol |v_t| + atol_t`` (a 1-D tensor
+    of steps, 1-based, ascending; a step may be asked again with a smaller tolerance). The values must
+    be > 0 wherever a panel is to be interpolated.
+
+    The error budget is shared over the chain, not over each step (module docstring): a pilot pass
+    (every panel's nodes to :data:`PILOT`) estimates the sum S, and the pass proper gives each panel
+    ``SAFETY rtol S (s_p / S + L_p / T) / 2`` (``s_p`` its sum, ``L_p`` its length), so a step that holds
+    a small part of the sum is asked for a correspondingly small part of the accuracy. Where the
+    errors found add up to more than ``rtol`` times the sum found, the pass is repeated with that sum
+    (at most :data:`ROUNDS` times)."""
+    steps = _Steps(evaluate, T)
+    total = _pilot(steps, T)
+    for _ in range(ROUNDS):
+        result = _pass(steps, T, SAFETY * rtol * total, total)
+        found = float(result.values.sum())
+        if not result.sum_error > rtol * found or found >= total:
+            break
+        total = found
+    return result
+
+
+def _initial_panels(T: int) -> list[tuple[int, int]]:
     edges = [0, min(FIRST, T)]
     while edges[-1] < T:
         edges.append(min(2 * edges[-1], T))
-    pending = [(a + 1, b) for a, b in itertools.pairwise(edges)]
+    return [(a + 1, b) for a, b in itertools.pairwise(edges)]
+
+
+def _nodes(a: int, b: int) -> list[torch.Tensor] | None:
+    nest = next((sizes for *sizes, shortest in NESTS if b - a + 1 >= shortest), None)
+    return None if nest is None else [chebyshev_steps(a, b, n) for n in nest]
+
+
+def _pilot(steps: _Steps, T: int) -> float:
+    """The chain's sum to about :data:`PILOT`: every first panel's finest nodes (or all its steps)
+    evaluated to that tolerance, each panel summed by its interpolant where the nest converges and by
+    its mean node value times its length elsewhere."""
+    total = 0.0
+    for a, b in _initial_panels(T):
+        nodes = _nodes(a, b)
+        every = torch.arange(a, b + 1)
+        steps.ensure(every if nodes is None else nodes[-1], PILOT)
+        if nodes is None:
+            total += float(steps.values[every - 1].sum())
+            continue
+        fit = _log_interpolation(steps.values, steps.errors, nodes, every)
+        total += float(fit[0].sum()) if fit is not None else float(steps.values[nodes[-1] - 1].mean()) * (b - a + 1)
+    return total
+
+
+def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
+    """One pass over the panels with the absolute ``budget`` for the chain's sum, shared by the
+    pilot's ``total`` (:func:`interpolated_steps`)."""
+    def share(panel_sum: float, length: int) -> float:
+        return 0.5 * budget * ((panel_sum / total if total > 0 else 0.0) + length / T)
+
+    interp_v, interp_prop = torch.zeros(T, dtype=DTYPE), torch.zeros(T, dtype=DTYPE)
+    step_estimate = torch.zeros(T, dtype=DTYPE)  # the estimate of the panel each interpolated step is in
+    interpolated = torch.zeros(T, dtype=torch.bool)
+    panel_estimates = []
+    pending = _initial_panels(T)
     while pending:
         a, b = pending.pop()
-        steps = torch.arange(a, b + 1)
-        nest = next((sizes for *sizes, shortest in NESTS if b - a + 1 >= shortest), None)
-        if nest is None:
-            ensure(steps)
+        every = torch.arange(a, b + 1)
+        nodes = _nodes(a, b)
+        if nodes is None:
+            steps.ensure(every, PILOT)
+            v = steps.values[every - 1].clamp_min(0.0)
+            s = float(v.sum())
+            # Each step's part of the panel's share: half by its value, half by its length.
+            atol = 0.5 * share(s, every.numel()) * ((v / s if s > 0 else torch.zeros_like(v)) + 1.0 / every.numel())
+            steps.ensure(every, 0.0, atol)
             continue
-        nodes = [chebyshev_steps(a, b, n) for n in nest]
-        ensure(nodes[-1])
-        fit = _log_interpolation(values, errors, nodes, steps)
-        if fit is None or fit[1] > SHARE * rtol * float(fit[0].sum()):
+        steps.ensure(nodes[-1], PILOT)
+        fit = _log_interpolation(steps.values, steps.errors, nodes, every)
+        if fit is not None:
+            # The nodes' relative errors r move the panel's sum by sum_i p3_i sum_j |l_j(i)| r.
+            gain = float(fit[0] @ lagrange_weights(nodes[-1], every).abs().sum(1))
+            r = min(LOOSEST, (1.0 - SHARE) * share(float(fit[0].sum()), every.numel()) / gain) if gain > 0 else LOOSEST
+            steps.ensure(nodes[-1], r)
+            fit = _log_interpolation(steps.values, steps.errors, nodes, every)
+        if fit is None or fit[1] > SHARE * share(float(fit[0].sum()), every.numel()):
             middle = (a + b) // 2
             pending += [(a, middle), (middle + 1, b)]
             continue
-        out_v[a - 1 : b], estimate, propagated[a - 1 : b] = fit
-        step_estimate[a - 1 : b] = estimate
+        interp_v[a - 1 : b], estimate, interp_prop[a - 1 : b] = fit
+        step_estimate[a - 1 : b], interpolated[a - 1 : b] = estimate, True
         panel_estimates.append(estimate)
-    # A step evaluated for a panel that was later split keeps its own value and error.
-    out_v[done], propagated[done], step_estimate[done] = values[done], errors[done], 0.0
-    return Interpolated(out_v, propagated + step_estimate, math.fsum(propagated.tolist()) + math.fsum(panel_estimates),
-                        done)
+    # An evaluated step keeps its own value where that is the better known (the panel's estimate is
+    # still counted in the sum's error).
+    own = steps.done & (~interpolated | (steps.errors < interp_prop + step_estimate))
+    values = torch.where(own, steps.values, interp_v)
+    propagated = torch.where(own, steps.errors, interp_prop)
+    step_estimate = torch.where(own, 0.0, step_estimate)
+    return Interpolated(values, propagated + step_estimate, math.fsum(propagated.tolist()) + math.fsum(panel_estimates),
+                        steps.done)
 
 
 def _log_interpolation(values, errors, nodes, steps):
