@@ -30,7 +30,7 @@ Each is affine in the others given ``x_t`` (docs/theory.md section 2.2, Tweedie)
 ``posterior_mean``, ``posterior_cov_matvec`` (one JVP: ``C v = (sigma^2 / sqrt(abar)) J_{xhat_0} v``,
 docs/theory.md section 2.3), ``posterior_cov_diagonal`` (a learned head, or M Rademacher probes,
 OCM paper eq. 9), ``posterior_cov`` (dense, ``torch.func.jacfwd``, small d) and
-``expected_posterior_trace`` (Analytic-DPM's Monte Carlo estimate over data samples, Bao et al. 2022,
+``posterior_trace_estimate`` (Analytic-DPM's Monte Carlo estimate over data samples, Bao et al. 2022,
 arXiv 2201.06503, Theorem 1: ``E_{q_t} tr C / d = (sigma^2 / abar) (1 - E_{q_t} ||eps_hat||^2 / d)``,
 :func:`analytic_trace_estimate`, which pathkl.heads' ``analytic`` head uses too).
 :func:`reverse_model` makes a Gaussian reverse model of any such object for
@@ -153,7 +153,7 @@ class NetworkPosterior:
     diag Cov[x_0 | x_t]`` (n, d) in the network's time, used by ``posterior_cov_diagonal``; without
     one, ``probes`` Rademacher probes estimate it (``probes`` JVPs). ``data``: samples of ``x_0``, a
     tensor (m, d) (all rows used) or a function ``(n, generator) -> (n, d)`` (``trace_samples`` rows),
-    for ``expected_posterior_trace`` (the ``analytic`` family). ``seed``: the probes and the trace's
+    for ``posterior_trace_estimate`` (the ``analytic`` family). ``seed``: the probes and the trace's
     noise are drawn from generators seeded by ``(seed, level)``, so every call at a level is
     reproducible, whatever was called before.
     """
@@ -301,11 +301,6 @@ class NetworkPosterior:
                              "Carlo trace (Analytic-DPM)")
         return analytic_trace_estimate(self.noise_prediction, self.data, lv, samples=self.trace_samples,
                                        seed=self.seed)
-
-    def expected_posterior_trace(self, lv: NoiseLevel) -> float:
-        """``E_{q_t} tr C / d`` for the ``analytic`` family: :meth:`posterior_trace_estimate`'s value
-        floored at 0 (Analytic-DPM's lower bound; its upper bound ``sigma^2 / abar`` holds by construction)."""
-        return max(self.posterior_trace_estimate(lv).value, 0.0)
 
 
 def reverse_model(posterior, variance: str | Callable = "diag", *, eta: float = 1.0) -> DiagonalGaussianModel:

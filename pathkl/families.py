@@ -173,10 +173,12 @@ def _factorised_mixture(block) -> bool:
 def _expected_posterior_trace(reference, step: ReverseStep) -> float:
     """``E_{q_t} tr C / d`` from the reference's exact ``E tr G / d`` (``G = H + I``), through Tweedie
     ``C = ((1 - abar)/abar)(I + (1 - abar) H)``: ``tr C / d = (1 - abar)(1 + (1 - abar) g / abar)``;
-    or the reference's own ``expected_posterior_trace`` where it has one (empirical data at image d)."""
-    own = getattr(reference, "expected_posterior_trace", None)
+    or, where the reference has one, its ``posterior_trace_estimate`` (Monte Carlo: empirical data at
+    image d, a network, a learned ``analytic`` head) floored at 0 (Analytic-DPM's lower bound; its
+    upper bound ``sigma^2 / abar`` holds by construction)."""
+    own = getattr(reference, "posterior_trace_estimate", None)
     if own is not None:
-        return own(step.level)
+        return max(own(step.level).value, 0.0)
     mean_g = float(expected_trace_excess(reference, step.level)) / reference.dim
     abar, one_minus = float(step.level.abar), float(step.level.one_minus_abar)
     return one_minus * (1.0 + one_minus * mean_g / abar)

@@ -22,6 +22,7 @@ from pathkl.covariances import ReverseStep
 from pathkl.denoiser import NetworkPosterior, analytic_trace_estimate, reverse_model
 from pathkl.errors import InputError
 from pathkl.families import _expected_posterior_trace, parse_family
+from pathkl.heads import train_head, true_score
 from pathkl.matvecs import (
     DifferenceCovariance,
     JvpCovariance,
@@ -232,15 +233,17 @@ def propagate_isotropic(reference, grid, traces, eta):
     return mean, cov
 
 
-@pytest.mark.parametrize("eta", [1.0, 0.5])
-def test_analytic_with_a_network_samples_the_law_of_its_estimated_variances(eta):
-    """``analytic`` with a network: its per-step variances are Monte Carlo estimates (checked against
-    the exact trace below); with them the chain is linear-Gaussian, and n = 20000 samples' mean and
-    covariance lie within 5 Gaussian standard errors of that law propagated with dense matrices."""
+@pytest.mark.parametrize("eta,learned", [(1.0, "network"), (0.5, "network"), (1.0, "head")])
+def test_analytic_with_a_network_samples_the_law_of_its_estimated_variances(eta, learned):
+    """``analytic`` with a network or a learned ``analytic`` head (pathkl.heads, on the true score):
+    its per-step variances are Monte Carlo estimates (checked against the exact trace below); with
+    them the chain is linear-Gaussian, and n = 20000 samples' mean and covariance lie within 5
+    Gaussian standard errors of that law propagated with dense matrices."""
     reference, grid = PRESETS["gaussian-2d"][1](), VP.grid(6)
     data = reference.sample(512, None, generator=torch.Generator().manual_seed(6))
-    posterior = network(reference, "score", "level", data=data)
-    traces = {t: posterior.expected_posterior_trace(grid.level(t)) for t in range(1, grid.T + 1)}
+    posterior = (network(reference, "score", "level", data=data) if learned == "network" else
+                 train_head("analytic", true_score(reference), data, grid, steps=0, seed=6))
+    traces = {t: max(posterior.posterior_trace_estimate(grid.level(t)).value, 0.0) for t in range(1, grid.T + 1)}
     mean, cov = propagate_isotropic(reference, grid, traces, eta)
     n = 20000
     x = sample(posterior, grid, "analytic", n=n, eta=eta, seed=9).samples
@@ -337,7 +340,7 @@ def test_bad_input_is_refused_in_one_line():
         lambda: network(reference, time="level").level(1.5),
         lambda: network(reference, time="level").network_time(NoiseLevel(torch.tensor(1e-9, dtype=DTYPE),
                                                                           torch.tensor(1 - 1e-9, dtype=DTYPE))),
-        lambda: network(reference).expected_posterior_trace(VP.level(0.5)),  # no data
+        lambda: network(reference).posterior_trace_estimate(VP.level(0.5)),  # no data
         lambda: NetworkPosterior(lambda x, t: x[:, :1], dim=2, time="level", schedule=VP).posterior_mean(
             torch.zeros(3, 2, dtype=DTYPE), VP.level(0.5)),
         lambda: reverse_model(network(reference), "full"),

@@ -155,12 +155,6 @@ class EmpiricalReference(MixtureReference):
         values = self.posterior_trace(draws.to(self.means.device), lv) / self.dim
         return Estimate(float(values.mean()), stderr=float(values.std() / math.sqrt(samples)))
 
-    def expected_posterior_trace(self, lv: NoiseLevel) -> float:
-        """``E_{q_t} tr C / d`` for the ``analytic`` family: :meth:`posterior_trace_estimate` with its
-        defaults (256 seeded draws; at image dimension tr C / d concentrates, so the relative
-        standard error is small: the study reports it)."""
-        return self.posterior_trace_estimate(lv).value
-
     def sample(self, n: int, lv: NoiseLevel | None = None, *, generator=None) -> torch.Tensor:
         """Draws from ``q_t`` (data points themselves when lv is None), on CPU from ``generator``."""
         lv = lv or NoiseLevel(torch.tensor(1.0, dtype=DTYPE), torch.tensor(0.0, dtype=DTYPE))
