@@ -69,8 +69,9 @@ _CHAIN_RTOL = 1e-10
 _BISECTION_STEPS = 80
 
 
-def _column(t: torch.Tensor) -> torch.Tensor:
-    """A 0-d level quantity as is (it broadcasts on any device), a per-row (n,) one as a column (n, 1)."""
+def level_column(t: torch.Tensor) -> torch.Tensor:
+    """A level quantity ready to broadcast against (n, d) rows: a 0-d one as is (it broadcasts on any
+    device), a per-row (n,) one as a column (n, 1)."""
     return t if t.ndim == 0 else t.reshape(-1, 1)
 
 
@@ -78,7 +79,7 @@ def x0_from(prediction: str, x: torch.Tensor, out: torch.Tensor, level: NoiseLev
     """``xhat_0 = E[x_0 | x_t = x]`` (n, d) from a network's ``out`` of kind ``prediction`` at ``x`` (Tweedie,
     module docstring): ``(x - sigma eps_hat) / sqrt(abar)``, ``(x + sigma^2 score) / sqrt(abar)``, ``out``
     itself, or ``sqrt(abar) x - sigma v``; ``level`` 0-d or per-row (n,)."""
-    root_abar, var = _column(level.abar).sqrt(), _column(level.one_minus_abar)
+    root_abar, var = level_column(level.abar).sqrt(), level_column(level.one_minus_abar)
     if prediction == "x0":
         return out
     if prediction == "eps":
@@ -92,7 +93,7 @@ def eps_from(prediction: str, x: torch.Tensor, out: torch.Tensor, level: NoiseLe
     """``eps_hat = E[eps | x_t = x] = (x - sqrt(abar) xhat_0) / sigma`` (n, d) from a network's ``out`` of
     kind ``prediction``: ``out`` itself, ``-sigma score``, ``(x - sqrt(abar) out) / sigma``, or
     ``sigma x + sqrt(abar) v``; ``level`` 0-d or per-row (n,)."""
-    root_abar, sigma = _column(level.abar).sqrt(), _column(level.one_minus_abar).sqrt()
+    root_abar, sigma = level_column(level.abar).sqrt(), level_column(level.one_minus_abar).sqrt()
     if prediction == "eps":
         return out
     if prediction == "score":

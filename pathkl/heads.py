@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .covariances import ReverseStep
-from .denoiser import analytic_trace_estimate, eps_from, reverse_model, x0_from
+from .denoiser import analytic_trace_estimate, eps_from, level_column, reverse_model, x0_from
 from .errors import InputError
 from .estimate import Estimate
 from .model_kl import DiagonalGaussianModel
@@ -94,14 +94,9 @@ _MEAN_ABS_NORMAL = math.sqrt(2.0 / math.pi)
 _IMAGE_LEVELS = 255.0
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """A 0-d or per-row (n,) level quantity as a column (n or 1, 1)."""
-    return t.reshape(-1, 1)
-
-
 def _var_ratio(level: NoiseLevel) -> torch.Tensor:
     """``s / a = (1 - abar) / abar`` as a column."""
-    return _rows(level.one_minus_abar / level.abar)
+    return level_column(level.one_minus_abar / level.abar)
 
 
 def per_level(fn: Callable[[torch.Tensor, NoiseLevel], torch.Tensor]) -> Callable[[torch.Tensor, NoiseLevel], torch.Tensor]:
@@ -153,7 +148,7 @@ def score_products(score: ScoreFn, x: torch.Tensor, level: NoiseLevel) -> Hessia
     """``v -> (C(x) / s) v = (v + s H(x) v) / a`` (Tweedie; ``H = d score / dx``, ``s = 1 - abar``,
     ``a = abar``): the score's own closed-form ``hvp`` where it has one (:class:`TrueScore`), else one
     JVP of ``score`` per product (``torch.func.jvp``)."""
-    s, a = _rows(level.one_minus_abar), _rows(level.abar)
+    s, a = level_column(level.one_minus_abar), level_column(level.abar)
     own = getattr(score, "hvp", None)
 
     def products(v: torch.Tensor) -> torch.Tensor:
@@ -191,7 +186,8 @@ class ChainStep:
         beta, _, beta_tilde, gamma2 = ReverseStep.transition_scalars(
             torch.exp(prev), -torch.expm1(prev), level.one_minus_abar.reshape(-1).expand_as(prev), log_alpha)
         floor = chain.beta_tilde[min(1, chain.T - 1)]
-        return ChainStep(_rows(beta), _rows(beta_tilde), _rows(gamma2), _rows(torch.log(torch.maximum(beta_tilde, floor))))
+        log_beta_tilde = torch.log(torch.maximum(beta_tilde, floor))
+        return ChainStep(*(level_column(v) for v in (beta, beta_tilde, gamma2, log_beta_tilde)))
 
 
 @dataclass(frozen=True)
@@ -264,7 +260,7 @@ class Point:
 
 def _from_hessian(y: torch.Tensor, p: Point) -> torch.Tensor:
     """Tweedie (OCM eq. (19)): ``C = s y``, ``y = (1 + s diag H) / a``."""
-    return _rows(p.level.one_minus_abar) * y
+    return level_column(p.level.one_minus_abar) * y
 
 
 def _from_second_moment(g: torch.Tensor, p: Point) -> torch.Tensor:
