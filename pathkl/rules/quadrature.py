@@ -386,9 +386,15 @@ def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
 
 
 def _rungs(d: int) -> tuple[tuple[object, int], ...]:
-    """The order in which a step tries (route, ladder level): route (b) up the ladder, then route (a)."""
+    """The order in which a step tries (route, ladder level): each of :func:`_routes` up the ladder."""
     levels = range(len(ladder_for(d)))
-    return tuple((route, level) for route in (_chain_rule_negentropy, _expected_negentropy) for level in levels)
+    return tuple((route, level) for route in _routes() for level in levels)
+
+
+def _routes() -> tuple[object, ...]:
+    """The routes to ``E J_t``, cheap to dear: (b) :func:`_chain_rule_negentropy`, (c)
+    :func:`_de_bruijn_negentropy`, (a) :func:`_expected_negentropy`."""
+    return (_chain_rule_negentropy, _de_bruijn_negentropy, _expected_negentropy)
 
 
 @dataclass
@@ -402,7 +408,7 @@ class _ClimbState:
     levels: torch.Tensor
     spacings: torch.Tensor
     next_rung: torch.Tensor
-    floors: torch.Tensor  # (T, 2): route (b), route (a)
+    floors: torch.Tensor  # (T, routes): in the order of _routes()
 
     def copy(self) -> _ClimbState:
         return _ClimbState(*(getattr(self, f.name).clone() for f in fields(self)))
@@ -411,7 +417,7 @@ class _ClimbState:
     def empty(T: int) -> _ClimbState:
         return _ClimbState(torch.zeros(T, dtype=DTYPE), torch.full((T,), math.inf, dtype=DTYPE),
                            torch.zeros(T, dtype=torch.long), torch.full((T,), math.inf, dtype=DTYPE),
-                           torch.zeros(T, dtype=torch.long), torch.zeros(T, 2, dtype=DTYPE))
+                           torch.zeros(T, dtype=torch.long), torch.zeros(T, len(_routes()), dtype=DTYPE))
 
 
 def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) -> None:
@@ -437,10 +443,10 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) 
         rung = int(state.next_rung[index[pending]].min())
         group = pending[state.next_rung[index[pending]] == rung]
         route, level = rungs[rung]
-        which = 0 if route is _chain_rule_negentropy else 1
+        which = _routes().index(route)
         group = group[state.floors[index[group], which] <= limit(group)]
         quad = ladder[level]
-        trial = _sampled_spacings(reference, grid, steps[group], quad) if group.numel() else torch.zeros(0, dtype=DTYPE)
+        trial = _route_spacings(reference, grid, steps[group], quad, route)
         fits = affordable(trial, reference.dim)
         for sel, h in _by_spacing(reference, trial[fits], quad):
             pos = group[fits][sel]
@@ -457,13 +463,24 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) 
         pending = open_steps()
 
 
+def _route_spacings(reference, grid: Grid, steps: torch.Tensor, quad: Quadrature, route) -> torch.Tensor:
+    """The outer spacing of ``route`` at ``steps``: level t's (:func:`_sampled_spacings`), and for
+    route (c), whose levels from t - 1 to t share one lattice, the smaller of levels t's and t - 1's."""
+    if not steps.numel():
+        return torch.zeros(0, dtype=DTYPE)
+    h = _sampled_spacings(reference, grid, steps, quad)
+    if route is _de_bruijn_negentropy:
+        h = torch.minimum(h, _sampled_spacings(reference, grid, steps - 1, quad))
+    return h
+
+
 def _hermite_trusted(reference, grid: Grid, t: torch.Tensor, route) -> torch.Tensor:
     """Where a Gauss-Hermite-everywhere rung's error estimate is trusted for steps t: at levels the
     default rule finds smooth (sharpness at most ``smooth_below``, :class:`Quadrature`), t's for route
-    (a) and also t - 1's for route (b). Elsewhere the posterior weights switch within the rule's reach
+    (a) and also t - 1's for routes (b) and (c). Elsewhere the posterior weights switch within the rule's reach
     and the pair's difference is no bound: on a 1-D two-component chain (T = 512, step 116) Gauss-Hermite
     16 / 24 differed by 7.6e-15 where the true error was 1.7e-14."""
-    levels = [t, t - 1] if route is _chain_rule_negentropy else [t]
+    levels = [t] if route is _expected_negentropy else [t, t - 1]
     return torch.stack([hermite_trusted_at(reference, grid.abar[i], grid.one_minus_abar[i]) for i in levels]).all(0)
 
 
@@ -583,6 +600,60 @@ def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, q
     b, b_err, b_floor = _level_expectation(reference, grid.abar[idx - 1], grid.one_minus_abar[idx - 1], quad)
     value, floor = a - b, a_floor + b_floor
     return value, torch.where(torch.isfinite(value), a_err + b_err + floor, math.inf), floor
+
+
+#: Gauss-Kronrod 7 points on [-1, 1] and the Gauss 3 points among them (nodes, Kronrod weights,
+#: Gauss weights; 0 off the Gauss nodes): Kronrod exact to degree 10, Gauss to degree 5.
+_KRONROD_7 = (
+    (-0.960491268708020283423507092629, 0.104656226026467265193823857192, 0.0),
+    (-0.774596669241483377035853079956, 0.268488089868333440728569280666, 5.0 / 9.0),
+    (-0.434243749346802558002071502844, 0.401397414775962222905051818618, 0.0),
+    (0.0, 0.450916538658474142345110087045, 8.0 / 9.0),
+    (0.434243749346802558002071502844, 0.401397414775962222905051818618, 0.0),
+    (0.774596669241483377035853079956, 0.268488089868333440728569280666, 5.0 / 9.0),
+    (0.960491268708020283423507092629, 0.104656226026467265193823857192, 0.0),
+)
+# Route (c) is trusted where the step in u is at most this share of the smallest marginal variance at
+# level t - 1 (the scale on which E tr G_u varies there), so that Kronrod's 7 points resolve it.
+_DE_BRUIJN_REACH = 0.5
+
+
+def _de_bruijn_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, tol=None):
+    """Route (c), the entropy chain rule with the entropy difference by de Bruijn's identity
+    (docs/theory.md section 4.3, docs/errors.md): ``E J_t = (1/2) E_{q_t} log det(I + k G_t) - (1/2)
+    int_{u_{t-1}}^{u_t} E_{q_u} tr G_u du``, ``u = -log abar``, ``k = beta_t / alpha_t``. The u-integral
+    by Gauss-Kronrod 7 (value) against its Gauss 3 (estimate: their difference); every level on the
+    same standard nodes of spacing h, so that the outer pair's estimate is that of the cancelled
+    integrand: its terms are O(beta_t) where route (b)'s are O(1), so its rounding floor (1e-14 of
+    the terms' ``E |.|``) is O(beta_t) smaller. Untrusted (error inf) where the step in u exceeds
+    :data:`_DE_BRUIJN_REACH` of the smallest marginal variance at t - 1 (near a point mass). ``tol``
+    is not used (no inner rules)."""
+    kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
+
+    def at_level(log_abar: torch.Tensor):
+        abar, om = torch.exp(log_abar), -torch.expm1(log_abar)
+        x, w, e = level_rule(reference, abar, om, h, quad)
+        return reference.posterior(x, abar[:, None], om[:, None]), abar[:, None], w, e
+
+    post, abar, w, e = at_level(grid.log_abar[idx])
+    # log1p of the eigenvalues: log det of I + k G, whose logarithm is O(k), would lose 1e-16 / k of it.
+    terms = 0.5 * torch.log1p(kappa[..., None] * torch.linalg.eigvalsh(reference.excess(post, abar))).sum(-1)
+    size = terms.abs()
+    step = -grid.log_alpha[idx - 1]  # u_t - u_{t-1}
+    kronrod, gauss = torch.zeros_like(terms), torch.zeros_like(terms)
+    for node, kronrod_weight, gauss_weight in _KRONROD_7:
+        post, abar, _, _ = at_level(grid.log_abar[idx - 1] - 0.5 * (1.0 + node) * step)
+        integrand = 0.25 * step[:, None] * reference.excess_trace(post, abar)
+        kronrod += kronrod_weight * integrand
+        gauss += gauss_weight * integrand
+        size += kronrod_weight * integrand.abs()
+    terms -= kronrod
+    value, outer = (terms * w).sum(-1), (terms * e).sum(-1).abs()
+    in_u = ((kronrod - gauss) * w).sum(-1).abs()
+    floor = 1e-14 * (size * w.abs()).sum(-1)
+    smallest = reference.marginal_eigenvalues(grid.abar[idx - 1, None], grid.one_minus_abar[idx - 1, None]).flatten(1).amin(1)
+    trusted = torch.isfinite(value) & (step <= _DE_BRUIJN_REACH * smallest)
+    return value, torch.where(trusted, outer + in_u + floor, math.inf), floor
 
 
 def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature,
