@@ -57,6 +57,25 @@ def test_a_kink_is_never_interpolated_across(T, where, jump):
 
 
 @settings(deadline=None)
+@given(st.integers(2, 300))
+def test_an_infinite_step_takes_no_part_of_the_budget(T):
+    """Step 1 +inf (beta_tilde's, a point mass's): the finite steps are asked for the tolerances they
+    get without it (shares of the finite sum, never NaN), and their claims hold."""
+    t = torch.arange(1, T + 1, dtype=DTYPE)
+    exact = torch.where(t == 1, math.inf, 1.0 / t**2)
+    asked = []
+
+    def evaluate(steps, rtol, atol):
+        asked.append(atol)
+        return exact[steps - 1], torch.zeros(steps.numel(), dtype=DTYPE)
+
+    result = interpolated_steps(evaluate, T, rtol=1e-6)
+    assert all(torch.isfinite(atol).all() for atol in asked)
+    assert torch.isinf(result.values[0]) and torch.equal(result.values[1:][result.evaluated[1:]], exact[1:][result.evaluated[1:]])
+    assert math.isfinite(result.sum_error) and (result.values[1:] - exact[1:]).abs().le(result.errors[1:]).all()
+
+
+@settings(deadline=None)
 @given(st.integers(100, 2000), st.integers(0, 2**31 - 1))
 def test_noise_is_evaluated_step_by_step(T, seed):
     """Values with relative noise 1e-3 (no smooth structure): the claims hold at rtol 1e-6."""

@@ -774,7 +774,8 @@ def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: flo
 
 def _gaussian_parts(reference, grid: Grid, family, steps: torch.Tensor, mean_g: torch.Tensor | None, allowed):
     """``E_{q_t} K_f`` at ``steps`` and their errors, each step up the ladder's outer rules (level t's
-    spacing; a Gauss-Hermite rung only where trusted, :func:`_hermite_trusted`) until its error is
+    spacing; a Gauss-Hermite rung only where trusted, :func:`hermite_trusted_at`; a lattice only
+    where it fits in memory) until its error is
     within ``allowed(positions, parts)`` (what the step's tolerance leaves after E J's error) or the
     rungs end, keeping the smallest error. The Gaussian parts of the isotropic and diagonal families
     are O(beta_t^2) where E J is O(beta_t^3), so their share of the tolerance is loose, and most steps
@@ -787,10 +788,11 @@ def _gaussian_parts(reference, grid: Grid, family, steps: torch.Tensor, mean_g: 
         if not pending.numel():
             break
         h = _sampled_spacings(reference, grid, steps[pending], quad)
+        usable = affordable(h, reference.dim)
         if quad.smooth_below == math.inf:
             t = steps[pending]
-            trusted = hermite_trusted_at(reference, grid.abar[t], grid.one_minus_abar[t])
-            pending, h = pending[trusted], h[trusted]
+            usable &= hermite_trusted_at(reference, grid.abar[t], grid.one_minus_abar[t])
+        pending, h = pending[usable], h[usable]
         for sel, value in _by_spacing(reference, h, quad):
             at = pending[sel]
             part, error = _gaussian_part_on(reference, grid, family, steps[at], value, quad, mean_g)

@@ -156,11 +156,17 @@ def _pilot(steps: _Steps, T: int) -> float:
         every = torch.arange(a, b + 1)
         steps.ensure(every if nodes is None else nodes[-1], PILOT)
         if nodes is None:
-            total += float(steps.values[every - 1].sum())
+            total += float(_finite(steps.values[every - 1]).sum())
             continue
         fit = _log_interpolation(steps.values, steps.errors, nodes, every)
-        total += float(fit[0].sum()) if fit is not None else float(steps.values[nodes[-1] - 1].mean()) * (b - a + 1)
+        total += float(fit[0].sum()) if fit is not None else float(_finite(steps.values[nodes[-1] - 1]).mean()) * (b - a + 1)
     return total
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    """The values with +-inf as 0: an infinite step (beta_tilde's first, a point mass's) is exact and
+    takes no part of the budget, which is shared by the finite ones."""
+    return torch.where(torch.isfinite(values), values, 0.0)
 
 
 def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
@@ -180,7 +186,7 @@ def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
         nodes = _nodes(a, b)
         if nodes is None:
             steps.ensure(every, PILOT)
-            v = steps.values[every - 1].clamp_min(0.0)
+            v = _finite(steps.values[every - 1]).clamp_min(0.0)
             s = float(v.sum())
             # Each step's part of the panel's share: half by its value, half by its length.
             atol = 0.5 * share(s, every.numel()) * ((v / s if s > 0 else torch.zeros_like(v)) + 1.0 / every.numel())
