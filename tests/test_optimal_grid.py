@@ -172,10 +172,16 @@ def test_dp_never_worse_than_uniform_or_asymptotic(reference, steps, family, sch
     for grid in (uniform, asymptotic):  # the DP excludes grids with a capped step before the last
         assume(not (grid.log_alpha[:-1] <= sched.min_log_alpha).any())
     pool = Candidates.from_taus(sched, torch.cat([uniform.taus, asymptotic.taus, torch.tensor(extra)]))
-    chosen = best_grid(pair_costs(reference, pool, fam), steps)
-    dp = path_kl(reference, pool.grid(chosen.positions), fam).total
-    for grid in (uniform, asymptotic):
-        assert dp <= path_kl(reference, grid, fam).total * (1 + REL)
+    try:
+        chosen = best_grid(pair_costs(reference, pool, fam), steps)
+        dp = path_kl(reference, pool.grid(chosen.positions), fam).total
+        totals = [path_kl(reference, grid, fam).total for grid in (uniform, asymptotic)]
+    except InputError as error:  # diag's documented refusal of spectra float64 cannot resolve
+        if "cannot be evaluated to rounding accuracy" not in str(error):
+            raise
+        assume(False)
+    for total in totals:
+        assert dp <= total * (1 + REL)
 
 
 def _law_taus(log_target):
