@@ -314,22 +314,23 @@ class MixtureReference:
         inv_v = self.covs.apply(1.0 / post.nu, v[..., None, :].expand_as(c))
         return (w[..., None] * (-inv_v + c * (c * v[..., None, :]).sum(-1, keepdim=True))).sum(-2)
 
-    def excess_trace(self, post: Posterior, abar) -> torch.Tensor:
-        """``tr G = E_w tr[U diag(abar (lambda - 1) / nu) U^T] + E_w |c_k|^2``, (...,): :meth:`excess`'s
-        trace without the d x d matrices."""
+    def excess_trace(self, post: Posterior, abar) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two parts of ``tr G``, ``E_w tr[U diag(abar (lambda - 1) / nu) U^T]`` and ``E_w |c_k|^2``,
+        each (...,): :meth:`excess`'s trace without the d x d matrices. Apart, because they can cancel
+        (at high noise, to 1/36 of either), and the rounding of their sum is that of the parts."""
         abar = torch.as_tensor(abar, dtype=DTYPE)[..., None, None]
-        return self._weighted_trace(post, abar * (self.eigenvalues - 1.0) / post.nu)
+        return self._trace_parts(post, abar * (self.eigenvalues - 1.0) / post.nu)
 
-    def _weighted_trace(self, post: Posterior, values: torch.Tensor) -> torch.Tensor:
-        """``tr(E_w[U diag(values) U^T] + Cov_w(s)) = E_w[tr diag(values) + |c_k|^2]``, O(n K d)."""
-        spread = (post.centred_scores**2).sum(-1)
-        return (post.weights * (values.sum(-1) * (self.dim // values.shape[-1]) + spread)).sum(-1)
+    def _trace_parts(self, post: Posterior, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tr(E_w[U diag(values) U^T])`` and ``tr Cov_w(s) = E_w |c_k|^2``, O(n K d)."""
+        within = (post.weights * values.sum(-1) * (self.dim // values.shape[-1])).sum(-1)
+        return within, (post.weights * (post.centred_scores**2).sum(-1)).sum(-1)
 
     @array_arguments
     def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
         """``tr H = -E_w tr V_k^{-1} + E_w |c_k|^2`` per row, O(n K d) (no d x d matrix)."""
         post = self._at(x, lv)
-        return self._weighted_trace(post, -1.0 / post.nu)
+        return sum(self._trace_parts(post, -1.0 / post.nu))
 
     def component_means(self, post: Posterior, abar) -> torch.Tensor:
         """``E[x_0 | x_t, k] = m_k + sqrt(abar) S_k V_k^{-1} y_k = m_k - sqrt(abar) S_k s_k``, (..., K, d)."""

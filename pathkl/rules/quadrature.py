@@ -448,9 +448,7 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) 
         for sel, h in _by_spacing(reference, trial[fits], quad):
             pos = group[fits][sel]
             at = index[pos]
-            value, error, floor = route(reference, grid, at + 1, h, quad, limit(pos))
-            if quad.smooth_below == math.inf:
-                error = torch.where(_hermite_trusted(reference, grid, at + 1, route), error, math.inf)
+            value, error, floor = run_rung(reference, grid, at + 1, route, h, quad, limit(pos))
             state.floors[at, which] = floor
             # An untrusted value (error inf) is kept until a trusted one comes: floors are judged by it.
             better = (error < state.errors[at]) | (~torch.isfinite(state.errors[at]) & torch.isfinite(value))
@@ -458,6 +456,16 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) 
             state.values[at], state.errors[at] = value[better], error[better]
         state.next_rung[index[pending[state.next_rung[index[pending]] == rung]]] = rung + 1
         pending = open_steps()
+
+
+def run_rung(reference, grid: Grid, t: torch.Tensor, route, h: float, quad: Quadrature, tol: torch.Tensor):
+    """``route`` on one rung (``quad`` at spacing h) for steps t, as the climb runs it: value, error
+    and rounding floor, the error infinite where a Gauss-Hermite rung is not trusted
+    (:func:`_hermite_trusted`)."""
+    value, error, floor = route(reference, grid, t, h, quad, tol)
+    if quad.smooth_below == math.inf:
+        error = torch.where(_hermite_trusted(reference, grid, t, route), error, math.inf)
+    return value, error, floor
 
 
 def _route_spacings(reference, grid: Grid, steps: torch.Tensor, quad: Quadrature, route) -> torch.Tensor:
@@ -622,7 +630,8 @@ def _de_bruijn_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qu
     by Gauss-Kronrod 7 (value) against its Gauss 3 (estimate: their difference); every level on the
     same standard nodes of spacing h, so that the outer pair's estimate is that of the cancelled
     integrand: its terms are O(beta_t) where route (b)'s are O(1), so its rounding floor (1e-14 of
-    the terms' ``E |.|``) is O(beta_t) smaller. Untrusted (error inf) where the step in u exceeds
+    the terms' and of G's parts' ``E |.|``, :meth:`~pathkl.references.MixtureReference.excess_trace`)
+    is O(beta_t) smaller. Untrusted (error inf) where the step in u exceeds
     :data:`_DE_BRUIJN_REACH` of the smallest marginal variance at t - 1 (near a point mass). ``tol``
     is not used (no inner rules)."""
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
@@ -635,15 +644,18 @@ def _de_bruijn_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qu
     post, abar, w, e = at_level(grid.log_abar[idx])
     # log1p of the eigenvalues: log det of I + k G, whose logarithm is O(k), would lose 1e-16 / k of it.
     terms = 0.5 * torch.log1p(kappa[..., None] * torch.linalg.eigvalsh(reference.excess(post, abar))).sum(-1)
-    size = terms.abs()
+    # The rounding scale of each term is that of G's parts, not of G: they cancel (see excess_trace).
+    within, spread = reference.excess_trace(post, abar)
+    size = terms.abs() + 0.5 * kappa * (within.abs() + spread)
     step = -grid.log_alpha[idx - 1]  # u_t - u_{t-1}
     kronrod, gauss = torch.zeros_like(terms), torch.zeros_like(terms)
     for node, kronrod_weight, gauss_weight in _KRONROD_7:
         post, abar, _, _ = at_level(grid.log_abar[idx - 1] - 0.5 * (1.0 + node) * step)
-        integrand = 0.25 * step[:, None] * reference.excess_trace(post, abar)
+        within, spread = reference.excess_trace(post, abar)
+        integrand = 0.25 * step[:, None] * (within + spread)
         kronrod += kronrod_weight * integrand
         gauss += gauss_weight * integrand
-        size += kronrod_weight * integrand.abs()
+        size += kronrod_weight * 0.25 * step[:, None] * (within.abs() + spread)
     terms -= kronrod
     value, outer = (terms * w).sum(-1), (terms * e).sum(-1).abs()
     in_u = ((kronrod - gauss) * w).sum(-1).abs()
