@@ -99,3 +99,53 @@ def test_kronrod_rule_integrates_polynomials_exactly():
     legendre_nodes, legendre_weights = np.polynomial.legendre.leggauss(3)
     np.testing.assert_allclose(nodes[gauss > 0], legendre_nodes, atol=1e-15)
     np.testing.assert_allclose(gauss[gauss > 0], legendre_weights, atol=1e-15)
+
+
+@examples(6)
+@given(mix=hard_mixtures(dim=1, max_components=3), steps=st.sampled_from([64, 512, 4096]),
+       where=st.sampled_from([0.0, 0.01, 0.25, 0.75]), gaps=st.lists(st.integers(1, 3), min_size=3, max_size=5))
+def test_route_c_runs_are_within_their_errors_on_random_mixtures(mix, steps, where, gaps):
+    """Route (c) on a run of steps (gaps allowed) sharing one interpolant in u, as the climb batches
+    them, on each rung of the 1-D ladder: every trusted step within its error of the truth."""
+    weights, means, variances = mix.weights.tolist(), mix.means[:, 0].tolist(), mix.covs[:, 0, 0].tolist()
+    reference = MixtureReference.from_components(weights, [[m] for m in means], covs=[[[v]] for v in variances])
+    grid = VPLinear().grid(steps)
+    start = max(1, round(where * steps))
+    idx = torch.tensor(np.cumsum([start] + gaps).tolist())
+    idx = idx[idx <= steps]
+    if not any(rule.log_abar.shape[0] == 1 and rule.value.shape[0] > 1 for _, rule in qr._u_rules(reference, grid, idx)):
+        return  # the span is beyond a run's reach: single steps, tested above
+    exact = [mp_mixture.expected_negentropy(weights, means, variances, float(grid.log_abar[t - 1]),
+                                            float(grid.log_alpha[t - 1])) for t in idx.tolist()]
+    for level, quad in enumerate(qr.ladder_for(1)):
+        h = float(qr._route_spacings(reference, grid, idx, quad, qr._de_bruijn_negentropy).min())
+        value, error, _ = qr.run_rung(reference, grid, idx, qr._de_bruijn_negentropy, h, quad,
+                                      torch.zeros(idx.numel(), dtype=DTYPE))
+        for t, v, e, (truth, truth_error) in zip(idx.tolist(), value.tolist(), error.tolist(), exact):
+            if math.isfinite(e):
+                assert abs(v - truth) <= e + truth_error, f"rung {level}, T = {steps}, t = {t}: {v!r} +- {e:.2e}, truth {truth!r}"
+
+
+def test_run_rule_integrates_polynomials_exactly_over_each_step():
+    """A run's weights integrate every polynomial in u of degree <= 16 exactly over each step's
+    interval (gaps between the steps included), its lower weights those of degree <= 8 (and not
+    10); the levels are the span's Chebyshev-Lobatto points, ends included."""
+    grid = VPLinear().grid(256)
+    t = torch.tensor([3, 4, 7, 8, 9, 12])
+    rule = qr._run_rule(grid, t)
+    u = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(-grid.log_alpha, 0)])
+    start, end = float(u[t[0] - 1]), float(u[t[-1]])
+    levels = -rule.log_abar[0]
+    np.testing.assert_allclose([float(levels[0]), float(levels[-1])], [start, end], rtol=1e-13)
+    centre, half = 0.5 * (start + end), 0.5 * (end - start)
+    s = ((levels - centre) / half).numpy()  # the levels in [-1, 1]: integrate s^k over each step
+
+    def exact(k):
+        a, b = ((u[t - 1] - centre) / half).numpy(), ((u[t] - centre) / half).numpy()
+        return half * (b ** (k + 1) - a ** (k + 1)) / (k + 1)
+
+    for k in range(17):
+        np.testing.assert_allclose(rule.value.numpy() @ s**k, exact(k), rtol=1e-11, atol=1e-17)
+    for k in range(9):
+        np.testing.assert_allclose(rule.lower.numpy() @ s**k, exact(k), rtol=1e-11, atol=1e-17)
+    assert np.abs(rule.lower.numpy() @ s**10 - exact(10)).max() > 1e-8 * np.abs(exact(10)).max()

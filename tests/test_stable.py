@@ -1,4 +1,4 @@
-"""phi(u) = u - log1p(u) and psi(e) = (1+e)log1p(e) - e against 40-digit mpmath."""
+"""phi(u) = u - log1p(u), psi(e) = (1+e)log1p(e) - e and log det(I + kappa G) against 40-digit mpmath."""
 
 import math
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathkl.stable import logsumexp_last, one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
+from pathkl.stable import log_det_one_plus, logsumexp_last, one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
 
 mp.mp.dps = 40
 
@@ -79,3 +79,20 @@ def test_phi_near_minus_one_takes_one_plus_u_from_its_caller(r):
         exact = float(mp.mpf(r) - 1 - mp.log(mp.mpf(r)))
     got = float(u_minus_log1p(u, one_plus_u=lambda: torch.tensor([r], dtype=torch.float64)))
     assert got == pytest.approx(exact, rel=8 * 2**-52)
+
+
+@settings(max_examples=200, deadline=None)
+@given(d=st.integers(1, 3), seed=st.integers(0, 2**31), scale=st.floats(-2.0, 2.0), shift=st.floats(0.0, 3.0),
+       log_kappa=st.floats(-12.0, 0.0))
+def test_log_det_one_plus_is_accurate_for_tiny_kappa(d, seed, scale, shift, log_kappa):
+    """``log det(I + kappa G)`` to 8 ulps of ``kappa max |G_ij|`` (d of them) against mpmath, for
+    symmetric G of either sign and kappa down to 1e-12, where the log of the determinant would keep
+    only ``1e-16 / kappa`` of it; I + kappa G kept away from singular (eigenvalues >= 0.05)."""
+    a = torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 10.0**scale
+    g = a @ a.T - shift * 10.0 ** (2 * scale) * torch.eye(d, dtype=torch.float64)
+    kappa = 10.0**log_kappa
+    if float(torch.linalg.eigvalsh(torch.eye(d, dtype=torch.float64) + kappa * g).min()) < 0.05:
+        return
+    exact = mp.log(mp.det(mp.eye(d) + mp.mpf(kappa) * mp.matrix(g.tolist())))
+    value = float(log_det_one_plus(torch.tensor(kappa, dtype=torch.float64), g))
+    assert abs(value - float(exact)) <= 8 * d * np.finfo(float).eps * kappa * float(g.abs().max())

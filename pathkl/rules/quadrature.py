@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ..covariances import ReverseStep
@@ -36,9 +37,10 @@ from ..negentropy import (
 from ..operators import SmallDense
 from ..references import MixtureReference
 from ..schedules import DTYPE, Grid, NoiseLevel
+from ..stable import log_det_one_plus
 from ..third_derivative import third_derivative_sq_norm
 from .nodes import affordable, companion, finest_affordable, hermite, lattice
-from .stepsum import Interpolated, interpolated_steps
+from .stepsum import Interpolated, interpolated_steps, lagrange_weights
 
 MAX_QUADRATURE_DIM = 3
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
@@ -376,12 +378,13 @@ def _sampled_spacings(reference, grid: Grid, steps: torch.Tensor, quad: Quadratu
     return torch.cat([h[:1], between])[:n]
 
 
-def _by_spacing(reference, h: torch.Tensor, quad: Quadrature):
-    """Positions in h grouped by equal spacing, in chunks that fit the memory budget: (positions, h)."""
+def _by_spacing(reference, h: torch.Tensor, quad: Quadrature, *, chunked: bool = True):
+    """Positions in h grouped by equal spacing, in chunks that fit the memory budget (``chunked``; else
+    whole): (positions, h)."""
     for value in torch.unique(h).tolist():
         members = torch.nonzero(h == value).flatten()
-        per_level = reference.size**2 * standard_rule(value, reference.dim, quad)[1].numel() * reference.dim**2
-        for chunk in torch.split(members, max(1, _BATCH_ELEMENTS // per_level)):
+        size = max(1, _BATCH_ELEMENTS // _level_elements(reference, value, quad)) if chunked else members.numel()
+        for chunk in torch.split(members, size):
             yield chunk, value
 
 
@@ -445,7 +448,8 @@ def _climb(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, tol) 
         quad = ladder[level]
         trial = _route_spacings(reference, grid, steps[group], quad, route)
         fits = affordable(trial, reference.dim)
-        for sel, h in _by_spacing(reference, trial[fits], quad):
+        # Route (c) batches its steps itself: a run of consecutive steps shares its levels.
+        for sel, h in _by_spacing(reference, trial[fits], quad, chunked=route is not _de_bruijn_negentropy):
             pos = group[fits][sel]
             at = index[pos]
             value, error, floor = run_rung(reference, grid, at + 1, route, h, quad, limit(pos))
@@ -575,9 +579,7 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
         parts = [((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1))]
         entropies.update(zip(zip(abar[sel].tolist(), one_minus_abar[sel].tolist()), zip(*(p.tolist() for p in parts[0]))))
         if kappa is not None:
-            g = reference.excess(post, abar[sel, None])
-            eye = torch.eye(reference.dim, dtype=DTYPE)
-            f = 0.5 * torch.linalg.slogdet(eye + kappa[sel, None, None, None] * g)[1]
+            f = 0.5 * log_det_one_plus(kappa[sel, None], reference.excess(post, abar[sel, None]))
             parts.append(((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)))
             values[sel], errors[sel], floors[sel] = (sum(p[i] for p in parts) for i in range(3))
     if kappa is None and fits.numel():
@@ -621,47 +623,157 @@ _KRONROD_7 = (
 # Route (c) is trusted where the step in u is at most this share of the smallest marginal variance at
 # level t - 1 (the scale on which E tr G_u varies there), so that Kronrod's 7 points resolve it.
 _DE_BRUIJN_REACH = 0.5
+#: Chebyshev-Lobatto points of a run's interpolant in u and of its nested lower set (every other one).
+_RUN_POINTS = 17
+# A run spans at most this share of the smallest marginal variance at its start: the interpolant's
+# singularities are that far off, so its lower set of 9 points is resolved to about 1e-14 (Bernstein
+# ellipse r ~ 34) and the pair's difference is the lower set's error, far below the steps' terms.
+_RUN_REACH = 0.125
+
+
+@dataclass(frozen=True)
+class _URule:
+    """The u-integrals ``int_{u_{t-1}}^{u_t} f du`` of route (c) for some steps as weighted sums over
+    levels: levels (L, m) as ``log abar``, L = 1 (a run of steps sharing them) or one row per step;
+    value and lower weights (n, m), in units of u; whether each step's rule is trusted (n,)."""
+
+    log_abar: torch.Tensor
+    value: torch.Tensor
+    lower: torch.Tensor
+    trusted: torch.Tensor
+
+
+def _u_rules(reference, grid: Grid, idx: torch.Tensor):
+    """Route (c)'s u-rules for the steps idx (ascending): ``(positions, _URule)``. Runs of at least
+    three steps (not necessarily consecutive) whose span in u is within :data:`_RUN_REACH` of the smallest marginal
+    variance at the run's start share one interpolant (:func:`_run_rule`: 17 levels for the run where
+    Kronrod takes 7 a step); the other steps take Gauss-Kronrod 7 each (:func:`_kronrod_rule`)."""
+    smallest = reference.marginal_eigenvalues(grid.abar[idx - 1, None], grid.one_minus_abar[idx - 1, None]).flatten(1).amin(1)
+    step = -grid.log_alpha[idx - 1]
+    # u at each level, from the steps' -log alpha (a span is a difference of these).
+    u = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(-grid.log_alpha, 0)]).tolist()
+    t, reach = idx.tolist(), (_RUN_REACH * smallest).tolist()
+    runs, singles, i = [], [], 0
+    while i < len(t):
+        j = i + 1
+        while j < len(t) and u[t[j]] - u[t[i] - 1] <= reach[i]:
+            j += 1
+        (runs if j - i >= 3 else singles).append(torch.arange(i, j))
+        i = j
+    for run in runs:
+        yield run, _run_rule(grid, idx[run])
+    if singles:
+        singles = torch.cat(singles)
+        yield singles, _kronrod_rule(grid, idx[singles], step[singles] <= _DE_BRUIJN_REACH * smallest[singles])
+
+
+def _kronrod_rule(grid: Grid, t: torch.Tensor, trusted: torch.Tensor) -> _URule:
+    """Gauss-Kronrod 7 on each step's own interval, its Gauss 3 the lower rule."""
+    step = -grid.log_alpha[t - 1]
+    nodes, kronrod, gauss = (torch.tensor(column, dtype=DTYPE) for column in zip(*_KRONROD_7))
+    log_abar = grid.log_abar[t - 1, None] - 0.5 * (1.0 + nodes) * step[:, None]
+    return _URule(log_abar, 0.5 * step[:, None] * kronrod, 0.5 * step[:, None] * gauss, trusted)
+
+
+def _run_rule(grid: Grid, t: torch.Tensor) -> _URule:
+    """One interpolant for a run of steps t (ascending, gaps allowed): the :data:`_RUN_POINTS`
+    Chebyshev-Lobatto levels of its span, from level ``t_0 - 1`` to level ``t_n``, each step's weights
+    the integrals of their Lagrange basis over its interval (Gauss-Legendre of 9 points, exact for the
+    degree 16), the lower weights those of every other level. The intervals come from the steps'
+    ``-log alpha``, not from differences of ``log abar``."""
+    every = -grid.log_alpha[t[0] - 1 : t[-1]]  # the span's steps, t_0 .. t_n
+    span = math.fsum(every.tolist())
+    start = (torch.cumsum(every, 0) - every)[t - t[0]]  # u_{t-1} - u_{t_0 - 1}
+    step = every[t - t[0]]
+    half, mid = step / span, (2.0 * start + step) / span - 1.0  # the intervals in [-1, 1]
+    points = torch.cos(math.pi * torch.arange(_RUN_POINTS - 1, -1, -1, dtype=DTYPE) / (_RUN_POINTS - 1))
+    x, w = (torch.tensor(v, dtype=DTYPE) for v in np.polynomial.legendre.leggauss(9))
+    at = (mid[:, None] + half[:, None] * x).reshape(-1)
+
+    def integrals(nodes):  # (steps, len(nodes)): int over each step's interval in u of each basis
+        basis = lagrange_weights(nodes, at).reshape(t.numel(), x.numel(), -1)
+        return 0.5 * step[:, None] * (w[None, :, None] * basis).sum(1)
+
+    value, lower = integrals(points), torch.zeros(t.numel(), _RUN_POINTS, dtype=DTYPE)
+    lower[:, ::2] = integrals(points[::2])
+    levels = grid.log_abar[t[0] - 1] - 0.5 * span * (1.0 + points)
+    return _URule(levels[None], value, lower, torch.ones(t.numel(), dtype=torch.bool))
 
 
 def _de_bruijn_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, tol=None):
     """Route (c), the entropy chain rule with the entropy difference by de Bruijn's identity
     (docs/theory.md section 4.3, docs/errors.md): ``E J_t = (1/2) E_{q_t} log det(I + k G_t) - (1/2)
     int_{u_{t-1}}^{u_t} E_{q_u} tr G_u du``, ``u = -log abar``, ``k = beta_t / alpha_t``. The u-integral
-    by Gauss-Kronrod 7 (value) against its Gauss 3 (estimate: their difference); every level on the
-    same standard nodes of spacing h, so that the outer pair's estimate is that of the cancelled
-    integrand: its terms are O(beta_t) where route (b)'s are O(1), so its rounding floor (1e-14 of
-    the terms' and of G's parts' ``E |.|``, :meth:`~pathkl.references.MixtureReference.excess_trace`)
-    is O(beta_t) smaller. Untrusted (error inf) where the step in u exceeds
-    :data:`_DE_BRUIJN_REACH` of the smallest marginal variance at t - 1 (near a point mass). ``tol``
-    is not used (no inner rules)."""
+    by the steps' :func:`_u_rules` (value) against their lower rules (estimate: their difference);
+    every level on the same standard nodes of spacing h, so that the outer pair's estimate is that of
+    the cancelled integrand: its terms are O(beta_t) where route (b)'s are O(1), so its rounding floor
+    (1e-14 of the terms' and of G's parts' ``E |.|``,
+    :meth:`~pathkl.references.MixtureReference.excess_trace`) is O(beta_t) smaller. Untrusted (error
+    inf) where a step's own rule does not resolve the u-integral (:func:`_u_rules`; near a point
+    mass). ``tol`` is not used (no inner rules). The steps are batched here, not by the caller, so
+    that a run's levels are computed once."""
+    order = torch.argsort(idx)
+    value, error, floor = (torch.empty(idx.numel(), dtype=DTYPE) for _ in range(3))
+    for at, rule in _u_rules(reference, grid, idx[order]):
+        shared = rule.log_abar.shape[0] == 1
+        traces = _level_traces(reference, rule.log_abar, h, quad) if shared else None
+        for chunk in _step_chunks(reference, at.numel(), h, quad, 0 if shared else rule.log_abar.shape[-1]):
+            part = _URule(rule.log_abar if shared else rule.log_abar[chunk], rule.value[chunk], rule.lower[chunk],
+                          rule.trusted[chunk])
+            pos = order[at[chunk]]
+            value[pos], error[pos], floor[pos] = _de_bruijn_on(
+                reference, grid, idx[pos], h, quad, part,
+                traces if shared else _level_traces(reference, part.log_abar, h, quad))
+    return value, error, floor
+
+
+def _step_chunks(reference, n: int, h: float, quad: Quadrature, levels: int):
+    """Positions 0..n-1 in chunks whose nodes (each step's level and its ``levels`` own) fit the
+    memory budget."""
+    return torch.split(torch.arange(n), max(1, _BATCH_ELEMENTS // (_level_elements(reference, h, quad) * (1 + levels))))
+
+
+def _level_elements(reference, h: float, quad: Quadrature) -> int:
+    """Memory of one level on the standard rule of spacing h, in doubles (``K^2 P d^2``)."""
+    return reference.size**2 * standard_rule(h, reference.dim, quad)[1].numel() * reference.dim**2
+
+
+def _level_traces(reference, log_abar: torch.Tensor, h: float, quad: Quadrature):
+    """``tr G`` at the standard nodes of spacing h at levels (L, m) (as ``log abar``), and the size of
+    its parts (the rounding scale, :meth:`~pathkl.references.MixtureReference.excess_trace`): each
+    (L, m, P), the levels in chunks that fit the memory budget."""
+    trace, size = [], []
+    for chunk in torch.split(log_abar.reshape(-1), max(1, _BATCH_ELEMENTS // _level_elements(reference, h, quad))):
+        abar, om = torch.exp(chunk), -torch.expm1(chunk)
+        x, _, _ = level_rule(reference, abar, om, h, quad)
+        within, spread = reference.excess_trace(reference.posterior(x, abar[:, None], om[:, None]), abar[:, None])
+        trace.append(within + spread)
+        size.append(within.abs() + spread)
+    return tuple(torch.cat(parts).reshape(*log_abar.shape, -1) for parts in (trace, size))
+
+
+def _de_bruijn_on(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, rule: _URule, traces):
+    """Route (c) for the steps idx with their u-rule and its levels' ``tr G`` and sizes
+    (:func:`_level_traces`): value, error and rounding floor."""
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
-
-    def at_level(log_abar: torch.Tensor):
-        abar, om = torch.exp(log_abar), -torch.expm1(log_abar)
-        x, w, e = level_rule(reference, abar, om, h, quad)
-        return reference.posterior(x, abar[:, None], om[:, None]), abar[:, None], w, e
-
-    post, abar, w, e = at_level(grid.log_abar[idx])
-    # log1p of the eigenvalues: log det of I + k G, whose logarithm is O(k), would lose 1e-16 / k of it.
-    terms = 0.5 * torch.log1p(kappa[..., None] * torch.linalg.eigvalsh(reference.excess(post, abar))).sum(-1)
+    abar, om = grid.abar[idx], grid.one_minus_abar[idx]
+    x, w, e = level_rule(reference, abar, om, h, quad)
+    post = reference.posterior(x, abar[:, None], om[:, None])
+    terms = 0.5 * log_det_one_plus(kappa, reference.excess(post, abar[:, None]))
     # The rounding scale of each term is that of G's parts, not of G: they cancel (see excess_trace).
-    within, spread = reference.excess_trace(post, abar)
-    size = terms.abs() + 0.5 * kappa * (within.abs() + spread)
-    step = -grid.log_alpha[idx - 1]  # u_t - u_{t-1}
-    kronrod, gauss = torch.zeros_like(terms), torch.zeros_like(terms)
-    for node, kronrod_weight, gauss_weight in _KRONROD_7:
-        post, abar, _, _ = at_level(grid.log_abar[idx - 1] - 0.5 * (1.0 + node) * step)
-        within, spread = reference.excess_trace(post, abar)
-        integrand = 0.25 * step[:, None] * (within + spread)
-        kronrod += kronrod_weight * integrand
-        gauss += gauss_weight * integrand
-        size += kronrod_weight * 0.25 * step[:, None] * (within.abs() + spread)
-    terms -= kronrod
+    within, spread = reference.excess_trace(post, abar[:, None])
+    trace, size = traces
+
+    def weighted(weights, values):  # sum_j weights[s, j] values[., j, :] -> (S, P)
+        return weights @ values[0] if values.shape[0] == 1 else (weights[:, None, :] @ values)[:, 0]
+
+    value_u, lower_u = 0.5 * weighted(rule.value, trace), 0.5 * weighted(rule.lower, trace)
+    size = terms.abs() + 0.5 * kappa * (within.abs() + spread) + 0.5 * weighted(rule.value.abs(), size)
+    terms = terms - value_u
     value, outer = (terms * w).sum(-1), (terms * e).sum(-1).abs()
-    in_u = ((kronrod - gauss) * w).sum(-1).abs()
+    in_u = ((value_u - lower_u) * w).sum(-1).abs()
     floor = 1e-14 * (size * w.abs()).sum(-1)
-    smallest = reference.marginal_eigenvalues(grid.abar[idx - 1, None], grid.one_minus_abar[idx - 1, None]).flatten(1).amin(1)
-    trusted = torch.isfinite(value) & (step <= _DE_BRUIJN_REACH * smallest)
+    trusted = torch.isfinite(value) & rule.trusted
     return value, torch.where(trusted, outer + in_u + floor, math.inf), floor
 
 
