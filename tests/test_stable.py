@@ -9,7 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathkl.stable import log_det_one_plus, logsumexp_last, one_plus_e_log_one_plus_e_minus_e, u_minus_log1p
+from pathkl.stable import (
+    log_det_one_plus,
+    logsumexp_last,
+    one_plus_e_log_one_plus_e_minus_e,
+    u_minus_log1p,
+)
 
 mp.mp.dps = 40
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from ..arrays import array_arguments
 from ..errors import InputError
 from ..schedules import DTYPE, Grid, NoiseLevel
+from ..short_axes import short_sum
 from ..stable import logsumexp_last
 
 # Symmetry and weight-sum tolerance: inputs are decimals typed by people or float64 arrays.
@@ -55,9 +57,8 @@ class ComponentCovariances:
         """``U_k diag(values_k) U_k^T v_k`` for v of shape (..., K, d)."""
         if self.rotations is None:
             return values * v
-        u = self.rotations
-        inner = torch.einsum("kji,...kj->...ki", u, v)
-        return torch.einsum("kij,...kj->...ki", u, values * inner)
+        # Dense first: values are per level, v per node, so the matrices are few and cheap.
+        return torch.einsum("...kij,...kj->...ki", self.dense(values), v)
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         """Dense (..., K, d, d) matrices (small d only)."""
@@ -75,7 +76,7 @@ class ComponentCovariances:
 
     def logdet(self, values: torch.Tensor) -> torch.Tensor:
         """``log det`` of each component, shape (..., K)."""
-        return torch.log(values).sum(-1) * (self.dim // values.shape[-1])
+        return short_sum(torch.log(values), -1) * (self.dim // values.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,15 @@ class Posterior:
     scores: torch.Tensor  # (..., K, d) component scores s_k = -V_k^{-1} y_k
     nu: torch.Tensor  # (..., K, e) eigenvalues of V_k
 
-    @property
+    @cached_property
     def weights(self) -> torch.Tensor:
         return torch.exp(self.log_weights)
 
-    @property
+    @cached_property
     def score(self) -> torch.Tensor:
-        return (self.weights[..., None] * self.scores).sum(-2)
+        return short_sum(self.weights[..., None] * self.scores, -2)
 
-    @property
+    @cached_property
     def centred_scores(self) -> torch.Tensor:
         """``c_k = s_k - E_w s``."""
         return self.scores - self.score[..., None, :]
@@ -128,6 +129,11 @@ class MixtureKernel:
         centred = self.means - self.mean()[:, None, :]
         within = (w[..., None, None] * self.covs.dense(self.cov_values)).sum(-3)
         return within + torch.einsum("nk,nki,nkj->nij", w, centred, centred)
+
+
+def _weighted_outer(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_k c_k c_k^T``, (..., d, d), for weights (..., K) and vectors (..., K, d)."""
+    return torch.einsum("...ki,...kj->...ij", w[..., None] * c, c)
 
 
 def _weights_checked(weights: torch.Tensor) -> torch.Tensor:
@@ -267,7 +273,7 @@ class MixtureReference:
         nu = self.marginal_eigenvalues(abar, one_minus_abar)
         y = x[..., None, :] - abar.sqrt()[..., None, None] * self.means
         scores = -self.covs.apply(1.0 / nu, y)
-        log_n = 0.5 * ((y * scores).sum(-1) - self.covs.logdet(nu) - self.dim * math.log(2 * math.pi))
+        log_n = 0.5 * (short_sum(y * scores, -1) - self.covs.logdet(nu) - self.dim * math.log(2 * math.pi))
         joint = torch.log(self.weights) + log_n
         log_prob = logsumexp_last(joint)
         return Posterior(joint - log_prob[..., None], log_prob, scores, nu)
@@ -297,8 +303,7 @@ class MixtureReference:
         """``E_w[U diag(values) U^T] + Cov_w(s)`` (dense, small d)."""
         w = post.weights
         c = post.centred_scores
-        within = (w[..., None, None] * self.covs.dense(values)).sum(-3)
-        return within + torch.einsum("...k,...ki,...kj->...ij", w, c, c)
+        return torch.einsum("...k,...kij->...ij", w, self.covs.dense(values)) + _weighted_outer(w, c)
 
     @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
@@ -323,8 +328,8 @@ class MixtureReference:
 
     def _trace_parts(self, post: Posterior, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``tr(E_w[U diag(values) U^T])`` and ``tr Cov_w(s) = E_w |c_k|^2``, O(n K d)."""
-        within = (post.weights * values.sum(-1) * (self.dim // values.shape[-1])).sum(-1)
-        return within, (post.weights * (post.centred_scores**2).sum(-1)).sum(-1)
+        within = short_sum(post.weights * short_sum(values, -1) * (self.dim // values.shape[-1]), -1)
+        return within, short_sum(post.weights * short_sum(post.centred_scores**2, -1), -1)
 
     @array_arguments
     def hessian_trace(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
@@ -346,15 +351,14 @@ class MixtureReference:
         """Weights, centred component means and the eigenvalues ``lambda (1 - abar) / nu`` of Cov_k."""
         means = self.component_means(post, abar)
         w = post.weights
-        centred = means - (w[..., None] * means).sum(-2, keepdim=True)
+        centred = means - short_sum(w[..., None] * means, -2)[..., None, :]
         within = self.eigenvalues * torch.as_tensor(one_minus_abar, dtype=DTYPE)[..., None, None] / post.nu
         return w, centred, within
 
     def posterior_cov_dense(self, post: Posterior, abar, one_minus_abar) -> torch.Tensor:
         """``Cov[x_0 | x_t] = E_w Cov_k + Cov_w(E_k)`` at the points of ``post`` (dense, small d)."""
         w, centred, within = self._posterior_parts(post, abar, one_minus_abar)
-        dense = (w[..., None, None] * self.covs.dense(within)).sum(-3)
-        return dense + torch.einsum("...k,...ki,...kj->...ij", w, centred, centred)
+        return torch.einsum("...k,...kij->...ij", w, self.covs.dense(within)) + _weighted_outer(w, centred)
 
     @array_arguments
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
