@@ -127,13 +127,14 @@ class MixtureKernel:
         """Dense covariance ``E_w B_k + Cov_w(a_k)`` (small d)."""
         w = torch.exp(self.log_weights)
         centred = self.means - self.mean()[:, None, :]
-        within = (w[..., None, None] * self.covs.dense(self.cov_values)).sum(-3)
-        return within + torch.einsum("nk,nki,nkj->nij", w, centred, centred)
+        return _total_covariance(w, self.covs.dense(self.cov_values), centred)
 
 
-def _weighted_outer(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``sum_k w_k c_k c_k^T``, (..., d, d), for weights (..., K) and vectors (..., K, d)."""
-    return torch.einsum("...ki,...kj->...ij", w[..., None] * c, c)
+def _total_covariance(w: torch.Tensor, within: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``E_w within_k + sum_k w_k c_k c_k^T`` (the law of total covariance), (..., d, d), for weights
+    (..., K), matrices (..., K, d, d) and centred vectors (..., K, d); as einsums that map to matmuls
+    (a broadcast product summed over the short K axis is several times slower)."""
+    return torch.einsum("...k,...kij->...ij", w, within) + torch.einsum("...ki,...kj->...ij", w[..., None] * c, c)
 
 
 def _weights_checked(weights: torch.Tensor) -> torch.Tensor:
@@ -303,7 +304,7 @@ class MixtureReference:
         """``E_w[U diag(values) U^T] + Cov_w(s)`` (dense, small d)."""
         w = post.weights
         c = post.centred_scores
-        return torch.einsum("...k,...kij->...ij", w, self.covs.dense(values)) + _weighted_outer(w, c)
+        return _total_covariance(w, self.covs.dense(values), c)
 
     @array_arguments
     def hessian(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
@@ -358,7 +359,7 @@ class MixtureReference:
     def posterior_cov_dense(self, post: Posterior, abar, one_minus_abar) -> torch.Tensor:
         """``Cov[x_0 | x_t] = E_w Cov_k + Cov_w(E_k)`` at the points of ``post`` (dense, small d)."""
         w, centred, within = self._posterior_parts(post, abar, one_minus_abar)
-        return torch.einsum("...k,...kij->...ij", w, self.covs.dense(within)) + _weighted_outer(w, centred)
+        return _total_covariance(w, self.covs.dense(within), centred)
 
     @array_arguments
     def posterior_cov(self, x: torch.Tensor, lv: NoiseLevel) -> torch.Tensor:
