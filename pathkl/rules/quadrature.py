@@ -40,7 +40,7 @@ from ..schedules import DTYPE, Grid, NoiseLevel
 from ..stable import log_det_one_plus
 from ..third_derivative import third_derivative_sq_norm
 from .nodes import affordable, companion, finest_affordable, hermite, lattice
-from .stepsum import Interpolated, interpolated_steps, lagrange_weights
+from .stepsum import Interpolated, chebyshev_lobatto, interpolated_steps, lagrange_weights
 
 MAX_QUADRATURE_DIM = 3
 # Points per batch in the inner quadrature (memory: points * K * nodes * d doubles).
@@ -686,7 +686,7 @@ def _run_rule(grid: Grid, t: torch.Tensor) -> _URule:
     start = (torch.cumsum(every, 0) - every)[t - t[0]]  # u_{t-1} - u_{t_0 - 1}
     step = every[t - t[0]]
     half, mid = step / span, (2.0 * start + step) / span - 1.0  # the intervals in [-1, 1]
-    points = torch.cos(math.pi * torch.arange(_RUN_POINTS - 1, -1, -1, dtype=DTYPE) / (_RUN_POINTS - 1))
+    points = chebyshev_lobatto(_RUN_POINTS)
     x, w = (torch.tensor(v, dtype=DTYPE) for v in np.polynomial.legendre.leggauss(9))
     at = (mid[:, None] + half[:, None] * x).reshape(-1)
 

@@ -55,12 +55,16 @@ LOOSEST = 1e-2
 SAFETY, ROUNDS = 0.9, 3
 
 
+def chebyshev_lobatto(n: int) -> torch.Tensor:
+    """The n Chebyshev-Lobatto points ``cos(pi j / (n - 1))`` of ``[-1, 1]``, ascending (those of n are
+    every other one of ``2n - 1``'s)."""
+    return torch.cos(math.pi * torch.arange(n - 1, -1, -1, dtype=DTYPE) / (n - 1))
+
+
 def chebyshev_steps(a: int, b: int, n: int) -> torch.Tensor:
     """The n Chebyshev-Lobatto points of ``[a, b]`` rounded to integers (ascending; the points of
     ``n`` are a subset of those of ``2n - 1``, also after rounding)."""
-    j = torch.arange(n - 1, -1, -1, dtype=DTYPE)
-    x = 0.5 * (a + b) + 0.5 * (b - a) * torch.cos(math.pi * j / (n - 1))
-    return torch.round(x).long()
+    return torch.round(0.5 * (a + b) + 0.5 * (b - a) * chebyshev_lobatto(n)).long()
 
 
 def lagrange_weights(nodes: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
