@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..covariances import ReverseStep
+from ..covariances import MATCHED, ReverseStep
 from ..errors import InputError
 from ..estimate import Estimate, StepKLs
 from ..negentropy import (
@@ -516,7 +516,7 @@ def _base_state(reference, grid: Grid, rtol: float) -> _ClimbState:
             out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, values)
             return out, torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
 
-        interpolated_steps(evaluate, grid.T, rtol=rtol)
+        interpolated_steps(evaluate, grid.T, rtol=rtol, log_scale=_leading_log_scale(grid, MATCHED.order))
         reference._cache[key] = state
     return reference._cache[key]
 
@@ -857,7 +857,14 @@ def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
     def evaluate(steps, step_rtol, atol):
         return step_kls_at(reference, grid, family, steps, rtol=step_rtol, atol=atol, mean_g=mean_g, state=state)
 
-    return interpolated_steps(evaluate, grid.T, rtol=rtol)
+    return interpolated_steps(evaluate, grid.T, rtol=rtol, log_scale=_leading_log_scale(grid, family.order(reference)))
+
+
+def _leading_log_scale(grid: Grid, order: int | None) -> torch.Tensor | None:
+    """``log beta_t^(order + 1)``, the leading factor of a step KL of ``steps = Theta(T^-order)``
+    (pathkl.covariances, :class:`~pathkl.covariances.Rate`), which the step-index rule divides out
+    (pathkl.rules.stepsum); None where the family's steps do not vanish."""
+    return None if order is None else (order + 1) * torch.log(grid.beta)
 
 
 def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
