@@ -238,7 +238,11 @@ class Family:
         :attr:`general_rate` (diffrax's ``order(terms)``: the order may depend on the problem)."""
         if not self.has_kl:
             raise InputError(f"{self.name!r} has no exact path KL, so no rate")
-        return MATCHED if self.optimal or self.optimal_on(reference) else self.general_rate
+        return MATCHED if self.exact_on(reference) else self.general_rate
+
+    def exact_on(self, reference) -> bool:
+        """Whether ``Sigma_t = Sigma*_t`` on ``reference``, so that its Gaussian step KL is 0."""
+        return self.optimal or self.optimal_on(reference)
 
     def order(self, reference) -> int | None:
         """``steps = Theta(T^-order)`` on ``reference`` (None: it does not vanish)."""

@@ -16,7 +16,7 @@ error is within ``rtol`` (:func:`_climb`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -411,9 +411,6 @@ class _ClimbState:
     next_rung: torch.Tensor
     floors: torch.Tensor  # (T, routes): in the order of _routes()
 
-    def copy(self) -> _ClimbState:
-        return _ClimbState(*(getattr(self, f.name).clone() for f in fields(self)))
-
     @staticmethod
     def empty(T: int) -> _ClimbState:
         return _ClimbState(torch.zeros(T, dtype=DTYPE), torch.full((T,), math.inf, dtype=DTYPE),
@@ -501,10 +498,10 @@ def hermite_trusted_at(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
     return spacing(reference, abar, one_minus_abar, Quadrature()) == math.inf
 
 
-def _base_state(reference, grid: Grid, rtol: float) -> _ClimbState:
-    """The climb of ``E J`` alone (the ``full`` family's chain) at ``rtol`` on ``grid``, cached on the
-    reference: a function of (reference, grid, rtol) only, so every family that starts from it gets
-    the same values whatever was computed before in the process."""
+def _negentropy_chain(reference, grid: Grid, rtol: float) -> Interpolated:
+    """``E_{q_t} J_t``, t = 1..T, by the step-index rule at ``rtol`` (the ``full`` family's chain),
+    cached on the reference: a function of (reference, grid, rtol) only, so every family's path KL
+    adds its Gaussian part to the same values whatever was computed before in the process."""
     _check_dim(reference)
     key = ("J",) + _grid_key(grid) + (rtol,)
     if key not in reference._cache:
@@ -516,20 +513,8 @@ def _base_state(reference, grid: Grid, rtol: float) -> _ClimbState:
             out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, values)
             return out, torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
 
-        interpolated_steps(evaluate, grid.T, rtol=rtol, log_scale=_leading_log_scale(grid, MATCHED.order))
-        reference._cache[key] = state
-    return reference._cache[key]
-
-
-def _family_state(reference, grid: Grid, family, rtol: float, mean_g: torch.Tensor | None) -> _ClimbState:
-    """The climb for one path KL (:func:`interpolated_step_kls`): a copy of :func:`_base_state`, which
-    ``family``'s own tolerances advance further where they are tighter, cached under everything its
-    values depend on (reference, grid, rtol, family, ``mean_g``). Sharing one climb between calls made
-    a value depend on what the process had computed before (a step climbed further by an earlier
-    family kept its better value); this way every family still reuses the E J of the ``full`` chain."""
-    key = ("J",) + _grid_key(grid) + (rtol, family.name, None if mean_g is None else mean_g.numpy().tobytes())
-    if key not in reference._cache:
-        reference._cache[key] = _base_state(reference, grid, rtol).copy()
+        reference._cache[key] = interpolated_steps(evaluate, grid.T, rtol=rtol,
+                                                   log_scale=_leading_log_scale(grid, MATCHED.order))
     return reference._cache[key]
 
 
@@ -848,48 +833,60 @@ def step_kls(reference, grid: Grid, family, *, rtol: float,
 
 def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
                           mean_g: torch.Tensor | None = None) -> Interpolated:
-    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t))``, t = 1..T: the steps that
-    :func:`~pathkl.rules.stepsum.interpolated_steps` asks for evaluated by :func:`step_kls_at`, the
-    others interpolated in t, with their errors and the error of their sum. ``mean_g`` (T,) replaces
-    ``E tr G / d`` when this is one block of a product (``analytic``)."""
-    state = _family_state(reference, grid, family, rtol, mean_g)
+    """Per-step ``E_{q_t} KL(q(.|x_t) || p(.|x_t)) = E J_t + E K_f,t``, t = 1..T, each part by its own
+    step-index rule (:func:`~pathkl.rules.stepsum.interpolated_steps`) at ``rtol``: ``E J`` the
+    ``full`` chain's, shared by every family (:func:`_negentropy_chain`), ``E K_f`` from the
+    family's Gaussian parts alone (:func:`_gaussian_parts`; 0 where the family is exact on the
+    reference). Both parts are >= 0, so errors within ``rtol`` of each part's sum are within ``rtol``
+    of the path KL's. ``mean_g`` (T,) replaces ``E tr G / d`` when this is one block of a product
+    (``analytic``)."""
+    negentropy = _negentropy_chain(reference, grid, rtol)
+    if family.exact_on(reference):
+        return negentropy
 
     def evaluate(steps, step_rtol, atol):
-        return step_kls_at(reference, grid, family, steps, rtol=step_rtol, atol=atol, mean_g=mean_g, state=state)
+        singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
+        later, later_atol = steps[~singular], atol[~singular]
+        parts, errors = _gaussian_parts(reference, grid, family, later, mean_g,
+                                        lambda at, values: step_rtol * values[at].abs() + later_atol[at])
+        # beta_tilde's first step is +inf exactly (beta~_1 = 0), as is a point mass's.
+        out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, parts)
+        errors = torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
+        return out, torch.where(torch.isinf(out), 0.0, errors)
 
-    return interpolated_steps(evaluate, grid.T, rtol=rtol, log_scale=_leading_log_scale(grid, family.order(reference)))
+    gaussian = interpolated_steps(evaluate, grid.T, rtol=rtol, log_scale=_leading_log_scale(grid, family.order(reference)))
+    return Interpolated(negentropy.values + gaussian.values, negentropy.errors + gaussian.errors,
+                        negentropy.sum_error + gaussian.sum_error, negentropy.evaluated | gaussian.evaluated)
 
 
 def _leading_log_scale(grid: Grid, order: int | None) -> torch.Tensor | None:
     """``log beta_t^(order + 1)``, the leading factor of a step KL of ``steps = Theta(T^-order)``
-    (pathkl.covariances, :class:`~pathkl.covariances.Rate`), which the step-index rule divides out
-    (pathkl.rules.stepsum); None where the family's steps do not vanish."""
+    (:class:`~pathkl.covariances.Rate`), which the step-index rule divides out (pathkl.rules.stepsum);
+    None where the family's steps do not vanish."""
     return None if order is None else (order + 1) * torch.log(grid.beta)
 
 
 def step_kls_at(reference, grid: Grid, family, steps: torch.Tensor, *, rtol: float,
-                atol: torch.Tensor | None = None, mean_g: torch.Tensor | None = None,
-                state: _ClimbState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                atol: torch.Tensor | None = None, mean_g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{q_t} KL(q(.|x_t) || p(.|x_t))`` at ``steps`` (1-based) and their errors: E J, climbed until
     its error is within ``rtol E J + atol`` (``atol`` per step, default 0), plus the family's Gaussian
     part on the cheapest outer rule that meets what is left of the step's tolerance
     (:func:`_gaussian_parts`). With point
     masses in the data a step from the noise-free level (``1 - abar_{t-1} = 0``: step 1 of a grid from
-    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`). ``state``: the climb to
-    resume (:func:`_climb`; None: a fresh one, so the values depend on this call alone)."""
+    tau = 0) is +inf exactly (:attr:`MixtureReference.has_point_masses`). Every step evaluated on a
+    fresh climb, so the values depend on this call alone (the step-index rule's check, tests/test_stepsum.py)."""
     _check_dim(reference)
-    state = _ClimbState.empty(grid.T) if state is None else state
     singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
     if singular.any():
         values, errors = torch.full((steps.numel(),), math.inf, dtype=DTYPE), torch.zeros(steps.numel(), dtype=DTYPE)
         later = ~singular
         if later.any():
             values[later], errors[later] = step_kls_at(reference, grid, family, steps[later], rtol=rtol,
-                                                       atol=None if atol is None else atol[later], mean_g=mean_g,
-                                                       state=state)
+                                                       atol=None if atol is None else atol[later], mean_g=mean_g)
         return values, errors
-    values, errors = (part.clone() for part in _negentropies(reference, grid, steps, state, rtol=rtol, atol=atol))
-    if family.optimal:  # Sigma_t = Sigma*_t: no Gaussian part
+    values, errors = (part.clone() for part in _negentropies(reference, grid, steps, _ClimbState.empty(grid.T),
+                                                             rtol=rtol, atol=atol))
+    if family.exact_on(reference):  # Sigma_t = Sigma*_t: no Gaussian part
         return values, errors
     atol = torch.zeros(steps.numel(), dtype=DTYPE) if atol is None else atol
 

@@ -47,7 +47,7 @@ from ..schedules import DTYPE
 
 #: Node counts of the nested Chebyshev sets, largest first, and the shortest panel (in steps) each may
 #: be used on: shorter panels would round two nodes to one integer.
-NESTS = ((5, 9, 17, 120), (3, 5, 9, 48))
+NESTS = ((5, 9, 17, 120), (3, 5, 9, 15))
 #: Largest ratio E2 / E1 at which the nest is taken to converge.
 CONVERGED = 0.2
 #: Panels of the first split: ``[1, FIRST]`` and then dyadic ``[2^k + 1, 2^(k+1)]``.
