@@ -45,9 +45,10 @@ import torch
 
 from ..schedules import DTYPE
 
-#: Node counts of the nested Chebyshev sets, largest first, and the shortest panel (in steps) each may
-#: be used on: shorter panels would round two nodes to one integer.
-NESTS = ((5, 9, 17, 120), (3, 5, 9, 15))
+#: Node counts of the nested Chebyshev sets, smallest first, and the shortest panel (in steps) each may
+#: be used on: shorter panels would round two nodes to one integer. A panel tries them in turn before
+#: it is split; each set holds the last's nodes, so a failed nest's evaluations are not lost.
+NESTS = ((3, 5, 9, 15), (5, 9, 17, 54))
 #: Largest ratio E2 / E1 at which the nest is taken to converge.
 CONVERGED = 0.2
 #: Panels of the first split: ``[1, FIRST]`` and then dyadic ``[2^k + 1, 2^(k+1)]``.
@@ -157,18 +158,18 @@ def _initial_panels(T: int) -> list[tuple[int, int]]:
     return [(a + 1, b) for a, b in itertools.pairwise(edges)]
 
 
-def _nodes(a: int, b: int) -> list[torch.Tensor] | None:
-    nest = next((sizes for *sizes, shortest in NESTS if b - a + 1 >= shortest), None)
-    return None if nest is None else [chebyshev_steps(a, b, n) for n in nest]
+def _nests(a: int, b: int) -> list[list[torch.Tensor]]:
+    """The node sets of each nest that fits ``[a, b]``, smallest first (:data:`NESTS`)."""
+    return [[chebyshev_steps(a, b, n) for n in sizes] for *sizes, shortest in NESTS if b - a + 1 >= shortest]
 
 
 def _pilot(steps: _Steps, T: int) -> float:
-    """The chain's sum to about :data:`PILOT`: every first panel's finest nodes (or all its steps)
+    """The chain's sum to about :data:`PILOT`: every first panel's smallest nest (or all its steps)
     evaluated to that tolerance, each panel summed by its interpolant where the nest converges and by
     its mean node value times its length elsewhere."""
     total = 0.0
     for a, b in _initial_panels(T):
-        nodes = _nodes(a, b)
+        nodes = next(iter(_nests(a, b)), None)
         every = torch.arange(a, b + 1)
         steps.ensure(every if nodes is None else nodes[-1], PILOT)
         if nodes is None:
@@ -199,8 +200,8 @@ def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
     while pending:
         a, b = pending.pop()
         every = torch.arange(a, b + 1)
-        nodes = _nodes(a, b)
-        if nodes is None:
+        nests = _nests(a, b)
+        if not nests:
             steps.ensure(every, PILOT)
             v = _finite(steps.values[every - 1]).clamp_min(0.0)
             s = float(v.sum())
@@ -208,15 +209,8 @@ def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
             atol = 0.5 * share(s, every.numel()) * ((v / s if s > 0 else torch.zeros_like(v)) + 1.0 / every.numel())
             steps.ensure(every, 0.0, atol)
             continue
-        steps.ensure(nodes[-1], PILOT)
-        fit = _log_interpolation(steps, nodes, every)
-        if fit is not None:
-            # The nodes' relative errors r move the panel's sum by sum_i p3_i sum_j |l_j(i)| r.
-            gain = float(fit[0] @ lagrange_weights(nodes[-1], every).abs().sum(1))
-            r = min(LOOSEST, (1.0 - SHARE) * share(float(fit[0].sum()), every.numel()) / gain) if gain > 0 else LOOSEST
-            steps.ensure(nodes[-1], r)
-            fit = _log_interpolation(steps, nodes, every)
-        if fit is None or fit[1] > SHARE * share(float(fit[0].sum()), every.numel()):
+        fit = next((fit for fit in (_panel_fit(steps, nodes, every, share) for nodes in nests) if fit is not None), None)
+        if fit is None:
             middle = (a + b) // 2
             pending += [(a, middle), (middle + 1, b)]
             continue
@@ -233,18 +227,51 @@ def _pass(steps: _Steps, T: int, budget: float, total: float) -> Interpolated:
                         steps.done)
 
 
+def _panel_fit(steps: _Steps, nodes, every: torch.Tensor, share):
+    """The nest's :func:`_log_interpolation` on one panel with its nodes evaluated to what the panel
+    would need, or None where it fails or its estimate exceeds :data:`SHARE` of the panel's share."""
+    steps.ensure(nodes[-1], PILOT)
+    # The nodes to what the panel would need before the nest is judged: at the pilot's 1e-3 their
+    # noise alone can fail it (mog-rotated, T = 1024: [65, 96], E2 ~ E1 ~ 2e-11).
+    finest = _finest(steps, nodes, every)
+    if finest is not None:
+        # The nodes' relative errors r move the panel's sum by sum_i p3_i sum_j |l_j(i)| r.
+        gain = float(finest @ lagrange_weights(nodes[-1], every).abs().sum(1))
+        r = min(LOOSEST, (1.0 - SHARE) * share(float(finest.sum()), every.numel()) / gain) if gain > 0 else LOOSEST
+        steps.ensure(nodes[-1], r)
+    fit = _log_interpolation(steps, nodes, every)
+    return None if fit is None or fit[1] > SHARE * share(float(fit[0].sum()), every.numel()) else fit
+
+
+def _usable(known: _Steps, x: torch.Tensor) -> bool:
+    """Whether the values at steps x can be interpolated in log: finite, > 0, known to 10%."""
+    v, e = known.values[x - 1], known.errors[x - 1]
+    return bool(torch.isfinite(v).all() and (v > 0).all() and (e < 0.1 * v).all())
+
+
+def _interpolant(known: _Steps, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``s exp P`` at steps, P the polynomial through ``log(v / s)`` at the nodes x."""
+    return torch.exp(lagrange_weights(x, steps) @ (torch.log(known.values[x - 1]) - known.log_scale[x - 1])
+                     + known.log_scale[steps - 1])
+
+
+def _finest(known: _Steps, nodes, steps) -> torch.Tensor | None:
+    """The finest interpolant at steps, or None where its nodes are not :func:`_usable`."""
+    return _interpolant(known, nodes[-1], steps) if _usable(known, nodes[-1]) else None
+
+
 def _log_interpolation(known: _Steps, nodes, steps):
     """The nested interpolants of ``log(v / s)`` on one panel (module docstring): ``(s exp P3 at
     steps, the panel's interpolation estimate, the evaluated steps' errors propagated to each
-    step)``, or None where the nest does not show plain convergence (or a value is not > 0, or not
-    known to better than 10%)."""
-    v, e = known.values[nodes[-1] - 1], known.errors[nodes[-1] - 1]
-    if not (torch.isfinite(v).all() and (v > 0).all() and (e < 0.1 * v).all()):
+    step)``, or None where the nest does not show plain convergence (or its nodes are not
+    :func:`_usable`)."""
+    if not _usable(known, nodes[-1]):
         return None
+    v, e = known.values[nodes[-1] - 1], known.errors[nodes[-1] - 1]
     log_w = torch.log(known.values) - known.log_scale
     at = known.log_scale[steps - 1]
     weights = [lagrange_weights(x, steps) for x in nodes]
-    p1, p2, p3 = (torch.exp(w @ log_w[x - 1] + at) for w, x in zip(weights, nodes))
+    p1, p2, p3 = (_interpolant(known, x, steps) for x in nodes)
     # Rounding of each exponent: a few ulps of each of its terms, relative in v.
     rounding = [4 * torch.finfo(DTYPE).eps * p * (w.abs() @ log_w[x - 1].abs() + at.abs() + 1.0)
                 for p, w, x in zip((p1, p2, p3), weights, nodes)]
