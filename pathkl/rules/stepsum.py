@@ -235,10 +235,13 @@ def _panel_fit(steps: _Steps, nodes, every: torch.Tensor, share):
     # noise alone can fail it (mog-rotated, T = 1024: [65, 96], E2 ~ E1 ~ 2e-11).
     finest = _finest(steps, nodes, every)
     if finest is not None:
-        # The nodes' relative errors r move the panel's sum by sum_i p3_i sum_j |l_j(i)| r.
-        gain = float(finest @ lagrange_weights(nodes[-1], every).abs().sum(1))
-        r = min(LOOSEST, (1.0 - SHARE) * share(float(finest.sum()), every.numel()) / gain) if gain > 0 else LOOSEST
-        steps.ensure(nodes[-1], r)
+        # Relative errors r_j of the nodes move the panel's sum by sum_j g_j r_j, g_j = sum_i p3_i |l_j(i)|;
+        # each node takes an equal part of the budget (the split that costs least when every digit
+        # costs the same), so a node where the interpolant is small (step 1 of a chain) is asked little.
+        gains = finest @ lagrange_weights(nodes[-1], every).abs()
+        part = (1.0 - SHARE) * share(float(finest.sum()), every.numel()) / nodes[-1].numel()
+        r = torch.where(gains > 0, part / gains, LOOSEST).clamp(max=LOOSEST)
+        steps.ensure(nodes[-1], 0.0, r * steps.values[nodes[-1] - 1])
     fit = _log_interpolation(steps, nodes, every)
     return None if fit is None or fit[1] > SHARE * share(float(fit[0].sum()), every.numel()) else fit
 
