@@ -48,7 +48,7 @@ from ..schedules import DTYPE
 #: Node counts of the nested Chebyshev sets, smallest first, and the shortest panel (in steps) each may
 #: be used on: shorter panels would round two nodes to one integer. A panel tries them in turn before
 #: it is split; each set holds the last's nodes, so a failed nest's evaluations are not lost.
-NESTS = ((3, 5, 9, 15), (5, 9, 17, 54))
+NESTS = ((3, 5, 9, 48), (5, 9, 17, 54))
 #: Largest ratio E2 / E1 at which the nest is taken to converge.
 CONVERGED = 0.2
 #: Panels of the first split: ``[1, FIRST]`` and then dyadic ``[2^k + 1, 2^(k+1)]``.
