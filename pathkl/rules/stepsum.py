@@ -26,8 +26,10 @@ only where the nest converges plainly, ``E2 <= E1 / 5``, and at most half of ``r
 sum. The estimate
 bounds the sum of the panel's interpolation errors, so every interpolated step claims all of it as
 its own error, while the sum over the chain counts it once (:attr:`Interpolated.sum_error`). The
-evaluated steps' own errors propagate through the interpolation weights. A panel that fails is split
-in two and tried again; panels too short for distinct nodes are evaluated step by step (exact up to
+evaluated steps' own errors propagate through the interpolation weights; before the nest is judged
+its nodes are evaluated to the other half of the panel's share, each node an equal part divided by
+its sensitivity ``g_j = sum_i P3_i |l_j(i)|``. A panel whose 9-node nest fails tries the 17-node one
+(which holds those 9), and one that fails both is split in two and tried again; panels too short for distinct nodes are evaluated step by step (exact up to
 the steps' own errors). A grid that is not smooth in t (an arbitrary ``--taus`` list) therefore ends
 up evaluated step by step where it needs to be, never interpolated across a kink.
 tests/test_stepsum.py checks the claims against every step evaluated, on smooth sequences, on kinks,
