@@ -29,8 +29,8 @@ its own error, while the sum over the chain counts it once (:attr:`Interpolated.
 evaluated steps' own errors propagate through the interpolation weights; before the nest is judged
 its nodes are evaluated to the other half of the panel's share, each node an equal part divided by
 its sensitivity ``g_j = sum_i P3_i |l_j(i)|``. A panel whose 9-node nest fails tries the 17-node one
-(which holds those 9), and one that fails both is split in two and tried again; panels too short for distinct nodes are evaluated step by step (exact up to
-the steps' own errors). A grid that is not smooth in t (an arbitrary ``--taus`` list) therefore ends
+(which holds those 9), and one that fails both is split in two and tried again; panels too short
+for distinct nodes are evaluated step by step (exact up to the steps' own errors). A grid that is not smooth in t (an arbitrary ``--taus`` list) therefore ends
 up evaluated step by step where it needs to be, never interpolated across a kink.
 tests/test_stepsum.py checks the claims against every step evaluated, on smooth sequences, on kinks,
 on noise and on mixture chains.
@@ -254,15 +254,16 @@ def _usable(known: _Steps, x: torch.Tensor) -> bool:
     return bool(torch.isfinite(v).all() and (v > 0).all() and (e < 0.1 * v).all())
 
 
-def _interpolant(known: _Steps, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """``s exp P`` at steps, P the polynomial through ``log(v / s)`` at the nodes x."""
-    return torch.exp(lagrange_weights(x, steps) @ (torch.log(known.values[x - 1]) - known.log_scale[x - 1])
-                     + known.log_scale[steps - 1])
+def _interpolant(known: _Steps, x: torch.Tensor, weights: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``s exp P`` at steps, P the polynomial through ``log(v / s)`` at the nodes x, whose Lagrange
+    basis at the steps is ``weights``."""
+    return torch.exp(weights @ (torch.log(known.values[x - 1]) - known.log_scale[x - 1]) + known.log_scale[steps - 1])
 
 
 def _finest(known: _Steps, nodes, steps) -> torch.Tensor | None:
     """The finest interpolant at steps, or None where its nodes are not :func:`_usable`."""
-    return _interpolant(known, nodes[-1], steps) if _usable(known, nodes[-1]) else None
+    x = nodes[-1]
+    return _interpolant(known, x, lagrange_weights(x, steps), steps) if _usable(known, x) else None
 
 
 def _log_interpolation(known: _Steps, nodes, steps):
@@ -276,7 +277,7 @@ def _log_interpolation(known: _Steps, nodes, steps):
     log_w = torch.log(known.values) - known.log_scale
     at = known.log_scale[steps - 1]
     weights = [lagrange_weights(x, steps) for x in nodes]
-    p1, p2, p3 = (_interpolant(known, x, steps) for x in nodes)
+    p1, p2, p3 = (_interpolant(known, x, w, steps) for x, w in zip(nodes, weights))
     # Rounding of each exponent: a few ulps of each of its terms, relative in v.
     rounding = [4 * torch.finfo(DTYPE).eps * p * (w.abs() @ log_w[x - 1].abs() + at.abs() + 1.0)
                 for p, w, x in zip((p1, p2, p3), weights, nodes)]
