@@ -508,14 +508,22 @@ def _negentropy_chain(reference, grid: Grid, rtol: float) -> Interpolated:
         state = _ClimbState.empty(grid.T)
 
         def evaluate(steps, step_rtol, atol):
-            singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
-            values, errors = _negentropies(reference, grid, steps[~singular], state, rtol=step_rtol, atol=atol[~singular])
-            out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, values)
-            return out, torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
+            return _finite_steps(reference, grid, steps, atol, lambda at, at_atol: _negentropies(
+                reference, grid, at, state, rtol=step_rtol, atol=at_atol))
 
         reference._cache[key] = interpolated_steps(evaluate, grid.T, rtol=rtol,
                                                    log_scale=_leading_log_scale(grid, MATCHED.order))
     return reference._cache[key]
+
+
+def _finite_steps(reference, grid: Grid, steps: torch.Tensor, atol: torch.Tensor, evaluate):
+    """``evaluate(steps, atol) -> (values, errors)`` at the steps that are finite, and +inf exactly
+    (error 0) at those from the noise-free level of data with point masses (``1 - abar_{t-1} = 0``,
+    :attr:`MixtureReference.has_point_masses`)."""
+    singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
+    values, errors = evaluate(steps[~singular], atol[~singular])
+    out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, values)
+    return out, torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
 
 
 def _negentropies(reference, grid: Grid, steps: torch.Tensor, state: _ClimbState, *, rtol: float,
@@ -845,14 +853,9 @@ def interpolated_step_kls(reference, grid: Grid, family, *, rtol: float,
         return negentropy
 
     def evaluate(steps, step_rtol, atol):
-        singular = reference.has_point_masses & (grid.one_minus_abar[steps - 1] == 0)
-        later, later_atol = steps[~singular], atol[~singular]
-        parts, errors = _gaussian_parts(reference, grid, family, later, mean_g,
-                                        lambda at, values: step_rtol * values[at].abs() + later_atol[at])
-        # beta_tilde's first step is +inf exactly (beta~_1 = 0), as is a point mass's.
-        out = torch.full((steps.numel(),), math.inf, dtype=DTYPE).masked_scatter(~singular, parts)
-        errors = torch.zeros(steps.numel(), dtype=DTYPE).masked_scatter(~singular, errors)
-        return out, torch.where(torch.isinf(out), 0.0, errors)
+        parts, errors = _finite_steps(reference, grid, steps, atol, lambda at, at_atol: _gaussian_parts(
+            reference, grid, family, at, mean_g, lambda i, values: step_rtol * values[i].abs() + at_atol[i]))
+        return parts, torch.where(torch.isinf(parts), 0.0, errors)  # beta_tilde's step 1: +inf exactly (beta~_1 = 0)
 
     gaussian = interpolated_steps(evaluate, grid.T, rtol=rtol, log_scale=_leading_log_scale(grid, family.order(reference)))
     return Interpolated(negentropy.values + gaussian.values, negentropy.errors + gaussian.errors,
