@@ -40,19 +40,34 @@ def lattice_size(h: float, d: int) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def lattice(h: float, d: int, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trapezoid rule for E_{N(0, I_d)} on ``h Z^d`` (``shifted``: ``h (Z + 1/2)^d``) inside the ball
-    of radius 9.1: nodes, weights."""
+def lattice(h: float, d: int, offset: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trapezoid rule for E_{N(0, I_d)} on ``h (Z^d + offset / 2)`` inside the ball of radius 9.1
+    (``offset`` per axis 0 or 1; None: all 0): nodes, weights."""
     size = lattice_size(h, d)
     if size > MAX_LATTICE:
         raise InputError(f"a lattice of {size:.1e} nodes per component (d = {d}, spacing {h:.3g}) does not "
                          f"fit in memory")
     m = int(RADIUS / h)
-    axis = (np.arange(-m - 1, m + 1) + 0.5) * h if shifted else np.arange(-m, m + 1) * h
-    nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*([axis] * d), indexing="ij")], axis=1)
+    axes = [(np.arange(-m - 1, m + 1) + 0.5) * h if half else np.arange(-m, m + 1) * h for half in offset or (0,) * d]
+    nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], axis=1)
     nodes = nodes[(nodes**2).sum(1) <= RADIUS**2]
     weights = np.exp(-0.5 * (nodes**2).sum(1))
     return torch.from_numpy(nodes).to(DTYPE), torch.from_numpy(weights / weights.sum()).to(DTYPE)
+
+
+def cosets(d: int) -> tuple[tuple[int, ...], ...]:
+    """The offsets (halves of h per axis, :func:`lattice`) of the lattices a paired rule uses: ``0``,
+    the centres ``(1, ..., 1)``, and the half-shifts ``e_i`` along each axis but the last.
+
+    The trapezoid rule on ``h (Z^d + c / 2)`` has error ``sum_(k != 0) fhat(2 pi k / h) (-1)^(k . c)``,
+    so the difference of two offsets sees the aliasing terms of the classes ``sigma = k mod 2`` on which
+    their characters differ, and no single pair sees them all: the pair's mean, the value, keeps the
+    classes of even ``|sigma|``, ``(1, 1)`` among them, which hold the leading terms of an integrand
+    that varies along a diagonal (a switching band at 45 degrees: error 1.6e-7 at h = 0.3 where the
+    pair's difference was 3e-17). Against ``0``, the centres see every class of odd ``|sigma|`` and
+    ``e_i`` every class with ``sigma_i = 1``, so together every class but 0 (docs/errors.md)."""
+    axes = tuple(tuple(int(i == j) for j in range(d)) for i in range(d - 1))
+    return ((0,) * d, (1,) * d) + axes
 
 
 def companion(n: int) -> int:

@@ -39,7 +39,7 @@ from ..references import MixtureReference
 from ..schedules import DTYPE, Grid, NoiseLevel
 from ..stable import log_det_one_plus
 from ..third_derivative import third_derivative_sq_norm
-from .nodes import affordable, companion, finest_affordable, hermite, lattice
+from .nodes import affordable, companion, cosets, finest_affordable, hermite, lattice
 from .stepsum import Interpolated, chebyshev_lobatto, interpolated_steps, lagrange_weights
 
 MAX_QUADRATURE_DIM = 3
@@ -80,9 +80,9 @@ class Quadrature:
     was off by 2e-5, with 48 by 2e-7.
 
     Every rule is a pair, so that each number comes with an a-posteriori error estimate. Outer: the
-    lattice with its copy shifted by ``h/2`` in every coordinate (the shift flips the sign of the
-    lattice's odd aliasing terms, so the pair's mean is the value and half their difference the
-    estimate); Gauss-Hermite ``smooth`` with ``smooth + smooth // 2`` nodes (value the larger rule,
+    lattice with its copy shifted by ``h/2`` in every coordinate (their mean the value), and its
+    copies shifted along each axis but the last, so that the estimate sees every class of aliasing
+    terms (:func:`standard_rule`, :func:`~pathkl.rules.nodes.cosets`); Gauss-Hermite ``smooth`` with ``smooth + smooth // 2`` nodes (value the larger rule,
     estimate their whole difference). Inner: each Gauss-Hermite rule of n nodes with its companion of
     ``n + n // 2`` (:func:`negentropy`). A step's error is the outer estimate plus the outer expectation
     of the inner estimates plus the certified bounds of the points it skipped (docs/errors.md).
@@ -203,23 +203,43 @@ def _sharpness(reference, abar, one_minus_abar, quad) -> torch.Tensor:
 
 
 def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The paired rule for ``E_{N(0, I_d)}`` at spacing h (Gauss-Hermite where ``h = inf``): nodes and
-    two weight vectors, so that ``sum(w f)`` is the value and ``|sum(e f)|`` its error estimate
-    (:class:`Quadrature`): lattice pair ``w = (w1, w2) / 2``, ``e = (w1, -w2) / 2``; Gauss-Hermite
-    ``w = (0, w2)``, ``e = (w1, -w2)``."""
+    """The paired rule for ``E_{N(0, I_d)}`` at spacing h (Gauss-Hermite where ``h = inf``): nodes,
+    value weights w (P,) and error weights e (M, P), so that ``sum(w f)`` is the value and
+    ``sum_m |sum(e_m f)|`` its error estimate (:func:`paired_sums`, :class:`Quadrature`). Lattice:
+    the :func:`~pathkl.rules.nodes.cosets` ``Q_0, Q_1, Q_(e_i)``, value ``(Q_0 + Q_1) / 2``, estimate
+    ``|Q_0 - Q_1| / 2 + sum_i |Q_0 - Q_(e_i)|``. The axis terms count twice: where the integrand
+    varies along a diagonal, ``|Q_0 - Q_(e_i)| / 2`` is the value's error itself (its class
+    ``(1, 1)``), not a coarser rule's, so it needs a margin. Gauss-Hermite ``w = (0, w2)``,
+    ``e = (w1, -w2)``."""
     if h == math.inf:
         (x1, w1), (x2, w2) = hermite(quad.smooth, d), hermite(companion(quad.smooth), d)
-        return torch.cat([x1, x2]), torch.cat([torch.zeros_like(w1), w2]), torch.cat([w1, -w2])
-    (x1, w1), (x2, w2) = lattice(h, d), lattice(h, d, True)
-    return torch.cat([x1, x2]), 0.5 * torch.cat([w1, w2]), 0.5 * torch.cat([w1, -w2])
+        return torch.cat([x1, x2]), torch.cat([torch.zeros_like(w1), w2]), torch.cat([w1, -w2])[None]
+    rules = [lattice(h, d, c) for c in cosets(d)]
+    x = torch.cat([nodes for nodes, _ in rules])
+    blocks = [weights for _, weights in rules]
+    zeros = [torch.zeros_like(weights) for weights in blocks]
+    w = 0.5 * torch.cat(blocks[:2] + zeros[2:])
+    rows = [(0.5 if i == 1 else 1.0) * torch.cat([blocks[0]] + [-b if j == i else z for j, (b, z) in
+                                                               enumerate(zip(blocks[1:], zeros[1:]), 1)])
+            for i in range(1, len(blocks))]
+    return x, w, torch.stack(rows)
+
+
+def paired_sums(values: torch.Tensor, w: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paired rule's value ``sum(w f)`` and estimate ``sum_m |sum(e_m f)|`` over the last axis of
+    ``values`` (..., P) (:func:`standard_rule`). A node of weight 0 adds nothing, also where f is
+    +inf (beta_tilde at t = 1), which would otherwise turn the sum into NaN."""
+    value = torch.where(w == 0, 0.0, values * w).sum(-1)
+    estimate = torch.where(e == 0, 0.0, values[..., None, :] * e).sum(-1).abs().sum(-1)
+    return value, estimate
 
 
 def level_rule(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, h: float, quad: Quadrature):
-    """``outer_nodes`` for spacing h (:func:`standard_rule`): nodes, value weights and error weights,
-    both repeated over components like the weights."""
+    """``outer_nodes`` for spacing h (:func:`standard_rule`): nodes, value weights (Q K,) and error
+    weights (M, Q K), both repeated over components like the weights."""
     xi, wq, eq = standard_rule(h, reference.dim, quad)
     x, w = outer_nodes(reference, abar, one_minus_abar, (xi, wq))
-    return x, w, (eq[:, None] * reference.weights).reshape(-1)
+    return x, w, (eq[..., None] * reference.weights).flatten(-2)
 
 
 def whitened_kl(mix: WhitenedMixture, *, nodes: int, form: str) -> torch.Tensor:
@@ -309,24 +329,23 @@ class _StepNodes:
     """Outer nodes of a chunk of steps with everything at them: shapes (S, P, ...)."""
 
     weights: torch.Tensor  # (P,) value weights of the paired rule (standard_rule)
-    error_weights: torch.Tensor  # (P,) its error weights
+    error_weights: torch.Tensor  # (M, P) its error weights
     post: object
     g: torch.Tensor
     c: torch.Tensor
     abar: torch.Tensor  # (S, 1)
 
     def integrate(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E_{q_t}`` of values (S, P) and the paired rule's error estimate. A node of weight 0 (one
-        of the pair's rules has no node there) adds nothing, also where the integrand is +inf
-        (beta_tilde at t = 1), which would otherwise turn the sum into NaN."""
-        def weighted_sum(w):
-            return torch.where(w == 0, 0.0, values * w).sum(-1)
+        """``E_{q_t}`` of values (S, P) and the paired rule's error estimate (:func:`paired_sums`)."""
+        return paired_sums(values, self.weights, self.error_weights)
 
-        return weighted_sum(self.weights), weighted_sum(self.error_weights).abs()
+    def node_weights(self) -> torch.Tensor:
+        """(P,): how much an error at each node can move the value and its estimate."""
+        return self.weights.abs() + self.error_weights.abs().sum(0)
 
     def integrate_error(self, errors: torch.Tensor) -> torch.Tensor:
         """What pointwise errors (S, P) of the integrand can move the value and its estimate by."""
-        return (errors * (self.weights.abs() + self.error_weights.abs())).sum(-1)
+        return (errors * self.node_weights()).sum(-1)
 
 
 def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
@@ -569,11 +588,11 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
         x, w, e = level_rule(reference, abar[sel], one_minus_abar[sel], h, quad)
         post = reference.posterior(x, abar[sel, None], one_minus_abar[sel, None])
         f = -post.log_prob
-        parts = [((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1))]
+        parts = [(*paired_sums(f, w, e), 1e-14 * (f.abs() * w).sum(-1))]
         entropies.update(zip(zip(abar[sel].tolist(), one_minus_abar[sel].tolist()), zip(*(p.tolist() for p in parts[0]))))
         if kappa is not None:
             f = 0.5 * log_det_one_plus(kappa[sel, None], reference.excess(post, abar[sel, None]))
-            parts.append(((f * w).sum(-1), (f * e).sum(-1).abs(), 1e-14 * (f.abs() * w).sum(-1)))
+            parts.append((*paired_sums(f, w, e), 1e-14 * (f.abs() * w).sum(-1)))
             values[sel], errors[sel], floors[sel] = (sum(p[i] for p in parts) for i in range(3))
     if kappa is None and fits.numel():
         rows = torch.tensor([entropies[key] for key in zip(abar[fits].tolist(), one_minus_abar[fits].tolist())], dtype=DTYPE)
@@ -763,7 +782,7 @@ def _de_bruijn_on(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quad
     value_u, lower_u = 0.5 * weighted(rule.value, trace), 0.5 * weighted(rule.lower, trace)
     size = terms.abs() + 0.5 * kappa * (within.abs() + spread) + 0.5 * weighted(rule.value.abs(), size)
     terms = terms - value_u
-    value, outer = (terms * w).sum(-1), (terms * e).sum(-1).abs()
+    value, outer = paired_sums(terms, w, e)
     in_u = ((value_u - lower_u) * w).sum(-1).abs()
     floor = 1e-14 * (size * w.abs()).sum(-1)
     trusted = torch.isfinite(value) & rule.trusted
@@ -787,7 +806,7 @@ def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qua
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
     bound = negentropy_bound(mix).reshape(idx.numel(), -1)
-    weight = (nodes.weights.abs() + nodes.error_weights.abs()).expand_as(bound)
+    weight = nodes.node_weights().expand_as(bound)
     keep = _above_negligible(bound * weight, _SKIP_SHARE * tol)
     j, inner = torch.zeros_like(bound), torch.zeros_like(bound)
     j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad, _inner_tolerance(keep, weight, tol))
@@ -1060,8 +1079,8 @@ def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[
             continue
         x, w, e = _level_points(reference, lv, quad)
         values, bounds = integrands(x)
-        value, estimate = w @ values, (e @ values).abs()
-        error = estimate + (w.abs() + e.abs()) @ bounds + _ROUNDING * value.abs()
+        value, estimate = paired_sums(values.T, w, e)
+        error = estimate + (w.abs() + e.abs().sum(0)) @ bounds + _ROUNDING * value.abs()
         if best is None or float(error.sum()) < float(best[1].sum()):
             best = (value, error)
         if float(estimate.sum()) <= rtol * float(value.abs().sum()):
@@ -1070,8 +1089,9 @@ def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[
 
 
 def _integrated(values: torch.Tensor, w: torch.Tensor, e: torch.Tensor) -> Estimate:
-    value = float((values * w).sum())
-    return Estimate(value, float((values * e).sum().abs()) + _ROUNDING * abs(value))
+    """``E_{q_t}`` of values at the nodes (P,), or of one value for all, with its error."""
+    value, estimate = (float(part) for part in paired_sums(values.expand_as(w), w, e))
+    return Estimate(value, estimate + _ROUNDING * abs(value))
 
 
 def expected_excess_functional(reference, fn, lv: NoiseLevel, *, mean_g=None) -> Estimate:
