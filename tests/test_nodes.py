@@ -15,8 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import integrate, special
 
+from pathkl.families import FAMILIES
+from pathkl.refspec import load_reference
 from pathkl.rules import quadrature as qr
-from pathkl.schedules import DTYPE
+from pathkl.schedules import DTYPE, VPLinear
 
 from .test_error_contract import examples
 
@@ -61,3 +63,18 @@ def test_the_estimate_bounds_the_error_in_every_direction(dim, h, sharpness, off
     value, estimate = band_on_rule(h, direction, sharpness, offset)
     truth, truth_error = band_truth(sharpness, offset)
     assert abs(value - truth) <= estimate + truth_error + 4e-16
+
+
+def test_the_rotated_mixtures_coarse_lattice_claims_hold():
+    """Where the blind pair failed in the engine: ``diag``'s Gaussian part on the rotated mixture at
+    T = 4096, steps 479-481, on the coarse lattice rung (h = 0.25). It claimed 5e-8..9e-9 relative
+    where the error is 1.3e-6; the truth here is the finest rung's value (its claim 1e-13)."""
+    reference, grid, family = load_reference("mog-rotated"), VPLinear().grid(4096), FAMILIES["diag"]
+    t = torch.tensor([479, 480, 481])
+    coarse, fine = qr.LADDER[2], qr.LADDER[-1]
+    h = float(qr._sampled_spacings(reference, grid, t, coarse)[0])
+    value, error = qr._gaussian_part_on(reference, grid, family, t, h, coarse, None)
+    truth, truth_error = qr._gaussian_part_on(reference, grid, family, t, 0.1, fine, None)
+    assert h > 0.2 and bool((truth_error < 1e-12 * truth).all())
+    assert bool(((value - truth).abs() > 1e-7 * truth).all())  # the rung is far from converged here
+    assert bool(((value - truth).abs() <= error + truth_error).all())
