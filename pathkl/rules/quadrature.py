@@ -82,8 +82,8 @@ class Quadrature:
     Every rule is a pair, so that each number comes with an a-posteriori error estimate. Outer: the
     lattice with its copy shifted by ``h/2`` in every coordinate (their mean the value), and its
     copies shifted along each axis but the last, so that the estimate sees every class of aliasing
-    terms (:func:`standard_rule`, :func:`~pathkl.rules.nodes.cosets`); Gauss-Hermite ``smooth`` with ``smooth + smooth // 2`` nodes (value the larger rule,
-    estimate their whole difference). Inner: each Gauss-Hermite rule of n nodes with its companion of
+    terms (:func:`standard_rule`, :func:`~pathkl.rules.nodes.cosets`); Gauss-Hermite ``smooth`` with
+    ``smooth + smooth // 2`` nodes (value the larger rule, estimate their whole difference). Inner: each Gauss-Hermite rule of n nodes with its companion of
     ``n + n // 2`` (:func:`negentropy`). A step's error is the outer estimate plus the outer expectation
     of the inner estimates plus the certified bounds of the points it skipped (docs/errors.md).
     """
@@ -215,14 +215,14 @@ def standard_rule(h: float, d: int, quad: Quadrature) -> tuple[torch.Tensor, tor
         (x1, w1), (x2, w2) = hermite(quad.smooth, d), hermite(companion(quad.smooth), d)
         return torch.cat([x1, x2]), torch.cat([torch.zeros_like(w1), w2]), torch.cat([w1, -w2])[None]
     rules = [lattice(h, d, c) for c in cosets(d)]
-    x = torch.cat([nodes for nodes, _ in rules])
-    blocks = [weights for _, weights in rules]
-    zeros = [torch.zeros_like(weights) for weights in blocks]
-    w = 0.5 * torch.cat(blocks[:2] + zeros[2:])
-    rows = [(0.5 if i == 1 else 1.0) * torch.cat([blocks[0]] + [-b if j == i else z for j, (b, z) in
-                                                               enumerate(zip(blocks[1:], zeros[1:]), 1)])
-            for i in range(1, len(blocks))]
-    return x, w, torch.stack(rows)
+    n = len(rules)
+
+    def on_cosets(coefficients):  # sum_c coefficient_c Q_c as weights over every coset's nodes
+        return torch.cat([c * weights for c, (_, weights) in zip(coefficients, rules)])
+
+    axis_rows = [on_cosets([1.0] + [-1.0 if j == i else 0.0 for j in range(1, n)]) for i in range(2, n)]
+    e = torch.stack([on_cosets([0.5, -0.5] + [0.0] * (n - 2))] + axis_rows)
+    return torch.cat([nodes for nodes, _ in rules]), on_cosets([0.5, 0.5] + [0.0] * (n - 2)), e
 
 
 def paired_sums(values: torch.Tensor, w: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
