@@ -5,7 +5,7 @@
     python3 benchmarks/bench_mixture.py empirical [--n 2000 --d 12288 --samples 32]
     python3 benchmarks/bench_mixture.py mc [--d 8 --K 6 --samples 256 --inner 32]
     python3 benchmarks/bench_mixture.py chain [--ref mog-1d --T 256,1024,4096 --cov full]
-    python3 benchmarks/bench_mixture.py speed [--rtol 1e-6 --long]
+    python3 benchmarks/bench_mixture.py speed [--rtol 1e-6 --long --jobs 1]
 
 ``contract``: the error contract's cost and honesty on the hard cases (the README's 1-D mixture with
 unequal widths at T = 4, the same times N(0, 1) in 2-D, the rotated 2-D mixture at T = 16, the rates
@@ -26,7 +26,7 @@ the saving and the agreement are both printed.
 carried between lines): ``pathkl kl --ref mog-rotated --cov full`` at T = 16, 64, 256; ``pathkl rates
 --ref mog-rotated`` on its default ladder (T = 32..512, four families, one reference shared by them as
 in the CLI); ``pathkl rates`` (the mog-1d default); with ``--long`` also ``rates --ref mog-rotated``
-on T = 64..4096.
+on T = 64..4096. ``--jobs`` runs the T of each rates ladder in that many processes.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def chain(args) -> None:
 
 def speed(args) -> None:
     from pathkl.cli.rates import _DEFAULT_COVS, _DEFAULT_STEPS
-    from pathkl.rates import family_rates
+    from pathkl.rates import ladder_rates
 
     families = [FAMILIES[name] for name in _DEFAULT_COVS.split(",")]
     default = [int(v) for v in _DEFAULT_STEPS.split(",")]
@@ -149,8 +149,8 @@ def speed(args) -> None:
         ladders.append(("mog-rotated", [64 * 2**i for i in range(7)]))
     for ref, ladder in ladders:
         reference, start = load_reference(ref), time.perf_counter()
-        rows = [family_rates(reference, VPLinear(), family, ladder, rtol=args.rtol) for family in families]
-        print(f"rates {ref} T={ladder[0]}..{ladder[-1]}, {len(families)} families: "
+        rows = ladder_rates(reference, VPLinear(), families, ladder, rtol=args.rtol, jobs=args.jobs)
+        print(f"rates {ref} T={ladder[0]}..{ladder[-1]}, {len(families)} families, --jobs {args.jobs}: "
               f"met_rtol={all(r.met_rtol for r in rows)}  ({time.perf_counter() - start:6.1f} s)", flush=True)
         for r in rows:
             worst = max((e / k for k, e in zip(r.kl, r.kl_error) if k > 0), default=0.0)
@@ -187,6 +187,7 @@ def main() -> None:
     p = sub.add_parser("speed")
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--long", action="store_true")
+    p.add_argument("--jobs", type=int, default=1, help="processes for the rates ladders (pathkl.rates.ladder_rates)")
     p.set_defaults(func=speed)
     args = parser.parse_args()
     args.func(args)

@@ -39,6 +39,7 @@ _EXPORTS = {
     "get_family": "pathkl.families",
     "parse_family": "pathkl.families",
     "family_rates": "pathkl.rates",
+    "ladder_rates": "pathkl.rates",
     "fit_order": "pathkl.rates",
     "lanczos_sampler": "pathkl.lanczos",
     "lanczos_accuracy": "pathkl.lgs_accuracy",

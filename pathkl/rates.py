@@ -11,12 +11,15 @@ each order and constant: docs/theory.md section 6) is checked two ways on a ladd
   the closed-form integral ``coefficient * int_0^1 beta(tau)^(p+1) E ||D||^2 dtau`` evaluated by
   adaptive quadrature (its error: QUADPACK's plus the integrand's own quadrature error).
 
-:func:`family_rates` runs one family over a ladder of T and returns all of it.
+:func:`ladder_rates` runs families over a ladder of T (in several processes if asked) and returns
+all of it; :func:`family_rates` is the same for one family.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import multiprocessing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -196,21 +199,71 @@ def check_rate_inputs(reference, ladder: Sequence[int]) -> None:
 
 def family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], *, rtol: float = 1e-6,
                  progress: Callable[[int, int], None] | None = None) -> FamilyRates:
-    """``family`` on the uniform grids of ``ladder``, summed from its first finite step (``beta_tilde``:
-    t = 2), after :func:`check_rate_inputs`. ``progress(i, n)`` is called before each T."""
+    """``family`` on the uniform grids of ``ladder`` (:func:`ladder_rates` with one family)."""
+    return ladder_rates(reference, schedule, [family], ladder, rtol=rtol, progress=progress)[0]
+
+
+def ladder_rates(reference, schedule: Schedule, families: Sequence[Family], ladder: Sequence[int], *,
+                 rtol: float = 1e-6, jobs: int = 1,
+                 progress: Callable[[int, int], None] | None = None) -> list[FamilyRates]:
+    """Each of ``families`` on the uniform grids of ``ladder``, summed from its first finite step
+    (``beta_tilde``: t = 2), after :func:`check_rate_inputs`.
+
+    The path KLs of one T are computed together, on one copy of the reference, so that the families
+    share what the engine caches per grid (the ``full`` chain's ``E J``, the outer nodes' G and C);
+    with ``jobs > 1`` the T run in that many processes, the largest first. Each KL is a function of
+    its reference, grid, family and rtol alone (pathkl.rules.quadrature), so the result does not
+    depend on ``jobs``. ``progress(done, n)`` is called with the number of T done, before the first
+    and after each."""
     check_rate_inputs(reference, ladder)
-    first, order = family.first_step, family.order(reference)
-    kls, errors, met = [], [], True
-    for i, steps in enumerate(ladder):
-        if progress is not None:
-            progress(i, len(ladder))
-        result = path_kl(reference, schedule.grid(steps), family, rtol=rtol, first_step=first)
-        kls.append(result.steps)
-        errors.append(result.steps_error)
-        met = met and result.met_rtol
+    if progress is not None:
+        progress(0, len(ladder))
+    if jobs == 1:
+        found = {}
+        for steps in ladder:
+            found[steps] = _kls_at(reference, schedule, families, steps, rtol)
+            if progress is not None:
+                progress(len(found), len(ladder))
+    else:
+        found = _kls_in_processes(reference, schedule, families, ladder, rtol, jobs, progress)
+    return [_family_rates(reference, schedule, family, ladder, [found[steps][i] for steps in ladder])
+            for i, family in enumerate(families)]
+
+
+def _kls_at(reference, schedule: Schedule, families: Sequence[Family], steps: int, rtol: float) -> list:
+    """``path_kl`` of each family on the uniform grid of ``steps`` (from its first finite step)."""
+    grid = schedule.grid(steps)
+    return [path_kl(reference, grid, family, rtol=rtol, first_step=family.first_step) for family in families]
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # a process per core: a second thread per process only waits
+
+
+def _kls_in_processes(reference, schedule, families, ladder, rtol, jobs, progress) -> dict:
+    """:func:`_kls_at` for every T of ``ladder`` in ``jobs`` processes, the largest T first (they take
+    longest, so the pool ends together)."""
+    found = {}
+    context = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+        pending = {pool.submit(_kls_at, reference, schedule, families, steps, rtol): steps
+                   for steps in sorted(ladder, reverse=True)}
+        for future in concurrent.futures.as_completed(pending):
+            found[pending[future]] = future.result()
+            if progress is not None:
+                progress(len(found), len(ladder))
+    return found
+
+
+def _family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], results) -> FamilyRates:
+    """The fits and constants of one family from its path KLs over ``ladder``."""
+    kls = [result.steps for result in results]
+    errors = [result.steps_error for result in results]
+    order = family.order(reference)
     fit = fit_order(ladder, kls)
     measured = predicted = None
     if order is not None:
         measured = measured_constant(ladder, kls, order, errors)
         predicted = predicted_constant(family, reference, schedule)
-    return FamilyRates(family, order, tuple(ladder), first, tuple(kls), tuple(errors), met, fit, measured, predicted)
+    return FamilyRates(family, order, tuple(ladder), family.first_step, tuple(kls), tuple(errors),
+                       all(result.met_rtol for result in results), fit, measured, predicted)

@@ -168,6 +168,7 @@ BAD_ARGS = {
     "T < 1 in a ladder": (["rates", "--steps", "0,1,2,3"], '>= 1'),
     "unknown family": (["kl", "--cov", "gamma"], 'unknown covariance family'),
     "unknown family in a list": (["rates", "--cov", "beta,gamma", "--steps", "8,16,32,64"], 'unknown covariance family'),
+    "no processes": (["rates", "--jobs", "0"], '--jobs'),
     "sampling-only family": (["kl", "--cov", "lanczos:3"], "pathkl sample --cov lanczos:3"),
     "unknown preset": (["kl", "--ref", "no-such-preset"], 'neither a preset'),
     "unknown schedule": (["kl", "--schedule", "sigmoid"], 'invalid choice'),

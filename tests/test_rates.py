@@ -126,3 +126,20 @@ def test_families_without_a_rate_have_no_constant():
     with pytest.raises(InputError, match="no vanishing rate"):
         predicted_constant(FAMILIES["beta_tilde"], PRESETS["gaussian-5d"][1](), get_schedule("vp-linear"))
     assert math.isfinite(predicted_constant(FAMILIES["full"], PRESETS["gaussian-5d"][1](), get_schedule("cosine")).value)
+
+
+def test_a_ladder_in_two_processes_gives_the_same_rates():
+    """``ladder_rates(jobs=2)`` runs the T in two processes, largest first: every KL, error, fit and
+    constant is the same as in one process (each KL is a function of its reference, grid, family and
+    rtol alone), and progress counts the T done."""
+    from pathkl.rates import ladder_rates
+    from pathkl.refspec import load_reference
+
+    reference, schedule = load_reference("mog-1d"), get_schedule("vp-linear")
+    families, ladder = [FAMILIES["beta"], FAMILIES["full"]], [16, 32, 64, 128]
+    calls = []
+    one = ladder_rates(reference, schedule, families, ladder, rtol=1e-6)
+    two = ladder_rates(reference, schedule, families, ladder, rtol=1e-6, jobs=2,
+                       progress=lambda done, n: calls.append((done, n)))
+    assert [rates.as_dict() for rates in two] == [rates.as_dict() for rates in one]
+    assert calls == [(done, 4) for done in range(5)]

@@ -15,6 +15,7 @@ from .common import (
     parse_integer,
     parse_number_list,
     positive_float,
+    positive_int,
     print_json,
     reference_from,
     warn,
@@ -38,6 +39,7 @@ examples:
   pathkl rates --ref image-3x64x64 --schedule cosine --cov beta,analytic --steps 100,200,400,800
   pathkl rates --ref gaussian-5d --cov analytic,full --steps 64,128,256,512,1024 --json
   pathkl rates --plot rates.pdf
+  pathkl rates --ref mog-rotated --steps 64,128,256,512,1024,2048,4096 --jobs 2   # the T on 2 cores
 """
 
 
@@ -53,6 +55,9 @@ def register(subparsers) -> None:
                    help=f"ladder of T, increasing, at least 4 values (default: {_DEFAULT_STEPS})")
     p.add_argument("--rtol", type=positive_float, default=1e-6,
                    help="relative error each KL's quadrature climbs to, mixtures in d <= 3 (default: 1e-6)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="processes to run the T of the ladder in, the largest first; the KLs do not depend "
+                        "on it (default: 1)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--plot", metavar="FILE", help="also write a log-log plot (.pdf, .png or .svg)")
     p.set_defaults(func=run)
@@ -91,19 +96,18 @@ def run(args: argparse.Namespace) -> int:
     plot_path = check_output_path(args.plot, _PLOT_SUFFIXES) if args.plot else None
 
     from ..families import get_family
-    from ..rates import family_rates
+    from ..rates import ladder_rates
     from ..schedules import get_schedule
 
     families = [get_family(name) for name in names]
     schedule = get_schedule(args.schedule)
     reference = reference_from(args)
-    rows = []
-    for family in families:
-        rates = family_rates(reference, schedule, family, ladder, rtol=args.rtol,
-                             progress=lambda i, n, name=family.name: _progress(f"{name}: T = {ladder[i]} ({i + 1}/{n})"))
-        rows.append(rates.as_dict())
+    results = ladder_rates(reference, schedule, families, ladder, rtol=args.rtol, jobs=args.jobs,
+                           progress=lambda done, n: _progress(f"T done: {done}/{n}"))
+    rows = [rates.as_dict() for rates in results]
+    for rates in results:
         if not rates.met_rtol:
-            warn(f"{family.name}: some KL errors are above rtol = {args.rtol:g} (kl_error in --json)")
+            warn(f"{rates.family.name}: some KL errors are above rtol = {args.rtol:g} (kl_error in --json)")
     _progress("")
     if plot_path is not None:
         from ..rateplot import plot_rates
