@@ -218,14 +218,11 @@ def ladder_rates(reference, schedule: Schedule, families: Sequence[Family], ladd
     check_rate_inputs(reference, ladder)
     if progress is not None:
         progress(0, len(ladder))
-    if jobs == 1:
-        found = {}
-        for steps in ladder:
-            found[steps] = _kls_at(reference, schedule, families, steps, rtol)
-            if progress is not None:
-                progress(len(found), len(ladder))
-    else:
-        found = _kls_in_processes(reference, schedule, families, ladder, rtol, jobs, progress)
+    found = {}
+    for steps, kls in _kls_over(reference, schedule, families, ladder, rtol, jobs):
+        found[steps] = kls
+        if progress is not None:
+            progress(len(found), len(ladder))
     return [_family_rates(reference, schedule, family, ladder, [found[steps][i] for steps in ladder])
             for i, family in enumerate(families)]
 
@@ -240,19 +237,18 @@ def _one_thread() -> None:
     torch.set_num_threads(1)  # a process per core: a second thread per process only waits
 
 
-def _kls_in_processes(reference, schedule, families, ladder, rtol, jobs, progress) -> dict:
-    """:func:`_kls_at` for every T of ``ladder`` in ``jobs`` processes, the largest T first (they take
-    longest, so the pool ends together)."""
-    found = {}
+def _kls_over(reference, schedule, families, ladder, rtol, jobs):
+    """``(T, _kls_at(T))`` for every T of ``ladder`` as each is done: in order here where ``jobs`` is
+    1, else in ``jobs`` processes, the largest T first (they take longest, so the pool ends together)."""
+    if jobs == 1:
+        yield from ((steps, _kls_at(reference, schedule, families, steps, rtol)) for steps in ladder)
+        return
     context = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
         pending = {pool.submit(_kls_at, reference, schedule, families, steps, rtol): steps
                    for steps in sorted(ladder, reverse=True)}
         for future in concurrent.futures.as_completed(pending):
-            found[pending[future]] = future.result()
-            if progress is not None:
-                progress(len(found), len(ladder))
-    return found
+            yield pending[future], future.result()
 
 
 def _family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], results) -> FamilyRates:
