@@ -89,12 +89,15 @@ def assert_within(engine: tuple[float, float], truth: tuple[float, float], what:
        family=st.sampled_from(FAMILY_NAMES))
 def test_one_dimensional_steps_are_within_their_errors(mix, steps, family):
     """Steps 1, 2 and T of short chains, every family: the truth within the stated error, and the
-    stated error within rtol where the engine says it met it."""
+    stated error within rtol of the value. Where the truth is 0 (the family exact on the data, such as
+    ``beta`` on components that are all N(0, 1): 1e-61 +- 2e-60 from the engine) there is no relative
+    accuracy to meet, and only the first holds."""
     grid, reference = VPLinear().grid(steps), as_reference(mix)
     for t in sorted({1, min(2, steps), steps}):
         value, error = engine_step(reference, grid, t, family)
-        assert_within((value, error), oracle_step(mix, grid, t, family), f"d = 1, T = {steps}, t = {t}, {family}")
-        if math.isfinite(value):
+        exact, exact_error = oracle_step(mix, grid, t, family)
+        assert_within((value, error), (exact, exact_error), f"d = 1, T = {steps}, t = {t}, {family}")
+        if math.isfinite(value) and abs(exact) > exact_error:
             assert error <= RTOL * value, f"T = {steps}, t = {t}: error {error:.2e} above rtol"
 
 
