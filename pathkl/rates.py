@@ -210,21 +210,25 @@ def ladder_rates(reference, schedule: Schedule, families: Sequence[Family], ladd
     (``beta_tilde``: t = 2), after :func:`check_rate_inputs`.
 
     The path KLs of one T are computed together, on one copy of the reference, so that the families
-    share what the engine caches per grid (the ``full`` chain's ``E J``, the outer nodes' G and C);
-    with ``jobs > 1`` the T run in that many processes, the largest first. Each KL is a function of
-    its reference, grid, family and rtol alone (pathkl.rules.quadrature), so the result does not
-    depend on ``jobs``. ``progress(done, n)`` is called with the number of T done, before the first
-    and after each."""
+    share what the engine caches per grid (the ``full`` chain's ``E J``, the outer nodes' G and C).
+    With ``jobs > 1`` the T, largest first, and the families' predicted constants run in that many
+    processes. Each KL is a function of its reference, grid, family and rtol alone
+    (pathkl.rules.quadrature), so the result does not depend on ``jobs``. ``progress(done, n)`` is
+    called with the number of T done, before the first and after each."""
     check_rate_inputs(reference, ladder)
+    tasks = {("kl", steps): (_kls_at, (reference, schedule, families, steps, rtol))
+             for steps in sorted(ladder, reverse=True)}
+    tasks |= {("constant", i): (predicted_constant, (family, reference, schedule))
+              for i, family in enumerate(families) if family.order(reference) is not None}
     if progress is not None:
         progress(0, len(ladder))
     found = {}
-    for steps, kls in _kls_over(reference, schedule, families, ladder, rtol, jobs):
-        found[steps] = kls
-        if progress is not None:
-            progress(len(found), len(ladder))
-    return [_family_rates(reference, schedule, family, ladder, [found[steps][i] for steps in ladder])
-            for i, family in enumerate(families)]
+    for key, value in _completed(tasks, jobs):
+        found[key] = value
+        if progress is not None and key[0] == "kl":
+            progress(sum(kind == "kl" for kind, _ in found), len(ladder))
+    return [_family_rates(reference, family, ladder, [found["kl", steps][i] for steps in ladder],
+                          found.get(("constant", i))) for i, family in enumerate(families)]
 
 
 def _kls_at(reference, schedule: Schedule, families: Sequence[Family], steps: int, rtol: float) -> list:
@@ -237,29 +241,26 @@ def _one_thread() -> None:
     torch.set_num_threads(1)  # a process per core: a second thread per process only waits
 
 
-def _kls_over(reference, schedule, families, ladder, rtol, jobs):
-    """``(T, _kls_at(T))`` for every T of ``ladder`` as each is done: in order here where ``jobs`` is
-    1, else in ``jobs`` processes, the largest T first (they take longest, so the pool ends together)."""
+def _completed(tasks: dict, jobs: int):
+    """``(key, function(*arguments))`` for each ``key: (function, arguments)`` of ``tasks`` as it is
+    done: in order here where ``jobs`` is 1, else in ``jobs`` processes (in order of submission, so
+    the dearest first)."""
     if jobs == 1:
-        yield from ((steps, _kls_at(reference, schedule, families, steps, rtol)) for steps in ladder)
+        yield from ((key, function(*arguments)) for key, (function, arguments) in tasks.items())
         return
     context = multiprocessing.get_context("spawn")  # torch is not fork-safe once its threads exist
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
-        pending = {pool.submit(_kls_at, reference, schedule, families, steps, rtol): steps
-                   for steps in sorted(ladder, reverse=True)}
+        pending = {pool.submit(function, *arguments): key for key, (function, arguments) in tasks.items()}
         for future in concurrent.futures.as_completed(pending):
             yield pending[future], future.result()
 
 
-def _family_rates(reference, schedule: Schedule, family: Family, ladder: Sequence[int], results) -> FamilyRates:
-    """The fits and constants of one family from its path KLs over ``ladder``."""
+def _family_rates(reference, family: Family, ladder: Sequence[int], results, predicted) -> FamilyRates:
+    """The fits and measured constant of one family from its path KLs over ``ladder``, with its
+    predicted constant (None for a family with no vanishing rate)."""
     kls = [result.steps for result in results]
     errors = [result.steps_error for result in results]
     order = family.order(reference)
-    fit = fit_order(ladder, kls)
-    measured = predicted = None
-    if order is not None:
-        measured = measured_constant(ladder, kls, order, errors)
-        predicted = predicted_constant(family, reference, schedule)
+    measured = None if order is None else measured_constant(ladder, kls, order, errors)
     return FamilyRates(family, order, tuple(ladder), family.first_step, tuple(kls), tuple(errors),
-                       all(result.met_rtol for result in results), fit, measured, predicted)
+                       all(result.met_rtol for result in results), fit_order(ladder, kls), measured, predicted)
