@@ -84,8 +84,8 @@ class Quadrature:
     lattice with its copy shifted by ``h/2`` in every coordinate (their mean the value), and its
     copies shifted along each axis but the last, so that the estimate sees every class of aliasing
     terms (:func:`standard_rule`, :func:`~pathkl.rules.nodes.cosets`); Gauss-Hermite ``smooth`` with
-    ``smooth + smooth // 2`` nodes (value the larger rule, estimate their whole difference). Inner: each Gauss-Hermite rule of n nodes with its companion of
-    ``n + n // 2`` (:func:`negentropy`). A step's error is the outer estimate plus the outer expectation
+    ``smooth + smooth // 2`` nodes (value the larger rule, estimate their whole difference). Inner:
+    each Gauss-Hermite rule of n nodes with its companion of ``n + n // 2`` (:func:`negentropy`). A step's error is the outer estimate plus the outer expectation
     of the inner estimates plus the certified bounds of the points it skipped (docs/errors.md).
     """
 
@@ -235,6 +235,11 @@ def paired_sums(values: torch.Tensor, w: torch.Tensor, e: torch.Tensor) -> tuple
     return value, estimate
 
 
+def node_weights(w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """(P,): how much an error at each node can move the paired rule's value and its estimate."""
+    return w.abs() + e.abs().sum(0)
+
+
 def level_rule(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, h: float, quad: Quadrature):
     """``outer_nodes`` for spacing h (:func:`standard_rule`): nodes, value weights (Q K,) and error
     weights (M, Q K), both repeated over components like the weights."""
@@ -340,13 +345,9 @@ class _StepNodes:
         """``E_{q_t}`` of values (S, P) and the paired rule's error estimate (:func:`paired_sums`)."""
         return paired_sums(values, self.weights, self.error_weights)
 
-    def node_weights(self) -> torch.Tensor:
-        """(P,): how much an error at each node can move the value and its estimate."""
-        return self.weights.abs() + self.error_weights.abs().sum(0)
-
     def integrate_error(self, errors: torch.Tensor) -> torch.Tensor:
         """What pointwise errors (S, P) of the integrand can move the value and its estimate by."""
-        return (errors * self.node_weights()).sum(-1)
+        return (errors * node_weights(self.weights, self.error_weights)).sum(-1)
 
 
 def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
@@ -367,9 +368,9 @@ def _gaussian_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quad
     and ``diag`` from 9.3 to 2.4 s after ``analytic``."""
     key = _grid_key(grid)
     if reference._cache.get("GC", {}).get("grid") != key:
-        reference._cache["GC"] = {"grid": key, "bytes": 0}
+        reference._cache["GC"] = {"grid": key, "bytes": 0, "rules": {}}
     store = reference._cache["GC"]
-    cache = store.setdefault((quad, h), {})
+    cache = store["rules"].setdefault((quad, h), {})
     steps = t.tolist()
     found = {s: cache[s] for s in steps if s in cache}
     missing = [s for s in steps if s not in found]
@@ -814,7 +815,7 @@ def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qua
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     mix = reverse_kernel_whitened(reference, nodes.post, nodes.abar, kappa, nodes.g)
     bound = negentropy_bound(mix).reshape(idx.numel(), -1)
-    weight = nodes.node_weights().expand_as(bound)
+    weight = node_weights(nodes.weights, nodes.error_weights).expand_as(bound)
     keep = _above_negligible(bound * weight, _SKIP_SHARE * tol)
     j, inner = torch.zeros_like(bound), torch.zeros_like(bound)
     j[keep], inner[keep] = negentropy(mix.subset(keep.flatten()), quad, _inner_tolerance(keep, weight, tol))
@@ -1088,7 +1089,7 @@ def expectation(reference, lv: NoiseLevel, integrands, *, rtol: float) -> tuple[
         x, w, e = _level_points(reference, lv, quad)
         values, bounds = integrands(x)
         value, estimate = paired_sums(values.T, w, e)
-        error = estimate + (w.abs() + e.abs().sum(0)) @ bounds + _ROUNDING * value.abs()
+        error = estimate + node_weights(w, e) @ bounds + _ROUNDING * value.abs()
         if best is None or float(error.sum()) < float(best[1].sum()):
             best = (value, error)
         if float(estimate.sum()) <= rtol * float(value.abs().sum()):
