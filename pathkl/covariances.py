@@ -77,7 +77,7 @@ class ReverseStep:
     s2: float | None = None
 
     @staticmethod
-    def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator, mean_g) -> ReverseStep:
+    def at(grid: Grid, t, *, g: SymmetricOperator, c: SymmetricOperator | None, mean_g) -> ReverseStep:
         """Scalars of step(s) ``t`` (an int, or a 1-D tensor of steps, giving shape (n, 1))."""
         return ReverseStep(*ReverseStep.scalars(grid, t), g, c, torch.as_tensor(mean_g))
 
@@ -200,6 +200,9 @@ class Family:
     optimal: bool = False
     #: Whether Sigma_t depends on ``step.mean_g`` (an expectation over x_t), so that its error moves the KL.
     uses_mean_g: bool = False
+    #: Whether Sigma_t reads ``step.c = Cov[x_0 | x_t]`` (``beta_tilde``), so that the mixture rules
+    #: form it at their nodes; the others read G alone, and C was 40% of the outer nodes' closed forms.
+    uses_c: bool = False
     #: The first step of a finite KL (``beta_tilde``: 2, since ``beta~_1 = 0`` makes step 1 +inf).
     first_step: int = 1
     #: Defined for DDPM only (eta = 1), not for DDIM.

@@ -235,7 +235,7 @@ FAMILIES: dict[str, Family] = {
                ddpm_only=True),
         Family("beta_tilde", source="Ho et al. 2020: Sigma_t = beta~_t I (infinite at t = 1)",
                label=r"$\tilde\beta_t I$", colour=OKABE_ITO[5], marker="v", draw=_beta_tilde_noise,
-               kl_eigvals=_beta_tilde, general_rate=NO_RATE, first_step=2),
+               kl_eigvals=_beta_tilde, general_rate=NO_RATE, first_step=2, uses_c=True),
         Family("analytic", source="Bao et al. 2022 (Analytic-DPM): sigma_t^2 = E tr Sigma*_t / d",
                label=r"analytic $\sigma_t^2 I$", colour=OKABE_ITO[1], marker="s", draw=_analytic_noise,
                kl_eigvals=_analytic, kl_ratios=_analytic_ratios, general_rate=Rate(1, _ORDER_ONE, _analytic_defect),

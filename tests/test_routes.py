@@ -1,7 +1,7 @@
 """The three routes to ``E_{q_t} J_t`` (docs/errors.md), each on every rung of the 1-D ladder, against
 tests/mp_mixture.py (30 digits, the entropy chain rule written out with mpmath; no pathkl code), on
 random hard mixtures and on long chains, where ``E J_t`` is 1e-10..1e-20 and the routes' cancellations
-matter: the truth within each trusted error. Also the Gauss-Kronrod rule of route (c) against exact
+matter: the truth within each trusted error. Also the Gauss-Lobatto rule of route (c) against exact
 moments."""
 
 from __future__ import annotations
@@ -86,19 +86,56 @@ def test_route_a_claims_too_little_on_long_chains():
     check_every_rung([0.3, 0.7], [-2.0, 2.0], [0.01, 0.09], 1024, 64, routes=qr._routes()[2:])
 
 
-def test_kronrod_rule_integrates_polynomials_exactly():
-    """Kronrod 7 exact to degree 10 and its Gauss 3 to degree 5 (and not 6), against the moments of
-    [-1, 1]; the Gauss nodes are numpy's 3-point Gauss-Legendre rule."""
-    nodes, kronrod, gauss = (np.array(column) for column in zip(*qr._KRONROD_7))
+def test_lobatto_rule_integrates_polynomials_exactly():
+    """Lobatto 5 exact to degree 7 (and not 8) and its Simpson to degree 3 (and not 4), against the
+    moments of [-1, 1]; the ends are in the rule (the end +1 is the step's own level)."""
+    nodes, lobatto, simpson = (np.array(column) for column in zip(*qr._LOBATTO_5))
     moment = lambda k: 0.0 if k % 2 else 2.0 / (k + 1)
-    for k in range(11):
-        assert abs(kronrod @ nodes**k - moment(k)) < 1e-15
-    for k in range(6):
-        assert abs(gauss @ nodes**k - moment(k)) < 1e-15
-    assert abs(gauss @ nodes**6 - moment(6)) > 1e-3
-    legendre_nodes, legendre_weights = np.polynomial.legendre.leggauss(3)
-    np.testing.assert_allclose(nodes[gauss > 0], legendre_nodes, atol=1e-15)
-    np.testing.assert_allclose(gauss[gauss > 0], legendre_weights, atol=1e-15)
+    for k in range(8):
+        assert abs(lobatto @ nodes**k - moment(k)) < 1e-15
+    assert abs(lobatto @ nodes**8 - moment(8)) > 1e-3
+    for k in range(4):
+        assert abs(simpson @ nodes**k - moment(k)) < 1e-15
+    assert abs(simpson @ nodes**4 - moment(4)) > 1e-2
+    assert (nodes[0], nodes[-1]) == (-1.0, 1.0)
+
+
+def test_kronrod_extension_of_lobatto_integrates_polynomials_exactly():
+    """The nine points exact to degree 13 (and not 14), against the moments of [-1, 1]; Lobatto's five
+    nodes among them, in its order, and the four new ones inside (-1, 1) with positive weights."""
+    nodes, weights = (np.array(column) for column in zip(*qr._LOBATTO_KRONROD_9))
+    moment = lambda k: 0.0 if k % 2 else 2.0 / (k + 1)
+    for k in range(14):
+        assert abs(weights @ nodes**k - moment(k)) < 1e-15
+    assert abs(weights @ nodes**14 - moment(14)) > 1e-6
+    np.testing.assert_array_equal(nodes[:5], [row[0] for row in qr._LOBATTO_5])
+    assert (np.abs(nodes[5:]) < 1).all() and (weights > 0).all()
+
+
+def test_a_single_step_rule_weighs_its_own_level_as_the_end_of_its_interval():
+    """A single step's levels are u_(t-1) and the three inner Lobatto points, and its own level u_t
+    carries the weight of the end: the weights integrate polynomials in u of degree <= 7 over the
+    step exactly (the lower ones those of degree <= 3); its Kronrod extension keeps those levels and
+    integrates degree <= 13 (the lower rule, Lobatto's, degree <= 7)."""
+    grid = VPLinear().grid(64)
+    t = torch.tensor([1, 5, 40])
+    rule = qr._lobatto_rule(grid, t, torch.ones(3, dtype=torch.bool))
+    u = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(-grid.log_alpha, 0)])
+    levels = torch.cat([-rule.log_abar, u[t, None]], 1)
+    np.testing.assert_allclose(levels[:, 0].numpy(), u[t - 1].numpy(), rtol=1e-13, atol=1e-17)
+    for column, degree in ((0, 7), (1, 3)):
+        weights = torch.cat([rule.value if column == 0 else rule.lower, rule.own[:, column:column + 1]], 1)
+        for k in range(degree + 1):
+            exact = (u[t] ** (k + 1) - u[t - 1] ** (k + 1)) / (k + 1)
+            np.testing.assert_allclose((weights * levels**k).sum(1).numpy(), exact.numpy(), rtol=1e-10)
+    wider = qr._kronrod_extension(grid, t, torch.ones(3, dtype=torch.bool))
+    assert torch.equal(wider.log_abar[:, :4], rule.log_abar)  # the same levels, so their tr G is reused
+    levels = torch.cat([-wider.log_abar, u[t, None]], 1)
+    for column, degree in ((0, 13), (1, 7)):
+        weights = torch.cat([wider.value if column == 0 else wider.lower, wider.own[:, column:column + 1]], 1)
+        for k in range(degree + 1):
+            exact = (u[t] ** (k + 1) - u[t - 1] ** (k + 1)) / (k + 1)
+            np.testing.assert_allclose((weights * levels**k).sum(1).numpy(), exact.numpy(), rtol=1e-9)
 
 
 @examples(6)

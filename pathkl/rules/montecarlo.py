@@ -381,8 +381,8 @@ def step_kls(reference, grid: Grid, family, mc: MonteCarlo, *,
                 own = torch.tensor(_stratified(trace, outer.xi, reference.weights, mc)[0], dtype=DTYPE)
             else:
                 own = mean_g[t - 1]
-            c = reference.posterior_cov_dense(outer.post, lv.abar, lv.one_minus_abar)
-            step = ReverseStep.at(grid, t, g=Dense(outer.g), c=Dense(c), mean_g=own)
+            c = Dense(reference.posterior_cov_dense(outer.post, lv.abar, lv.one_minus_abar)) if family.uses_c else None
+            step = ReverseStep.at(grid, t, g=Dense(outer.g), c=c, mean_g=own)
             y = y + family.gaussian_step_kl(step)
         values[t - 1], variances[t - 1] = _stratified(y.reshape(k, n), outer.xi, reference.weights, mc)
     return values, variances

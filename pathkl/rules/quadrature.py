@@ -103,6 +103,11 @@ class Quadrature:
         """Gauss-Hermite everywhere with ``outer`` nodes per dimension (no lattice)."""
         return Quadrature(smooth_below=math.inf, smooth=outer, inner=inner, separated=separated)
 
+    @property
+    def outer(self) -> tuple[float, float, float, int]:
+        """What the outer rules depend on (the inner ones on the rest)."""
+        return self.resolution, self.coarse, self.smooth_below, self.smooth
+
 
 #: The rules a step climbs, cheap to fine, until its error estimate meets the requested tolerance
 #: (d = 2, 3). The first two are Gauss-Hermite everywhere (8 and 14 outer nodes); the others put a lattice where
@@ -338,7 +343,7 @@ class _StepNodes:
     error_weights: torch.Tensor  # (M, P) its error weights
     post: object
     g: torch.Tensor
-    c: torch.Tensor
+    c: torch.Tensor | None  # None unless asked for (Family.uses_c)
     abar: torch.Tensor  # (S, 1)
 
     def integrate(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,41 +355,65 @@ class _StepNodes:
         return (errors * node_weights(self.weights, self.error_weights)).sum(-1)
 
 
-def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
+def _step_nodes(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, *,
+                with_c: bool = False) -> _StepNodes:
+    """Steps idx on the outer rule of spacing h: the posterior, G and (``with_c``) C at the nodes."""
     abar, om = grid.abar[idx], grid.one_minus_abar[idx]
     x, w, e = level_rule(reference, abar, om, h, quad)
     post = reference.posterior(x, abar[:, None], om[:, None])
     g = reference.excess(post, abar[:, None])
-    c = reference.posterior_cov_dense(post, abar[:, None], om[:, None])
+    c = reference.posterior_cov_dense(post, abar[:, None], om[:, None]) if with_c else None
+    _remember_nodes(reference, grid, idx, h, quad, g, c)
     return _StepNodes(w, e, post, g, c, abar[:, None])
 
 
-def _gaussian_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quadrature) -> _StepNodes:
-    """:func:`_step_nodes` for the families' Gaussian parts (no posterior), with each step's G and C
-    cached on the reference for the latest grid only, up to :data:`_NODE_CACHE_BYTES`: they are most
-    of a family's cost once E J is known, and every family of a ``rates`` run asks for them on the
-    same rules at one T after another (pathkl.rates.ladder_rates). A cache over every grid filled up
-    with the first T's; this one, at T = 2048 on the rotated mixture, took ``beta`` from 8.4 to 1.7 s
-    and ``diag`` from 9.3 to 2.4 s after ``analytic``."""
+def _node_cache(reference, grid: Grid, h: float, quad: Quadrature) -> tuple[dict, dict]:
+    """The outer nodes' G and C cached on the reference for the latest grid only (a new grid empties
+    it): the whole store (its byte count) and the entries ``{t: (G, C)}`` of the rule ``(quad, h)``."""
     key = _grid_key(grid)
     if reference._cache.get("GC", {}).get("grid") != key:
         reference._cache["GC"] = {"grid": key, "bytes": 0, "rules": {}}
     store = reference._cache["GC"]
-    cache = store["rules"].setdefault((quad, h), {})
+    return store, store["rules"].setdefault((quad, h), {})
+
+
+def _remember_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quadrature, g: torch.Tensor,
+                    c: torch.Tensor | None) -> None:
+    """Keeps the G and C (S, P, d, d; C may be None) of steps t on the rule ``(quad, h)`` for the
+    families' Gaussian parts (:func:`_gaussian_nodes`), while the store holds at most
+    :data:`_NODE_CACHE_BYTES`; an entry with C replaces one without."""
+    store, cache = _node_cache(reference, grid, h, quad)
+    per_step = 8 * g[0].numel() * (1 if c is None else 2)
+    for i, s in enumerate(t.tolist()):
+        known = cache.get(s)
+        if known is not None and (c is None or known[1] is not None):
+            continue
+        freed = 0 if known is None else 8 * known[0].numel()
+        if store["bytes"] - freed + per_step <= _NODE_CACHE_BYTES:
+            cache[s] = (g[i].clone(), None if c is None else c[i].clone())
+            store["bytes"] += per_step - freed
+
+
+def _gaussian_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quadrature, *,
+                    with_c: bool = False) -> _StepNodes:
+    """:func:`_step_nodes` for the families' Gaussian parts (no posterior), from the latest grid's
+    cache of G and C where they are there (:func:`_remember_nodes`): they are most of a family's
+    cost once E J is known, every family of a ``rates`` run asks for them on the same rules at one T
+    after another (pathkl.rates.ladder_rates), and route (a) of ``E J`` leaves its own there too
+    (route (c) has no C: computing it there took ``full`` at T = 4096 from 57 to 67 s to save
+    ``analytic`` 6 s). A cache over every grid filled up with the first T's; this one, at T = 2048 on the rotated
+    mixture, took ``beta`` from 8.4 to 1.7 s and ``diag`` from 9.3 to 2.4 s after ``analytic``."""
+    _, cache = _node_cache(reference, grid, h, quad)
     steps = t.tolist()
-    found = {s: cache[s] for s in steps if s in cache}
-    missing = [s for s in steps if s not in found]
-    if missing:
-        nodes = _step_nodes(reference, grid, torch.tensor(missing), h, quad)
-        per_step = 8 * (nodes.g[0].numel() + nodes.c[0].numel())
-        for i, s in enumerate(missing):
-            found[s] = (nodes.g[i].clone(), nodes.c[i].clone())
-            if store["bytes"] + per_step <= _NODE_CACHE_BYTES:
-                cache[s] = found[s]
-                store["bytes"] += per_step
+    found = {s: cache[s] for s in steps if s in cache and (not with_c or cache[s][1] is not None)}
+    missing = torch.tensor([s for s in steps if s not in found], dtype=torch.long)
+    if missing.numel():
+        nodes = _step_nodes(reference, grid, missing, h, quad, with_c=with_c)
+        found |= {s: (nodes.g[i], None if nodes.c is None else nodes.c[i]) for i, s in enumerate(missing.tolist())}
     abar = grid.abar[t]
     _, w, e = level_rule(reference, abar, grid.one_minus_abar[t], h, quad)
-    g, c = (torch.stack([found[s][i] for s in steps]) for i in (0, 1))
+    g = torch.stack([found[s][0] for s in steps])
+    c = torch.stack([found[s][1] for s in steps]) if with_c else None
     return _StepNodes(w, e, None, g, c, abar[:, None])
 
 
@@ -417,9 +446,16 @@ def _by_spacing(reference, h: torch.Tensor, quad: Quadrature, *, chunked: bool =
 
 
 def _rungs(d: int) -> tuple[tuple[object, int], ...]:
-    """The order in which a step tries (route, ladder level): each of :func:`_routes` up the ladder."""
-    levels = range(len(ladder_for(d)))
-    return tuple((route, level) for route in _routes() for level in levels)
+    """The order in which a step tries (route, ladder level): each of :func:`_routes` up the ladder.
+    Routes (b) and (c) have no inner rules, so they skip a level whose outer rule is the previous
+    level's (:data:`LADDER`'s fifth): it gave the same values again (2.3 s of ``full`` at T = 4096 on
+    the rotated mixture)."""
+    ladder = ladder_for(d)
+
+    def new_rule(route, level: int) -> bool:
+        return route is _expected_negentropy or level == 0 or ladder[level].outer != ladder[level - 1].outer
+
+    return tuple((route, level) for route in _routes() for level in range(len(ladder)) if new_rule(route, level))
 
 
 def _routes() -> tuple[object, ...]:
@@ -580,12 +616,15 @@ def expected_negentropy_at(reference, grid: Grid, idx: torch.Tensor, quad: Quadr
 
 
 def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tensor, quad: Quadrature,
-                       kappa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       kappa: torch.Tensor | None = None, *, steps: tuple[Grid, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``E_{q}[-log q + (1/2) log det(I + kappa G)]`` (the last term only where ``kappa`` is given) at
     levels (L,), by the paired rule at each level's own spacing: values, the pair's error estimates
     (each term's apart) and a rounding floor of 1e-14 of ``E |term|`` (log-sum-exp and the sums). The
     entropy term of each level is cached on the reference (:func:`_level_entropies`): route (b) needs
-    H(q_t) for step t and again for step t + 1, where the posterior at the level is already known."""
+    H(q_t) for step t and again for step t + 1, where the posterior at the level is already known.
+    ``steps``: the grid and steps whose own levels these are, whose G is kept for the families'
+    Gaussian parts (:func:`_remember_nodes`)."""
     values, errors, floors = (torch.full_like(abar, math.inf) for _ in range(3))
     h_all = spacing(reference, abar, one_minus_abar, quad)
     fits = torch.nonzero(affordable(h_all, reference.dim)).flatten()
@@ -600,7 +639,10 @@ def _level_expectation(reference, abar: torch.Tensor, one_minus_abar: torch.Tens
         parts = [(*paired_sums(f, w, e), 1e-14 * (f.abs() * w).sum(-1))]
         entropies.update(zip(zip(abar[sel].tolist(), one_minus_abar[sel].tolist()), zip(*(p.tolist() for p in parts[0]))))
         if kappa is not None:
-            f = 0.5 * log_det_one_plus(kappa[sel, None], reference.excess(post, abar[sel, None]))
+            g = reference.excess(post, abar[sel, None])
+            if steps is not None:
+                _remember_nodes(reference, steps[0], steps[1][sel], h, quad, g, None)
+            f = 0.5 * log_det_one_plus(kappa[sel, None], g)
             parts.append((*paired_sums(f, w, e), 1e-14 * (f.abs() * w).sum(-1)))
             values[sel], errors[sel], floors[sel] = (sum(p[i] for p in parts) for i in range(3))
     if kappa is None and fits.numel():
@@ -624,28 +666,47 @@ def _chain_rule_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, q
     spacing h of route (a) is not used: each level takes its own, nor is the tolerance (it has no
     inner rules to adapt).""" 
     kappa = grid.beta[idx - 1] / grid.alpha[idx - 1]
-    a, a_err, a_floor = _level_expectation(reference, grid.abar[idx], grid.one_minus_abar[idx], quad, kappa)
+    a, a_err, a_floor = _level_expectation(reference, grid.abar[idx], grid.one_minus_abar[idx], quad, kappa,
+                                           steps=(grid, idx))
     b, b_err, b_floor = _level_expectation(reference, grid.abar[idx - 1], grid.one_minus_abar[idx - 1], quad)
     value, floor = a - b, a_floor + b_floor
     return value, torch.where(torch.isfinite(value), a_err + b_err + floor, math.inf), floor
 
 
-#: Gauss-Kronrod 7 points on [-1, 1] and the Gauss 3 points among them (nodes, Kronrod weights,
-#: Gauss weights; 0 off the Gauss nodes): Kronrod exact to degree 10, Gauss to degree 5.
-_KRONROD_7 = (
-    (-0.960491268708020283423507092629, 0.104656226026467265193823857192, 0.0),
-    (-0.774596669241483377035853079956, 0.268488089868333440728569280666, 5.0 / 9.0),
-    (-0.434243749346802558002071502844, 0.401397414775962222905051818618, 0.0),
-    (0.0, 0.450916538658474142345110087045, 8.0 / 9.0),
-    (0.434243749346802558002071502844, 0.401397414775962222905051818618, 0.0),
-    (0.774596669241483377035853079956, 0.268488089868333440728569280666, 5.0 / 9.0),
-    (0.960491268708020283423507092629, 0.104656226026467265193823857192, 0.0),
+#: Gauss-Lobatto 5 points on [-1, 1] and Simpson's rule on the three among them (nodes, Lobatto
+#: weights, Simpson weights; 0 off Simpson's nodes): Lobatto exact to degree 7, Simpson to degree 3.
+#: The end +1 is the step's own level, whose tr G route (c) has already, so a step costs four levels
+#: of its own where Gauss-Kronrod 7 cost seven.
+_LOBATTO_5 = (
+    (-1.0, 0.1, 1.0 / 3.0),
+    (-math.sqrt(3.0 / 7.0), 49.0 / 90.0, 0.0),
+    (0.0, 32.0 / 45.0, 4.0 / 3.0),
+    (math.sqrt(3.0 / 7.0), 49.0 / 90.0, 0.0),
+    (1.0, 0.1, 1.0 / 3.0),
+)
+#: The Kronrod extension of :data:`_LOBATTO_5`: Lobatto's nodes in its order, then four new ones
+#: between them (nodes, weights), the nine exact to degree 13. Where Simpson's estimate of a step's
+#: u-integral is too coarse (steps of beta_t ~ 1e-2: 1e-12 where 1e-15 was asked) the four new levels
+#: make the estimate Lobatto's own error. (Weights and nodes: the moments of [-1, 1] up to degree 12
+#: solved with mpmath at 40 digits; tests/test_routes.py checks them.)
+_LOBATTO_KRONROD_9 = (
+    (-1.0, 0.030643738977072310405643738977),
+    (-math.sqrt(3.0 / 7.0), 0.283978778048121113814544471479),
+    (0.0, 0.343762087210363072432037949279),
+    (math.sqrt(3.0 / 7.0), 0.283978778048121113814544471479),
+    (1.0, 0.030643738977072310405643738977),
+    (-0.890405527512668786570290741897, 0.179262699553207355980284020183),
+    (-0.340982265910992971513068178279, 0.334233739816417683583508794722),
+    (0.340982265910992971513068178279, 0.334233739816417683583508794722),
+    (0.890405527512668786570290741897, 0.179262699553207355980284020183),
 )
 # Route (c) is trusted where the step in u is at most this share of the smallest marginal variance at
-# level t - 1 (the scale on which E tr G_u varies there), so that Kronrod's 7 points resolve it.
+# level t - 1 (the scale on which E tr G_u varies there), so that Lobatto's 5 points resolve it.
 _DE_BRUIJN_REACH = 0.5
 #: Chebyshev-Lobatto points of a run's interpolant in u and of its nested lower set (every other one).
 _RUN_POINTS = 17
+#: The fewest steps that share a run's levels: fewer take :data:`_LOBATTO_5`'s four levels each.
+_RUN_STEPS = 5
 # A run spans at most this share of the smallest marginal variance at its start: the interpolant's
 # singularities are that far off, so its lower set of 9 points is resolved to about 1e-14 (Bernstein
 # ellipse r ~ 34) and the pair's difference is the lower set's error, far below the steps' terms.
@@ -655,20 +716,30 @@ _RUN_REACH = 0.125
 @dataclass(frozen=True)
 class _URule:
     """The u-integrals ``int_{u_{t-1}}^{u_t} f du`` of route (c) for some steps as weighted sums over
-    levels: levels (L, m) as ``log abar``, L = 1 (a run of steps sharing them) or one row per step;
-    value and lower weights (n, m), in units of u; whether each step's rule is trusted (n,)."""
+    levels: levels (L, m) as ``log abar``, L = 1 for a run of steps sharing them (``run``), else one
+    row per step; value and lower weights (n, m), in units of u; the value and lower weights (n, 2)
+    of each step's own level t, whose f route (c) has already; whether each step's rule is trusted
+    (n,)."""
 
     log_abar: torch.Tensor
     value: torch.Tensor
     lower: torch.Tensor
+    own: torch.Tensor
     trusted: torch.Tensor
+    run: bool
+
+    def rows(self, chunk: torch.Tensor) -> _URule:
+        """The rule of the steps ``chunk`` (a run's levels stay shared)."""
+        levels = self.log_abar if self.run else self.log_abar[chunk]
+        return _URule(levels, self.value[chunk], self.lower[chunk], self.own[chunk], self.trusted[chunk], self.run)
 
 
 def _u_rules(reference, grid: Grid, idx: torch.Tensor):
     """Route (c)'s u-rules for the steps idx (ascending): ``(positions, _URule)``. Runs of at least
     three steps (not necessarily consecutive) whose span in u is within :data:`_RUN_REACH` of the smallest marginal
     variance at the run's start share one interpolant (:func:`_run_rule`: 17 levels for the run where
-    Kronrod takes 7 a step); the other steps take Gauss-Kronrod 7 each (:func:`_kronrod_rule`)."""
+    a single step takes 4); the other steps take Gauss-Lobatto 5 each (:func:`_lobatto_rule`), which
+    route (c) extends where it needs to (:func:`_kronrod_extension`)."""
     smallest = reference.marginal_eigenvalues(grid.abar[idx - 1, None], grid.one_minus_abar[idx - 1, None]).flatten(1).amin(1)
     step = -grid.log_alpha[idx - 1]
     # u at each level, from the steps' -log alpha (a span is a difference of these).
@@ -679,21 +750,40 @@ def _u_rules(reference, grid: Grid, idx: torch.Tensor):
         j = i + 1
         while j < len(t) and u[t[j]] - u[t[i] - 1] <= reach[i]:
             j += 1
-        (runs if j - i >= 3 else singles).append(torch.arange(i, j))
+        (runs if j - i >= _RUN_STEPS else singles).append(torch.arange(i, j))
         i = j
     for run in runs:
         yield run, _run_rule(grid, idx[run])
     if singles:
         singles = torch.cat(singles)
-        yield singles, _kronrod_rule(grid, idx[singles], step[singles] <= _DE_BRUIJN_REACH * smallest[singles])
+        yield singles, _lobatto_rule(grid, idx[singles], step[singles] <= _DE_BRUIJN_REACH * smallest[singles])
 
 
-def _kronrod_rule(grid: Grid, t: torch.Tensor, trusted: torch.Tensor) -> _URule:
-    """Gauss-Kronrod 7 on each step's own interval, its Gauss 3 the lower rule."""
+def _lobatto_rule(grid: Grid, t: torch.Tensor, trusted: torch.Tensor) -> _URule:
+    """Gauss-Lobatto 5 on each step's own interval, Simpson's rule on three of its points the lower
+    rule; the end u_t is the step's own level."""
+    nodes, lobatto, simpson = (torch.tensor(column, dtype=DTYPE) for column in zip(*_LOBATTO_5))
+    return _single_step_rule(grid, t, trusted, nodes, lobatto, simpson)
+
+
+def _kronrod_extension(grid: Grid, t: torch.Tensor, trusted: torch.Tensor) -> _URule:
+    """The Kronrod 9 of :data:`_LOBATTO_KRONROD_9` on each step's own interval, Lobatto 5 the lower
+    rule: the levels those of :func:`_lobatto_rule` (the same floats) and then the four new ones."""
+    nodes, kronrod = (torch.tensor(column, dtype=DTYPE) for column in zip(*_LOBATTO_KRONROD_9))
+    lobatto = torch.tensor([row[1] for row in _LOBATTO_5] + [0.0] * 4, dtype=DTYPE)
+    order = [0, 1, 2, 3, 5, 6, 7, 8, 4]  # the end +1, the step's own level, last
+    return _single_step_rule(grid, t, trusted, nodes[order], kronrod[order], lobatto[order])
+
+
+def _single_step_rule(grid: Grid, t: torch.Tensor, trusted: torch.Tensor, nodes: torch.Tensor,
+                      value: torch.Tensor, lower: torch.Tensor) -> _URule:
+    """A rule on [-1, 1] (nodes, value and lower weights; the last node +1) on each step's own
+    interval in u, its last level the step's own."""
     step = -grid.log_alpha[t - 1]
-    nodes, kronrod, gauss = (torch.tensor(column, dtype=DTYPE) for column in zip(*_KRONROD_7))
-    log_abar = grid.log_abar[t - 1, None] - 0.5 * (1.0 + nodes) * step[:, None]
-    return _URule(log_abar, 0.5 * step[:, None] * kronrod, 0.5 * step[:, None] * gauss, trusted)
+    log_abar = grid.log_abar[t - 1, None] - 0.5 * (1.0 + nodes[:-1]) * step[:, None]
+    value, lower = 0.5 * step[:, None] * value, 0.5 * step[:, None] * lower
+    own = torch.stack([value[:, -1], lower[:, -1]], 1)
+    return _URule(log_abar, value[:, :-1], lower[:, :-1], own, trusted, run=False)
 
 
 def _run_rule(grid: Grid, t: torch.Tensor) -> _URule:
@@ -718,7 +808,8 @@ def _run_rule(grid: Grid, t: torch.Tensor) -> _URule:
     value, lower = integrals(points), torch.zeros(t.numel(), _RUN_POINTS, dtype=DTYPE)
     lower[:, ::2] = integrals(points[::2])
     levels = grid.log_abar[t[0] - 1] - 0.5 * span * (1.0 + points)
-    return _URule(levels[None], value, lower, torch.ones(t.numel(), dtype=torch.bool))
+    return _URule(levels[None], value, lower, torch.zeros(t.numel(), 2, dtype=DTYPE),
+                  torch.ones(t.numel(), dtype=torch.bool), run=True)
 
 
 def _de_bruijn_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, tol=None):
@@ -731,21 +822,40 @@ def _de_bruijn_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, qu
     (1e-14 of the terms' and of G's parts' ``E |.|``,
     :meth:`~pathkl.references.MixtureReference.excess_trace`) is O(beta_t) smaller. Untrusted (error
     inf) where a step's own rule does not resolve the u-integral (:func:`_u_rules`; near a point
-    mass). ``tol`` is not used (no inner rules). The steps are batched here, not by the caller, so
-    that a run's levels are computed once."""
+    mass). A single step's u-rule is extended where ``tol`` (absolute, per step; None: 0) asks for it
+    (:func:`_extended_where_needed`). The steps are batched here, not by the caller, so that a run's
+    levels are computed once."""
+    tol = torch.zeros(idx.numel(), dtype=DTYPE) if tol is None else tol
     order = torch.argsort(idx)
     value, error, floor = (torch.empty(idx.numel(), dtype=DTYPE) for _ in range(3))
     for at, rule in _u_rules(reference, grid, idx[order]):
-        shared = rule.log_abar.shape[0] == 1
-        traces = _level_traces(reference, rule.log_abar, h, quad) if shared else None
-        for chunk in _step_chunks(reference, at.numel(), h, quad, 0 if shared else rule.log_abar.shape[-1]):
-            part = _URule(rule.log_abar if shared else rule.log_abar[chunk], rule.value[chunk], rule.lower[chunk],
-                          rule.trusted[chunk])
-            pos = order[at[chunk]]
-            value[pos], error[pos], floor[pos] = _de_bruijn_on(
-                reference, grid, idx[pos], h, quad, part,
-                traces if shared else _level_traces(reference, part.log_abar, h, quad))
+        traces = _level_traces(reference, rule.log_abar, h, quad) if rule.run else None
+        room = 0 if rule.run else 2 * rule.log_abar.shape[-1]  # a single step's levels and its extension's
+        for chunk in _step_chunks(reference, at.numel(), h, quad, room):
+            part, pos = rule.rows(chunk), order[at[chunk]]
+            own = _own_level(reference, grid, idx[pos], h, quad)
+            part_traces = traces if rule.run else _level_traces(reference, part.log_abar, h, quad)
+            found = _de_bruijn_on(own, part, part_traces)
+            if not rule.run:
+                found = _extended_where_needed(reference, grid, idx[pos], h, quad, own, part, part_traces, found, tol[pos])
+            value[pos], error[pos], floor[pos] = found[:3]
     return value, error, floor
+
+
+def _extended_where_needed(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, own: _OwnLevel,
+                           rule: _URule, traces, found, tol: torch.Tensor):
+    """Route (c)'s single steps (value, error, floor, u-estimate ``found`` by their Lobatto ``rule`` on
+    its levels' ``traces``) with the :func:`_kronrod_extension` where a step's error is above ``tol``
+    and the extension can bring it within, or the u-estimate is most of the error: four more levels."""
+    value, error, floor, in_u = found
+    wide = (error > tol) & ((error - in_u <= tol) | (2.0 * in_u > error))
+    if wide.any():
+        extension = _kronrod_extension(grid, idx[wide], rule.trusted[wide])
+        more = _level_traces(reference, extension.log_abar[:, -4:], h, quad)
+        traces = tuple(torch.cat([known[wide], new], 1) for known, new in zip(traces, more))
+        value, error, floor, in_u = (v.clone() for v in found)
+        value[wide], error[wide], floor[wide], in_u[wide] = _de_bruijn_on(own.rows(wide), extension, traces)
+    return value, error, floor, in_u
 
 
 def _step_chunks(reference, n: int, h: float, quad: Quadrature, levels: int):
@@ -773,29 +883,55 @@ def _level_traces(reference, log_abar: torch.Tensor, h: float, quad: Quadrature)
     return tuple(torch.cat(parts).reshape(*log_abar.shape, -1) for parts in (trace, size))
 
 
-def _de_bruijn_on(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature, rule: _URule, traces):
-    """Route (c) for the steps idx with their u-rule and its levels' ``tr G`` and sizes
-    (:func:`_level_traces`): value, error and rounding floor."""
+@dataclass(frozen=True)
+class _OwnLevel:
+    """Route (c) at steps' own levels t on the standard nodes of spacing h: the terms
+    ``(1/2) log det(I + k G_t)``, ``tr G_t`` and the size of its parts (the rounding scale,
+    :meth:`~pathkl.references.MixtureReference.excess_trace`), each (S, P); k (S, 1); the paired
+    rule's value and error weights."""
+
+    terms: torch.Tensor
+    trace: torch.Tensor
+    size: torch.Tensor
+    kappa: torch.Tensor
+    w: torch.Tensor
+    e: torch.Tensor
+
+    def rows(self, which: torch.Tensor) -> _OwnLevel:
+        return _OwnLevel(self.terms[which], self.trace[which], self.size[which], self.kappa[which], self.w, self.e)
+
+
+def _own_level(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _OwnLevel:
+    """:class:`_OwnLevel` of the steps idx."""
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
     abar, om = grid.abar[idx], grid.one_minus_abar[idx]
     x, w, e = level_rule(reference, abar, om, h, quad)
     post = reference.posterior(x, abar[:, None], om[:, None])
-    terms = 0.5 * log_det_one_plus(kappa, reference.excess(post, abar[:, None]))
+    g = reference.excess(post, abar[:, None])
+    _remember_nodes(reference, grid, idx, h, quad, g, None)
+    terms = 0.5 * log_det_one_plus(kappa, g)
     # The rounding scale of each term is that of G's parts, not of G: they cancel (see excess_trace).
     within, spread = reference.excess_trace(post, abar[:, None])
+    return _OwnLevel(terms, within + spread, within.abs() + spread, kappa, w, e)
+
+
+def _de_bruijn_on(own: _OwnLevel, rule: _URule, traces):
+    """Route (c) for steps at their own levels with their u-rule and its levels' ``tr G`` and sizes
+    (:func:`_level_traces`): value, error, rounding floor and the u-rule's estimate (in the error)."""
     trace, size = traces
 
     def weighted(weights, values):  # sum_j weights[s, j] values[., j, :] -> (S, P)
         return weights @ values[0] if values.shape[0] == 1 else (weights[:, None, :] @ values)[:, 0]
 
-    value_u, lower_u = 0.5 * weighted(rule.value, trace), 0.5 * weighted(rule.lower, trace)
-    size = terms.abs() + 0.5 * kappa * (within.abs() + spread) + 0.5 * weighted(rule.value.abs(), size)
-    terms = terms - value_u
-    value, outer = paired_sums(terms, w, e)
-    in_u = ((value_u - lower_u) * w).sum(-1).abs()
-    floor = 1e-14 * (size * w.abs()).sum(-1)
+    value_u = 0.5 * (weighted(rule.value, trace) + rule.own[:, :1] * own.trace)
+    lower_u = 0.5 * (weighted(rule.lower, trace) + rule.own[:, 1:] * own.trace)
+    size = (own.terms.abs() + 0.5 * (own.kappa + rule.own[:, :1].abs()) * own.size
+            + 0.5 * weighted(rule.value.abs(), size))
+    value, outer = paired_sums(own.terms - value_u, own.w, own.e)
+    in_u = ((value_u - lower_u) * own.w).sum(-1).abs()
+    floor = 1e-14 * (size * own.w.abs()).sum(-1)
     trusted = torch.isfinite(value) & rule.trusted
-    return value, torch.where(trusted, outer + in_u + floor, math.inf), floor
+    return value, torch.where(trusted, outer + in_u + floor, math.inf), floor, in_u
 
 
 def _expected_negentropy(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature,
@@ -966,7 +1102,7 @@ def _gaussian_part_on(reference, grid: Grid, family, t: torch.Tensor, h: float, 
                       mean_g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``E_{q_t} K_f`` on one paired outer rule and its error: the pair's estimate, rounding, and for
     a family that uses ``E tr G / d`` what that mean's error can move it by."""
-    nodes = _gaussian_nodes(reference, grid, t, h, quad)
+    nodes = _gaussian_nodes(reference, grid, t, h, quad, with_c=family.uses_c)
     own, own_error = _step_mean_g(nodes, None if mean_g is None else mean_g[t - 1])
     part, error = nodes.integrate(_gaussian_part(family, grid, t, nodes, own))
     error = error + _ROUNDING * part.abs()
@@ -979,7 +1115,7 @@ def _gaussian_part_on(reference, grid: Grid, family, t: torch.Tensor, h: float, 
 
 def _gaussian_part(family, grid: Grid, t: torch.Tensor, nodes: _StepNodes, mean_g: torch.Tensor) -> torch.Tensor:
     """The family's Gaussian step KL K_f at the outer nodes of steps t, with ``E tr G / d = mean_g``."""
-    step = ReverseStep.at(grid, t[:, None, None], g=SmallDense(nodes.g), c=SmallDense(nodes.c),
+    step = ReverseStep.at(grid, t[:, None, None], g=SmallDense(nodes.g), c=None if nodes.c is None else SmallDense(nodes.c),
                           mean_g=mean_g[:, None, None])
     return family.gaussian_step_kl(step)
 
