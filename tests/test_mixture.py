@@ -294,6 +294,47 @@ def test_a_path_kl_does_not_depend_on_what_was_computed_before():
     assert torch.equal(fresh.per_step, after.per_step) and torch.equal(fresh.per_step_error, after.per_step_error)
 
 
+def _rotated_pair() -> MixtureReference:
+    return MixtureReference.from_components([0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]],
+                                            covs=[[[0.03, 0.01], [0.01, 0.02]], [[0.05, -0.02], [-0.02, 0.04]]])
+
+
+def test_the_families_read_the_same_g_from_the_routes_as_computed_afresh(monkeypatch):
+    """The G that routes (a), (b) and (c) of E J leave at each step's own nodes, which the families'
+    Gaussian parts read (a wrong step or rule there would move them), against a run that caches none
+    (every family's G computed on its own): the same KLs and errors to rounding, in 2-D at T = 8
+    (routes (b) and (a)) and T = 64 (route (c) too)."""
+
+    def kls(reference, grid):
+        return {name: path_kl(reference, grid, FAMILIES[name]) for name in ("analytic", "diag")}
+
+    for steps in (8, 64):
+        grid = VPLinear().grid(steps)
+        shared = kls(_rotated_pair(), grid)
+        with monkeypatch.context() as patched:
+            patched.setattr(qr, "_NODE_CACHE_BYTES", 0)
+            alone = kls(_rotated_pair(), grid)
+        for name in shared:
+            np.testing.assert_allclose(shared[name].per_step.numpy(), alone[name].per_step.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(shared[name].steps_error, alone[name].steps_error, rtol=1e-6)
+
+
+def test_c_is_formed_only_for_a_family_that_reads_it():
+    """The cached outer nodes carry C = Cov[x_0 | x_t] only once ``beta_tilde`` (``Family.uses_c``)
+    asked for it, and ``beta_tilde`` gives the same floats after a family that left G alone as on a
+    fresh reference."""
+    grid = VPLinear().grid(8)
+    fresh = path_kl(_rotated_pair(), grid, FAMILIES["beta_tilde"], first_step=2)
+    reference = _rotated_pair()
+    path_kl(reference, grid, FAMILIES["diag"])
+    entries = [entry for rule in reference._cache["GC"]["rules"].values() for entry in rule.values()]
+    assert entries and all(c is None for _, c in entries)
+    after = path_kl(reference, grid, FAMILIES["beta_tilde"], first_step=2)
+    assert any(c is not None for rule in reference._cache["GC"]["rules"].values() for _, c in rule.values())
+    assert torch.equal(fresh.per_step, after.per_step) and torch.equal(fresh.per_step_error, after.per_step_error)
+    assert [name for name, family in FAMILIES.items() if family.uses_c] == ["beta_tilde"]
+
+
 def _write(tmp_path, spec):
     path = tmp_path / "ref.json"
     path.write_text(json.dumps(spec))

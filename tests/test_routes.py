@@ -77,6 +77,41 @@ def test_route_c_is_trusted_where_route_b_cannot_reach():
         check_every_rung(weights, means, variances, 1024, t, routes=qr._routes()[:2])
 
 
+def test_routes_without_inner_rules_skip_a_rung_that_repeats_its_outer_rule():
+    """Routes (b) and (c) read only the outer rule, so a level whose outer rule is the previous
+    level's would give the same values again: they skip it (the fifth of the 2-D ladder), route (a)
+    does not (its inner rules differ there)."""
+    for d in (1, 2):
+        ladder, rungs = qr.ladder_for(d), qr._rungs(d)
+        for route in qr._routes():
+            levels = [level for r, level in rungs if r is route]
+            repeats = [i for i in range(1, len(ladder)) if ladder[i].outer == ladder[i - 1].outer]
+            expected = range(len(ladder)) if route is qr._expected_negentropy else [
+                i for i in range(len(ladder)) if i not in repeats]
+            assert levels == list(expected)
+    assert qr.LADDER[4].outer == qr.LADDER[3].outer and qr.LADDER[4] != qr.LADDER[3]
+
+
+def test_route_c_extends_a_step_only_where_its_tolerance_asks():
+    """At T = 1024, step 128, Lobatto's Simpson estimate of the u-integral is ~1e-12, far above what
+    the step needs: with a loose tolerance route (c) keeps Lobatto's value and that
+    estimate, with none (0) it adds the four Kronrod levels and its error drops below 1e-7 of E J;
+    both within their errors of the 30-digit truth."""
+    weights, means, variances = [0.3, 0.7], [-2.0, 2.0], [0.01, 0.09]
+    reference = MixtureReference.from_components(weights, [[m] for m in means], covs=[[[v]] for v in variances])
+    grid, t = VPLinear().grid(1024), 128
+    exact, exact_error = mp_mixture.expected_negentropy(weights, means, variances, float(grid.log_abar[t - 1]),
+                                                        float(grid.log_alpha[t - 1]))
+    quad, idx = qr.ladder_for(1)[2], torch.tensor([t])
+    h = float(qr._route_spacings(reference, grid, idx, quad, qr._de_bruijn_negentropy)[0])
+    found = {}
+    for name, tol in (("loose", 1e-9), ("none", 0.0)):
+        value, error, _ = qr._de_bruijn_negentropy(reference, grid, idx, h, quad, torch.tensor([tol], dtype=DTYPE))
+        found[name] = float(error[0])
+        assert abs(float(value[0]) - exact) <= float(error[0]) + exact_error, name
+    assert found["none"] < 1e-7 * exact < found["loose"] <= 1e-9
+
+
 @pytest.mark.xfail(strict=True, reason="known: route (a)'s error claim is 8x too small here (docs/errors.md)")
 def test_route_a_claims_too_little_on_long_chains():
     """Route (a) at T = 1024, step 64 (E J = 5.7e-13): 1.7e-19 off the truth on every rung where its
