@@ -80,16 +80,19 @@ def test_route_c_is_trusted_where_route_b_cannot_reach():
 def test_routes_without_inner_rules_skip_a_rung_that_repeats_its_outer_rule():
     """Routes (b) and (c) read only the outer rule, so a level whose outer rule is the previous
     level's would give the same values again: they skip it (the fifth of the 2-D ladder), route (a)
-    does not (its inner rules differ there)."""
+    does not (its inner rules differ there); route (c) also skips the coarse lattice of resolution 4
+    (the third of the 2-D ladder), and nothing of the 1-D ladder."""
     for d in (1, 2):
         ladder, rungs = qr.ladder_for(d), qr._rungs(d)
+        repeats = {i for i in range(1, len(ladder)) if ladder[i].outer == ladder[i - 1].outer}
+        coarse = {i for i, quad in enumerate(ladder) if quad.resolution > qr._DE_BRUIJN_RESOLUTION}
+        skipped = {qr._chain_rule_negentropy: repeats, qr._de_bruijn_negentropy: repeats | coarse,
+                   qr._expected_negentropy: set()}
         for route in qr._routes():
-            levels = [level for r, level in rungs if r is route]
-            repeats = [i for i in range(1, len(ladder)) if ladder[i].outer == ladder[i - 1].outer]
-            expected = range(len(ladder)) if route is qr._expected_negentropy else [
-                i for i in range(len(ladder)) if i not in repeats]
-            assert levels == list(expected)
+            assert [level for r, level in rungs if r is route] == [i for i in range(len(ladder)) if i not in skipped[route]]
     assert qr.LADDER[4].outer == qr.LADDER[3].outer and qr.LADDER[4] != qr.LADDER[3]
+    assert [i for i, quad in enumerate(qr.LADDER) if quad.resolution > qr._DE_BRUIJN_RESOLUTION] == [2]
+    assert all(quad.resolution <= qr._DE_BRUIJN_RESOLUTION for quad in qr.LADDER_1D)
 
 
 def test_route_c_extends_a_step_only_where_its_tolerance_asks():
