@@ -399,10 +399,11 @@ def _gaussian_nodes(reference, grid: Grid, t: torch.Tensor, h: float, quad: Quad
     """:func:`_step_nodes` for the families' Gaussian parts (no posterior), from the latest grid's
     cache of G and C where they are there (:func:`_remember_nodes`): they are most of a family's
     cost once E J is known, every family of a ``rates`` run asks for them on the same rules at one T
-    after another (pathkl.rates.ladder_rates), and route (a) of ``E J`` leaves its own there too
-    (route (c) has no C: computing it there took ``full`` at T = 4096 from 57 to 67 s to save
-    ``analytic`` 6 s). A cache over every grid filled up with the first T's; this one, at T = 2048 on the rotated
-    mixture, took ``beta`` from 8.4 to 1.7 s and ``diag`` from 9.3 to 2.4 s after ``analytic``."""
+    after another (pathkl.rates.ladder_rates), and routes (a), (b) and (c) of ``E J`` leave the G
+    of each step's own level there (C only for a family that reads it, ``Family.uses_c``: forming it
+    in route (c) took ``full`` at T = 4096 from 57 to 67 s). A cache over every grid filled up with
+    the first T's; this one, at T = 2048 on the rotated mixture, took ``beta`` from 8.4 to 1.7 s and
+    ``diag`` from 9.3 to 2.4 s after ``analytic``."""
     _, cache = _node_cache(reference, grid, h, quad)
     steps = t.tolist()
     found = {s: cache[s] for s in steps if s in cache and (not with_c or cache[s][1] is not None)}
