@@ -915,17 +915,14 @@ class _OwnLevel:
 
 
 def _own_level(reference, grid: Grid, idx: torch.Tensor, h: float, quad: Quadrature) -> _OwnLevel:
-    """:class:`_OwnLevel` of the steps idx."""
+    """:class:`_OwnLevel` of the steps idx, from their :func:`_step_nodes` (which keep G for the
+    families)."""
     kappa = (grid.beta[idx - 1] / grid.alpha[idx - 1])[:, None]
-    abar, om = grid.abar[idx], grid.one_minus_abar[idx]
-    x, w, e = level_rule(reference, abar, om, h, quad)
-    post = reference.posterior(x, abar[:, None], om[:, None])
-    g = reference.excess(post, abar[:, None])
-    _remember_nodes(reference, grid, idx, h, quad, g, None)
-    terms = 0.5 * log_det_one_plus(kappa, g)
+    nodes = _step_nodes(reference, grid, idx, h, quad)
+    terms = 0.5 * log_det_one_plus(kappa, nodes.g)
     # The rounding scale of each term is that of G's parts, not of G: they cancel (see excess_trace).
-    within, spread = reference.excess_trace(post, abar[:, None])
-    return _OwnLevel(terms, within + spread, within.abs() + spread, kappa, w, e)
+    within, spread = reference.excess_trace(nodes.post, nodes.abar)
+    return _OwnLevel(terms, within + spread, within.abs() + spread, kappa, nodes.weights, nodes.error_weights)
 
 
 def _de_bruijn_on(own: _OwnLevel, rule: _URule, traces):
